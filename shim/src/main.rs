@@ -1,1 +1,43 @@
-fn main() {}
+//! `containerd-shim-vm-v1`: parses flags and hands over to the shim library.
+
+use containerd_shim_vm::{accel, service::VmShim, COMMIT, RUNTIME_ID, VERSION};
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Internal: the KVM usability probe runs in a child so a hanging KVM cannot hang the shim.
+    if args.get(1).is_some_and(|a| a == "--probe-kvm") {
+        match accel::probe_kvm_here() {
+            Ok(()) => std::process::exit(0),
+            Err(reason) => {
+                eprintln!("{reason}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("containerd-shim-vm-v1: {e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-vm-v1:\n  Runtime: {RUNTIME_ID}\n  Version: {VERSION}\n  Revision: {COMMIT}");
+        return;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("containerd-shim-vm-v1: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let config = containerd_shim::Config {
+        // Logging is set up by the service, to containerd's log FIFO.
+        no_setup_logger: true,
+        // QEMU is a tokio child; its exit is awaited there, not reaped by the library.
+        no_reaper: true,
+        ..Default::default()
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<VmShim>(RUNTIME_ID, Some(config)));
+}

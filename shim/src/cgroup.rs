@@ -1,0 +1,90 @@
+//! Puts the QEMU process in the cgroup the OCI spec names, with the spec's limits.
+//! cgroup v1 and v2 both, through cgroups-rs's filesystem hierarchy.
+
+use cgroups_rs::fs::cgroup_builder::CgroupBuilder;
+use cgroups_rs::fs::{hierarchies, Cgroup};
+use cgroups_rs::CgroupPid;
+use thiserror::Error;
+
+use crate::plan::CgroupPlan;
+
+#[derive(Debug, Error)]
+#[error("cgroup {path}: {action}: {source}")]
+pub struct CgroupError {
+    path: String,
+    action: &'static str,
+    source: cgroups_rs::fs::error::Error,
+}
+
+/// The VM's cgroup, created by the shim and removed by it.
+pub struct VmCgroup {
+    cgroup: Cgroup,
+    path: String,
+}
+
+/// `slice:prefix:name` (the systemd driver's form, as Kubernetes sends it) names
+/// `slice/prefix-name.scope`; anything else is a path below the hierarchy root.
+pub fn relative_path(cgroups_path: &str) -> String {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    if parts.len() == 3 && !cgroups_path.starts_with('/') {
+        let (slice, prefix, name) = (parts[0], parts[1], parts[2]);
+        let slice = if slice.is_empty() { "system.slice" } else { slice };
+        let unit = if prefix.is_empty() { format!("{name}.scope") } else { format!("{prefix}-{name}.scope") };
+        return format!("{slice}/{unit}");
+    }
+    cgroups_path.trim_start_matches('/').to_string()
+}
+
+impl VmCgroup {
+    pub fn create(plan: &CgroupPlan) -> Result<VmCgroup, CgroupError> {
+        let path = relative_path(&plan.path);
+        let mut builder = CgroupBuilder::new(&path);
+        if let Some(limit) = plan.memory_limit_bytes {
+            builder = builder.memory().memory_hard_limit(limit as i64).done();
+        }
+        let mut cpu = builder.cpu();
+        if let Some(shares) = plan.cpu_shares {
+            cpu = cpu.shares(shares);
+        }
+        if let Some(period) = plan.cpu_period {
+            cpu = cpu.period(period);
+        }
+        if let Some(quota) = plan.cpu_quota {
+            cpu = cpu.quota(quota);
+        }
+        let cgroup = cpu
+            .done()
+            .build(hierarchies::auto())
+            .map_err(|source| CgroupError { path: path.clone(), action: "create", source })?;
+        Ok(VmCgroup { cgroup, path })
+    }
+
+    pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        self.cgroup
+            .add_task_by_tgid(CgroupPid::from(pid as u64))
+            .map_err(|source| CgroupError { path: self.path.clone(), action: "add QEMU", source })
+    }
+
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Removes the cgroup; QEMU must be gone (an empty cgroup is the only kind the kernel removes).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.cgroup
+            .delete()
+            .map_err(|source| CgroupError { path: self.path.clone(), action: "remove", source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(relative_path("/default/vm1"), "default/vm1");
+        assert_eq!(relative_path("kubepods-burstable.slice:cri-containerd:abc"), "kubepods-burstable.slice/cri-containerd-abc.scope");
+        assert_eq!(relative_path(":cri-containerd:abc"), "system.slice/cri-containerd-abc.scope");
+    }
+}

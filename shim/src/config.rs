@@ -1,0 +1,230 @@
+//! The shim's TOML configuration and where it is found.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::quantity;
+
+/// Environment variable naming a config file when containerd sends no ConfigPath.
+pub const CONFIG_ENV: &str = "CONTAINERD_SHIM_VM_CONFIG";
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-vm/config.toml";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("config {path}: {field} = {value:?}: {reason}")]
+    Invalid { path: PathBuf, field: &'static str, value: String, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelSetting {
+    /// KVM when /dev/kvm can really run a guest, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    #[default]
+    Q35,
+    Pc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    accel: AccelSetting,
+    state_dir: PathBuf,
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    machine: MachineType,
+    default_cpus: u32,
+    max_cpus: u32,
+    default_memory: String,
+    memory_overhead: String,
+    tcg_translation_cache: String,
+    host_disk_dirs: Vec<PathBuf>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            accel: AccelSetting::Auto,
+            state_dir: PathBuf::from("/run/containerd-shim-vm"),
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            qemu_img: PathBuf::from("/usr/bin/qemu-img"),
+            machine: MachineType::Q35,
+            default_cpus: 1,
+            max_cpus: 240,
+            default_memory: "512Mi".into(),
+            memory_overhead: "128Mi".into(),
+            tcg_translation_cache: "64Mi".into(),
+            host_disk_dirs: Vec::new(),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the config came from ("defaults" when no file was found).
+    pub source: String,
+    pub accel: AccelSetting,
+    /// Per-VM private directories (QMP socket, QEMU log) live below this.
+    pub state_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub machine: MachineType,
+    pub default_cpus: u32,
+    pub max_cpus: u32,
+    pub default_memory_bytes: u64,
+    /// QEMU's own memory beside guest RAM, counted against the container's memory limit.
+    pub memory_overhead_bytes: u64,
+    /// TCG's translation cache: QEMU's default (1 GiB) would dwarf a small guest.
+    pub tcg_translation_cache_bytes: u64,
+    /// Host directories whose files `vm.containerd.io/disk` may name by absolute path.
+    pub host_disk_dirs: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        validate(RawConfig::default(), Path::new("defaults")).expect("built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Finds the config: the runtime options' ConfigPath, else $CONTAINERD_SHIM_VM_CONFIG,
+    /// else /etc/containerd-shim-vm/config.toml, else the built-in defaults. A path that is
+    /// named explicitly must exist; the well-known path may be absent.
+    pub fn find(config_path_option: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = config_path_option.filter(|p| !p.as_os_str().is_empty()) {
+            return Self::load(path);
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return Self::load(Path::new(&path));
+        }
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        if default_path.exists() {
+            return Self::load(default_path);
+        }
+        Ok(Config::default())
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        validate(raw, path)
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |field: &'static str, value: String, reason: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        value,
+        reason,
+    };
+    let bytes = |field: &'static str, value: &str| {
+        quantity::parse_bytes(value).map_err(|e| invalid(field, value.to_string(), e.reason.to_string()))
+    };
+    if raw.max_cpus == 0 {
+        return Err(invalid("max_cpus", "0".into(), "must be at least 1".into()));
+    }
+    if raw.default_cpus == 0 || raw.default_cpus > raw.max_cpus {
+        return Err(invalid(
+            "default_cpus",
+            raw.default_cpus.to_string(),
+            format!("must be between 1 and max_cpus ({})", raw.max_cpus),
+        ));
+    }
+    for (field, p) in [("state_dir", &raw.state_dir), ("qemu", &raw.qemu), ("qemu_img", &raw.qemu_img)] {
+        if !p.is_absolute() {
+            return Err(invalid(field, p.display().to_string(), "must be an absolute path".into()));
+        }
+    }
+    if let Some(dir) = raw.host_disk_dirs.iter().find(|d| !d.is_absolute()) {
+        return Err(invalid("host_disk_dirs", dir.display().to_string(), "must be absolute paths".into()));
+    }
+    let default_memory_bytes = bytes("default_memory", &raw.default_memory)?;
+    if default_memory_bytes < crate::plan::MIN_MEMORY_BYTES {
+        return Err(invalid(
+            "default_memory",
+            raw.default_memory.clone(),
+            format!("below the minimum {}", quantity::format_bytes(crate::plan::MIN_MEMORY_BYTES)),
+        ));
+    }
+    Ok(Config {
+        source: path.display().to_string(),
+        accel: raw.accel,
+        state_dir: raw.state_dir,
+        qemu: raw.qemu,
+        qemu_img: raw.qemu_img,
+        machine: raw.machine,
+        default_cpus: raw.default_cpus,
+        max_cpus: raw.max_cpus,
+        default_memory_bytes,
+        memory_overhead_bytes: bytes("memory_overhead", &raw.memory_overhead)?,
+        tcg_translation_cache_bytes: bytes("tcg_translation_cache", &raw.tcg_translation_cache)?,
+        host_disk_dirs: raw.host_disk_dirs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("/x.toml")).unwrap();
+        assert_eq!(c.accel, AccelSetting::Auto);
+        assert_eq!(c.default_memory_bytes, 512 << 20);
+        assert_eq!(c.machine, MachineType::Q35);
+    }
+
+    #[test]
+    fn reads_keys() {
+        let c = Config::parse(
+            "accel = \"tcg\"\nstate_dir = \"/tmp/s\"\nmachine = \"pc\"\ndefault_memory = \"1Gi\"\nhost_disk_dirs = [\"/var/lib/vms\"]\n",
+            Path::new("/x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.accel, AccelSetting::Tcg);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(c.machine, MachineType::Pc);
+        assert_eq!(c.default_memory_bytes, 1 << 30);
+        assert_eq!(c.host_disk_dirs, vec![PathBuf::from("/var/lib/vms")]);
+    }
+
+    #[test]
+    fn errors_name_file_field_and_value() {
+        let e = Config::parse("accel = \"xen\"", Path::new("/etc/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("/etc/c.toml") && e.contains("xen"), "{e}");
+        let e = Config::parse("default_memory = \"lots\"", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("default_memory") && e.contains("lots"), "{e}");
+        let e = Config::parse("state_dir = \"rel\"", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("state_dir") && e.contains("absolute"), "{e}");
+        let e = Config::parse("bogus = 1", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_path_is_an_error() {
+        let e = Config::find(Some(Path::new("/nonexistent/shim.toml"))).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/shim.toml"), "{e}");
+    }
+}

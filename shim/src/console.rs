@@ -1,0 +1,280 @@
+//! The guest's serial console: a pty whose slave QEMU drives, and pumps between
+//! its master and the task's stdio (containerd FIFOs, a log file, or nothing).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::pty::{openpty, Winsize};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, Winsize);
+
+/// A pty pair; the master stays with the shim.
+pub struct Console {
+    master: std::sync::Arc<AsyncFd<OwnedFd>>,
+    slave: Option<OwnedFd>,
+    slave_path: PathBuf,
+}
+
+impl Console {
+    pub fn open() -> io::Result<Console> {
+        let pty = openpty(None, None).map_err(io::Error::from)?;
+        // Raw on both ends: the guest's own tty layer does echo and line editing.
+        for fd in [&pty.master, &pty.slave] {
+            let mut termios = tcgetattr(fd).map_err(io::Error::from)?;
+            cfmakeraw(&mut termios);
+            tcsetattr(fd, SetArg::TCSANOW, &termios).map_err(io::Error::from)?;
+        }
+        let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
+        let flags = OFlag::from_bits_truncate(fcntl(&pty.master, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+        fcntl(&pty.master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd and owns the descriptor for
+        // the AsyncFd's whole life, so the registered fd stays open and unchanged.
+        let master = unsafe { AsyncFd::register(pty.master) }.map_err(|e| e.into_parts().1)?;
+        Ok(Console {
+            master: std::sync::Arc::new(master),
+            slave: Some(pty.slave),
+            slave_path,
+        })
+    }
+
+    /// The tty device QEMU opens for the serial port.
+    pub fn tty_path(&self) -> &Path {
+        &self.slave_path
+    }
+
+    /// Once QEMU holds the slave, the shim lets go of its copy so that the master
+    /// reads end (EIO) exactly when QEMU exits.
+    pub fn release_slave(&mut self) {
+        self.slave = None;
+    }
+
+    pub fn resize(&self, width: u16, height: u16) -> io::Result<()> {
+        let size = Winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads one winsize struct from the pointer, which is valid for the call.
+        unsafe { set_window_size(self.master.get_ref().as_raw_fd(), &size) }.map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    /// Starts copying console output to `stdout` and `stdin` into the console.
+    pub fn start_pumps(&self, stdio: &Stdio) -> io::Result<Pumps> {
+        let sink = Sink::open(&stdio.stdout)?;
+        let source = open_stdin(&stdio.stdin)?;
+        let master = self.master.clone();
+        let output = tokio::spawn(async move { pump_output(master, sink).await });
+        let input = source.map(|source| {
+            let master = self.master.clone();
+            tokio::spawn(async move { pump_input(source, master).await })
+        });
+        // containerd waits for EOF on stderr; the console has no separate stderr stream,
+        // so the FIFO is opened and later closed with the others.
+        let stderr = open_fifo_writer(&stdio.stderr)?;
+        Ok(Pumps { output, input, _stderr: stderr })
+    }
+}
+
+/// The task's stdio as containerd names it.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+impl Stdio {
+    /// Refuses stdio URIs the shim cannot serve, before anything starts.
+    pub fn check(&self) -> Result<(), String> {
+        for (field, value) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            if let Some((scheme, _)) = value.split_once("://") {
+                if scheme != "file" && scheme != "fifo" {
+                    return Err(format!("{field} {value:?}: only FIFOs and file:// log URIs are supported"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Pumps {
+    output: JoinHandle<()>,
+    input: Option<JoinHandle<()>>,
+    _stderr: Option<tokio::net::unix::pipe::Sender>,
+}
+
+impl Pumps {
+    /// Stops reading stdin (CloseIO).
+    pub fn close_input(&mut self) {
+        if let Some(input) = self.input.take() {
+            input.abort();
+        }
+    }
+
+    /// After QEMU exited: lets the output pump drain what the guest last wrote, then
+    /// closes every stdio stream so containerd's readers see EOF.
+    pub async fn finish(mut self, deadline: Duration) {
+        self.close_input();
+        let abort = self.output.abort_handle();
+        if tokio::time::timeout(deadline, &mut self.output).await.is_err() {
+            warn!("console output did not drain within {deadline:?}");
+            abort.abort();
+        }
+    }
+}
+
+enum Sink {
+    Writer(Box<dyn AsyncWrite + Send + Unpin>),
+    Discard,
+}
+
+impl Sink {
+    fn open(stdout: &str) -> io::Result<Sink> {
+        if stdout.is_empty() {
+            return Ok(Sink::Discard);
+        }
+        if let Some(path) = stdout.strip_prefix("file://") {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            return Ok(Sink::Writer(Box::new(tokio::fs::File::from_std(file))));
+        }
+        let path = stdout.strip_prefix("fifo://").unwrap_or(stdout);
+        match open_fifo_writer(path)? {
+            Some(sender) => Ok(Sink::Writer(Box::new(sender))),
+            None => Ok(Sink::Discard),
+        }
+    }
+}
+
+/// Opens a FIFO for writing read-write, so a reader that goes away (a detached
+/// `ctr`) does not turn every later write into EPIPE.
+fn open_fifo_writer(path: &str) -> io::Result<Option<tokio::net::unix::pipe::Sender>> {
+    if path.is_empty() || path.contains("://") {
+        return Ok(None);
+    }
+    tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_sender(path).map(Some)
+}
+
+/// Opened read-write, so the FIFO never reports EOF between two writers
+/// (`ctr run` then `ctr task attach`); CloseIO ends it instead.
+fn open_stdin(path: &str) -> io::Result<Option<tokio::net::unix::pipe::Receiver>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(path).map(Some)
+}
+
+async fn read_master(master: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = master.readable().await?;
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(io::Error::from)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+async fn write_master(master: &AsyncFd<OwnedFd>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let mut guard = master.writable().await?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from)) {
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+async fn pump_output(master: std::sync::Arc<AsyncFd<OwnedFd>>, mut sink: Sink) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match read_master(&master, &mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            // EIO: the last slave holder (QEMU) has gone.
+            Err(e) => {
+                debug!("console closed: {e}");
+                break;
+            }
+        };
+        if let Sink::Writer(w) = &mut sink {
+            if let Err(e) = w.write_all(&buf[..n]).await {
+                warn!("console output writer failed, discarding from now on: {e}");
+                sink = Sink::Discard;
+            }
+        }
+    }
+    if let Sink::Writer(w) = &mut sink {
+        let _ = w.flush().await;
+    }
+}
+
+async fn pump_input(mut source: tokio::net::unix::pipe::Receiver, master: std::sync::Arc<AsyncFd<OwnedFd>>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match source.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = write_master(&master, &buf[..n]).await {
+                    debug!("console input stopped: {e}");
+                    break;
+                }
+            }
+            Err(e) => {
+                debug!("stdin closed: {e}");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The test stands in for QEMU with blocking I/O, so the pumps need their own worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_cross_the_pty_both_ways_and_eof_follows_the_slave() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("out.log");
+        let in_fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&in_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut console = Console::open().unwrap();
+        let stdio = Stdio {
+            stdin: in_fifo.to_string_lossy().into(),
+            stdout: format!("file://{}", out_path.display()),
+            stderr: String::new(),
+            terminal: false,
+        };
+        // Stand in for QEMU: hold the slave by path, as QEMU does.
+        let guest = std::fs::OpenOptions::new().read(true).write(true).open(console.tty_path()).unwrap();
+        console.release_slave();
+        let pumps = console.start_pumps(&stdio).unwrap();
+        console.resize(120, 40).unwrap();
+
+        use std::io::{Read, Write};
+        (&guest).write_all(b"hello from guest\n").unwrap();
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&in_fifo).unwrap();
+        writer.write_all(b"typed").unwrap();
+        let mut got = [0u8; 5];
+        (&guest).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"typed");
+        drop(guest);
+        pumps.finish(Duration::from_secs(5)).await;
+        assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "hello from guest\n");
+    }
+
+    #[test]
+    fn unsupported_log_uris_are_refused() {
+        let stdio = Stdio { stdout: "binary:///usr/bin/logger".into(), ..Default::default() };
+        assert!(stdio.check().unwrap_err().contains("binary:///usr/bin/logger"));
+        let ok = Stdio { stdout: "file:///tmp/x.log".into(), ..Default::default() };
+        assert!(ok.check().is_ok());
+    }
+}

@@ -1,0 +1,183 @@
+//! Finds the guest disk inside the image (or a configured host directory) without
+//! ever leaving it, checks its header, and prepares the qcow2 overlay that takes the
+//! VM's writes in the container's own writable layer.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use thiserror::Error;
+
+use crate::disk_format::{self, DiskFormat, DiskFormatError, DiskInfo};
+use crate::plan::{DiskRequest, ANNOTATION_DISK};
+use crate::qemu::args::ImageFormat;
+
+/// The disk directory of the containerDisk layout.
+pub const IMAGE_DISK_DIR: &str = "disk";
+/// Where the shim keeps its overlay inside the container's writable layer.
+pub const OVERLAY_DIR: &str = ".containerd-shim-vm";
+
+#[derive(Debug, Error)]
+pub enum DiskError {
+    #[error("the image has no /disk directory: a VM image carries its disk as the single file under /disk/ (or names it with the annotation {ANNOTATION_DISK})")]
+    NoDiskDir,
+    #[error("the image's /disk directory is empty: put the qcow2 or raw disk file there")]
+    EmptyDiskDir,
+    #[error("the image's /disk directory holds {} files ({}): keep exactly one, or name one with the annotation {ANNOTATION_DISK}", .0.len(), .0.join(", "))]
+    SeveralDisks(Vec<String>),
+    #[error("annotation {ANNOTATION_DISK}={path:?}: {reason}")]
+    Annotated { path: String, reason: String },
+    #[error("disk {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error(transparent)]
+    Format(#[from] DiskFormatError),
+    #[error("overlay {path}: {reason}")]
+    Overlay { path: PathBuf, reason: String },
+}
+
+/// The disk the VM boots, resolved to a host path and inspected.
+#[derive(Debug, Clone)]
+pub struct ImageDisk {
+    pub path: PathBuf,
+    pub info: DiskInfo,
+}
+
+impl ImageDisk {
+    pub fn format(&self) -> ImageFormat {
+        match self.info.format {
+            DiskFormat::Qcow2 => ImageFormat::Qcow2,
+            DiskFormat::Raw => ImageFormat::Raw,
+        }
+    }
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+/// Opens `rel` below `root`, resolving every symlink and `..` as if `root` were `/`.
+fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let rel = rel.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, rel, how)
+}
+
+fn real_path(fd: &OwnedFd) -> std::io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Locates and inspects the disk the plan asks for. `rootfs` is the mounted image.
+pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) -> Result<ImageDisk, DiskError> {
+    let open_err = |path: &str, reason: String| DiskError::Open { path: path.to_string(), reason };
+    let root = open_dir(rootfs).map_err(|e| open_err(&rootfs.display().to_string(), e.to_string()))?;
+    let (fd, shown) = match request {
+        DiskRequest::ImageDiskDir => {
+            let dir = match open_in_root(&root, IMAGE_DISK_DIR, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+                Ok(dir) => dir,
+                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Err(DiskError::NoDiskDir),
+                Err(e) => return Err(open_err("/disk", e.to_string())),
+            };
+            let listing = real_path(&dir).and_then(std::fs::read_dir).map_err(|e| open_err("/disk", e.to_string()))?;
+            let mut names: Vec<String> = listing
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            match names.len() {
+                0 => return Err(DiskError::EmptyDiskDir),
+                1 => {}
+                _ => return Err(DiskError::SeveralDisks(names)),
+            }
+            let shown = format!("/disk/{}", names[0]);
+            let fd = open_in_root(&root, &shown, OFlag::O_RDONLY).map_err(|e| open_err(&shown, e.to_string()))?;
+            (fd, shown)
+        }
+        DiskRequest::Annotated(path) => {
+            let annotated_err = |reason: String| DiskError::Annotated { path: path.clone(), reason };
+            let host_dir = host_disk_dirs.iter().find(|dir| Path::new(path).starts_with(dir));
+            let fd = match host_dir {
+                Some(dir) => {
+                    let dir_fd = open_dir(dir).map_err(|e| annotated_err(format!("host disk directory {}: {e}", dir.display())))?;
+                    let rel = Path::new(path).strip_prefix(dir).unwrap_or(Path::new("."));
+                    let how = OpenHow::new()
+                        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+                    openat2(&dir_fd, rel, how)
+                }
+                None => open_in_root(&root, path, OFlag::O_RDONLY),
+            };
+            let fd = fd.map_err(|e| match e {
+                Errno::ENOENT => annotated_err("no such file in the image".into()),
+                Errno::EXDEV => annotated_err("path leaves its directory".into()),
+                e => annotated_err(e.to_string()),
+            })?;
+            (fd, path.clone())
+        }
+    };
+    let path = real_path(&fd).map_err(|e| open_err(&shown, e.to_string()))?;
+    let mut file = File::from(fd);
+    let meta = file.metadata().map_err(|e| open_err(&shown, e.to_string()))?;
+    if !meta.is_file() {
+        return Err(open_err(&shown, "not a regular file".into()));
+    }
+    if path.to_str().is_none() {
+        return Err(open_err(&shown, "file name is not valid UTF-8".into()));
+    }
+    let info = disk_format::inspect_reader(&path, &mut file, meta.len())?;
+    Ok(ImageDisk { path, info })
+}
+
+/// Returns the VM's overlay in the writable layer, creating it on first start. A
+/// later start of the same container finds it again, so guest data survives.
+pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk, qemu_img: &Path) -> Result<PathBuf, DiskError> {
+    let overlay_err = |path: PathBuf, reason: String| DiskError::Overlay { path, reason };
+    let root = open_dir(rootfs).map_err(|e| overlay_err(rootfs.to_path_buf(), e.to_string()))?;
+    match nix::sys::stat::mkdirat(&root, OVERLAY_DIR, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(overlay_err(rootfs.join(OVERLAY_DIR), format!("cannot create: {e} (is the container's root filesystem read-only?)"))),
+    }
+    let dir = open_in_root(&root, OVERLAY_DIR, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+        .map_err(|e| overlay_err(rootfs.join(OVERLAY_DIR), e.to_string()))?;
+    let dir_path = real_path(&dir).map_err(|e| overlay_err(rootfs.join(OVERLAY_DIR), e.to_string()))?;
+    let name = format!(
+        "{}.overlay.qcow2",
+        disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into())
+    );
+    let overlay = dir_path.join(&name);
+    match std::fs::symlink_metadata(&overlay) {
+        Ok(_) => {
+            // Refuses a symlink or anything but a regular qcow2 without data file.
+            let info = disk_format::inspect_overlay(&overlay)?;
+            if info.format != DiskFormat::Qcow2 || info.virtual_size != disk.info.virtual_size {
+                return Err(overlay_err(overlay, format!(
+                    "exists but does not match the image disk {} ({} bytes); remove the container to start from a fresh disk",
+                    disk.path.display(), disk.info.virtual_size
+                )));
+            }
+            Ok(overlay)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let output = std::process::Command::new(qemu_img)
+                .args(["create", "-q", "-f", "qcow2", "-u", "-F", disk.format().driver(), "-b"])
+                .arg(&disk.path)
+                .arg(&overlay)
+                .arg(disk.info.virtual_size.to_string())
+                .output()
+                .map_err(|e| overlay_err(overlay.clone(), format!("cannot run {}: {e}", qemu_img.display())))?;
+            if !output.status.success() {
+                let _ = std::fs::remove_file(&overlay);
+                return Err(overlay_err(overlay, format!(
+                    "{} create failed: {}", qemu_img.display(), String::from_utf8_lossy(&output.stderr).trim()
+                )));
+            }
+            Ok(overlay)
+        }
+        Err(e) => Err(overlay_err(overlay, e.to_string())),
+    }
+}

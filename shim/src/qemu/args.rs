@@ -1,0 +1,229 @@
+//! Typed QEMU command-line pieces. Each renders its own arguments; nothing else
+//! pastes strings, so quoting (`,` doubled in key=value options) lives in one place.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::accel::Accel;
+use crate::config::MachineType;
+
+/// Something that contributes arguments to QEMU's command line.
+pub trait QemuArg {
+    fn push_args(&self, argv: &mut Vec<OsString>);
+}
+
+/// QEMU's key=value option syntax: a literal comma is written twice.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn path_value(path: &Path) -> String {
+    escape(&path.to_string_lossy())
+}
+
+fn push(argv: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
+    argv.push(flag.into());
+    argv.push(value.into());
+}
+
+/// Flags every VM gets: no implicit devices, no host config files, no display,
+/// and the CPUs held (`-S`) until the shim has wired everything and says `cont`.
+pub struct BaseFlags<'a> {
+    pub name: &'a str,
+}
+
+impl QemuArg for BaseFlags<'_> {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        argv.extend(["-nodefaults", "-no-user-config", "-S"].map(OsString::from));
+        push(argv, "-display", "none");
+        push(argv, "-name", format!("guest={},debug-threads=on", escape(self.name)));
+        push(argv, "-msg", "timestamp=on");
+        push(argv, "-rtc", "base=utc");
+    }
+}
+
+pub struct Machine {
+    pub kind: MachineType,
+    pub accel: Accel,
+    /// TCG translation cache in MiB; QEMU's default of 1 GiB would outweigh a small guest.
+    pub tcg_translation_cache_mib: u64,
+}
+
+impl QemuArg for Machine {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        let kind = match self.kind {
+            MachineType::Q35 => "q35",
+            MachineType::Pc => "pc",
+        };
+        push(argv, "-machine", kind);
+        match self.accel {
+            Accel::Kvm => {
+                push(argv, "-accel", "kvm");
+                push(argv, "-cpu", "host");
+            }
+            Accel::Tcg => push(argv, "-accel", format!("tcg,tb-size={}", self.tcg_translation_cache_mib)),
+        }
+    }
+}
+
+pub struct Smp {
+    pub cpus: u32,
+}
+
+impl QemuArg for Smp {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-smp", self.cpus.to_string());
+    }
+}
+
+pub struct Memory {
+    pub bytes: u64,
+}
+
+impl QemuArg for Memory {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-m", format!("{}M", self.bytes.div_ceil(1 << 20)));
+    }
+}
+
+/// The QMP control socket: a unix socket QEMU listens on in the VM's private state dir.
+pub struct QmpSocket {
+    pub path: PathBuf,
+}
+
+impl QemuArg for QmpSocket {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-chardev", format!("socket,id=qmp,path={},server=on,wait=off", path_value(&self.path)));
+        push(argv, "-mon", "chardev=qmp,mode=control");
+    }
+}
+
+/// The first serial port, wired to a host tty (the pty the shim owns).
+pub struct SerialConsole {
+    pub tty: PathBuf,
+}
+
+impl QemuArg for SerialConsole {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-chardev", format!("serial,id=console,path={}", path_value(&self.tty)));
+        push(argv, "-serial", "chardev:console");
+    }
+}
+
+/// Guest panics reach QEMU through pvpanic; QEMU pauses the guest and reports
+/// GUEST_PANICKED so the shim can end the task with a failure status.
+pub struct PanicDevice;
+
+impl QemuArg for PanicDevice {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-device", "pvpanic");
+        push(argv, "-action", "panic=pause");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    pub fn driver(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// The root disk: the image's file opened read-only as the backing node, under a
+/// qcow2 overlay that takes every write. The backing is named explicitly, so the
+/// backing file name recorded inside the overlay is never followed.
+pub struct RootDisk {
+    pub image: PathBuf,
+    pub image_format: ImageFormat,
+    pub overlay: PathBuf,
+}
+
+impl QemuArg for RootDisk {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        // JSON form: file names need no escaping and cannot inject options.
+        let nodes = [
+            json!({"driver": "file", "node-name": "image-file", "filename": self.image.to_string_lossy(),
+                   "read-only": true}),
+            json!({"driver": self.image_format.driver(), "node-name": "image", "file": "image-file",
+                   "read-only": true}),
+            json!({"driver": "file", "node-name": "overlay-file", "filename": self.overlay.to_string_lossy()}),
+            json!({"driver": "qcow2", "node-name": "root", "file": "overlay-file", "backing": "image"}),
+        ];
+        for node in nodes {
+            push(argv, "-blockdev", node.to_string());
+        }
+        push(argv, "-device", "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(arg: &dyn QemuArg) -> Vec<String> {
+        let mut argv = Vec::new();
+        arg.push_args(&mut argv);
+        argv.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn commas_are_doubled() {
+        assert_eq!(escape("a,b"), "a,,b");
+        let qmp = render(&QmpSocket { path: "/run/x,y/qmp.sock".into() });
+        assert_eq!(qmp[1], "socket,id=qmp,path=/run/x,,y/qmp.sock,server=on,wait=off");
+        let base = render(&BaseFlags { name: "evil,id=x" });
+        assert!(base.contains(&"guest=evil,,id=x,debug-threads=on".to_string()));
+    }
+
+    #[test]
+    fn base_holds_cpus_and_has_no_defaults() {
+        let base = render(&BaseFlags { name: "vm1" });
+        for flag in ["-nodefaults", "-no-user-config", "-S"] {
+            assert!(base.contains(&flag.to_string()), "{flag} missing in {base:?}");
+        }
+    }
+
+    #[test]
+    fn machine_and_accel() {
+        let tcg = render(&Machine { kind: MachineType::Q35, accel: Accel::Tcg, tcg_translation_cache_mib: 64 });
+        assert_eq!(tcg, ["-machine", "q35", "-accel", "tcg,tb-size=64"]);
+        let kvm = render(&Machine { kind: MachineType::Pc, accel: Accel::Kvm, tcg_translation_cache_mib: 64 });
+        assert_eq!(kvm, ["-machine", "pc", "-accel", "kvm", "-cpu", "host"]);
+    }
+
+    #[test]
+    fn memory_in_mib_rounded_up() {
+        assert_eq!(render(&Memory { bytes: 256 << 20 }), ["-m", "256M"]);
+        assert_eq!(render(&Memory { bytes: (256 << 20) + 1 }), ["-m", "257M"]);
+    }
+
+    #[test]
+    fn root_disk_names_its_backing_explicitly() {
+        let argv = render(&RootDisk {
+            image: "/r/disk/a,b.qcow2".into(),
+            image_format: ImageFormat::Qcow2,
+            overlay: "/r/.vm/overlay.qcow2".into(),
+        });
+        let blockdevs: Vec<serde_json::Value> = argv
+            .chunks(2)
+            .filter(|c| c[0] == "-blockdev")
+            .map(|c| serde_json::from_str(&c[1]).unwrap())
+            .collect();
+        assert_eq!(blockdevs.len(), 4);
+        assert_eq!(blockdevs[0]["filename"], "/r/disk/a,b.qcow2");
+        assert_eq!(blockdevs[0]["read-only"], true);
+        assert_eq!(blockdevs[1]["driver"], "qcow2");
+        assert_eq!(blockdevs[1]["read-only"], true);
+        assert_eq!(blockdevs[3]["backing"], "image");
+        assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
+    }
+}

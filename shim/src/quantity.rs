@@ -1,0 +1,94 @@
+//! Kubernetes-style memory quantities ("256Mi", "1G", "1.5Gi", "1048576").
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{value:?} is not a memory quantity ({reason}); use e.g. 256Mi, 2Gi or 1G")]
+pub struct QuantityError {
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// Parses a quantity into bytes. Binary (Ki, Mi, Gi, Ti) and decimal (k, M, G, T)
+/// suffixes are accepted, as in Kubernetes resource quantities; fractions round up.
+pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
+    let err = |reason| QuantityError { value: value.to_string(), reason };
+    let s = value.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err(err("unknown suffix")),
+    };
+    if number.is_empty() {
+        return Err(err("no number"));
+    }
+    let (whole, frac) = match number.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (number, ""),
+    };
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 9 {
+        return Err(err("malformed number"));
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err("malformed number"))? };
+    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| err("malformed number"))? };
+    let frac_scale = 10u128.pow(frac.len() as u32);
+    let bytes = whole
+        .checked_mul(multiplier)
+        .and_then(|b| b.checked_add((frac_value * multiplier).div_ceil(frac_scale)))
+        .ok_or_else(|| err("too large"))?;
+    u64::try_from(bytes).map_err(|_| err("too large"))
+}
+
+/// Renders bytes compactly for messages: "256Mi", "1Gi", or plain bytes.
+pub fn format_bytes(bytes: u64) -> String {
+    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{}", bytes / unit, suffix);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_binary_and_decimal_suffixes() {
+        assert_eq!(parse_bytes("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1Ki"), Ok(1024));
+        assert_eq!(parse_bytes("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("500k"), Ok(500_000));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_bytes(" 64Mi "), Ok(64 << 20));
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for bad in ["", "Mi", "abc", "12XB", "1.2.3Mi", "-5Mi", "1e9", "99999999999999999999Ti", "."] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = parse_bytes("12XB").unwrap_err();
+        assert!(e.to_string().contains("12XB"));
+    }
+
+    #[test]
+    fn formats_round_units() {
+        assert_eq!(format_bytes(256 << 20), "256Mi");
+        assert_eq!(format_bytes(1 << 30), "1Gi");
+        assert_eq!(format_bytes(1000), "1000");
+    }
+}

@@ -1,0 +1,519 @@
+//! One VM: created from a validated plan, launched paused, run, stopped, torn down.
+//! Every host resource it takes is recorded in `Resources` and released by one path.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio as ProcessStdio;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::api::Status;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use qmp::{Qmp, VmEvent};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use crate::accel::{self, Accel};
+use crate::cgroup::VmCgroup;
+use crate::config::{AccelSetting, Config};
+use crate::console::{Console, Pumps, Stdio};
+use crate::disk::{self, DiskError};
+use crate::plan::{PlanError, VmPlan};
+use crate::qemu::args::{Machine, RootDisk};
+use crate::qemu::LaunchSpec;
+
+/// The file in the bundle naming the VM's state dir, for `delete` after a shim crash.
+pub const STATE_DIR_MARKER: &str = "vm-state-dir";
+const QMP_SOCKET: &str = "qmp.sock";
+const QEMU_LOG: &str = "qemu.log";
+const QEMU_PID: &str = "qemu.pid";
+/// Exit status of a task whose guest kernel panicked.
+pub const PANIC_EXIT_STATUS: u32 = 1;
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a VM could not be created: every variant says what and why, for `ctr`'s output.
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Host { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("QEMU {binary}: {reason}")]
+    Qemu { binary: String, reason: String },
+}
+
+fn host(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Host { what, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exited {
+    pub status: u32,
+    pub at: SystemTime,
+}
+
+/// Host resources held for the VM, released in reverse order by `release`.
+#[derive(Default)]
+struct Resources {
+    rootfs_mount: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    bundle_marker: Option<PathBuf>,
+    cgroup: Option<VmCgroup>,
+    qemu_pid: Option<u32>,
+}
+
+impl Resources {
+    /// Releases everything; safe to call more than once. QEMU must already be reaped,
+    /// or be killable here.
+    fn release(&mut self) {
+        if let Some(pid) = self.qemu_pid.take() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            if let Err(e) = remove_cgroup_when_empty(&cgroup) {
+                warn!("{e}");
+            }
+        }
+        if let Some(dir) = self.state_dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!("removing state dir {}: {e}", dir.display());
+                }
+            }
+        }
+        if let Some(marker) = self.bundle_marker.take() {
+            let _ = std::fs::remove_file(marker);
+        }
+        if let Some(rootfs) = self.rootfs_mount.take() {
+            if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
+                warn!("unmounting {}: {e}", rootfs.display());
+            }
+        }
+    }
+}
+
+/// A killed QEMU leaves its cgroup a moment after it is reaped; retry briefly.
+fn remove_cgroup_when_empty(cgroup: &VmCgroup) -> Result<(), crate::cgroup::CgroupError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match cgroup.remove() {
+            Ok(()) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What Create needs beyond the spec.
+pub struct CreateRequest<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs_mounts: &'a [containerd_shim_protos::api::Mount],
+    pub stdio: Stdio,
+    pub config: &'a Config,
+}
+
+pub struct Vm {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub stdio: Stdio,
+    pub pid: u32,
+    pub plan: VmPlan,
+    qmp: Qmp,
+    console: Console,
+    status: Mutex<Status>,
+    exited: watch::Receiver<Option<Exited>>,
+    resources: Mutex<Resources>,
+    pumps: Mutex<Option<Pumps>>,
+}
+
+/// A VM event the task service turns into a containerd event.
+#[derive(Debug)]
+pub enum Lifecycle {
+    Exited { id: String, pid: u32, exited: Exited },
+}
+
+impl Vm {
+    /// Builds the plan, takes the host resources and launches QEMU paused.
+    /// On any error everything taken so far is released before returning.
+    pub async fn create(
+        req: CreateRequest<'_>,
+        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+    ) -> Result<std::sync::Arc<Vm>, VmError> {
+        let spec = oci_spec::runtime::Spec::load(req.bundle.join("config.json"))
+            .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", req.bundle.display())))?;
+        let plan = VmPlan::from_spec(&spec, req.config)?;
+        req.stdio.check().map_err(VmError::Invalid)?;
+        let mut resources = Resources::default();
+        match Self::launch(&req, plan, &mut resources, lifecycle).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                resources.release();
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(
+        req: &CreateRequest<'_>,
+        plan: VmPlan,
+        resources: &mut Resources,
+        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+    ) -> Result<std::sync::Arc<Vm>, VmError> {
+        let config = req.config;
+        let rootfs = req.bundle.join("rootfs");
+        for mount in req.rootfs_mounts {
+            std::fs::create_dir_all(&rootfs).map_err(host(format!("creating {}", rootfs.display())))?;
+            containerd_shim::asynchronous::util::mount_rootfs(mount, &rootfs)
+                .await
+                .map_err(|e| VmError::Invalid(format!("mounting the image ({} {}): {e}", mount.type_, mount.source)))?;
+            resources.rootfs_mount = Some(rootfs.clone());
+        }
+
+        let image = disk::locate(&rootfs, &plan.disk, &config.host_disk_dirs)?;
+        check_executable(&config.qemu)?;
+        let overlay = disk::prepare_overlay(&rootfs, &image, &config.qemu_img)?;
+        let accel = resolve_accel(config.accel)?;
+
+        let state_dir = config.state_dir.join(req.namespace).join(req.id);
+        create_private_dir(&state_dir)?;
+        resources.state_dir = Some(state_dir.clone());
+        let marker = req.bundle.join(STATE_DIR_MARKER);
+        std::fs::write(&marker, state_dir.as_os_str().as_encoded_bytes())
+            .map_err(host(format!("writing {}", marker.display())))?;
+        resources.bundle_marker = Some(marker);
+
+        let mut console = Console::open().map_err(host("opening the console pty"))?;
+        let cgroup = plan.cgroup.as_ref().map(VmCgroup::create).transpose()?;
+        resources.cgroup = cgroup;
+
+        let launch = LaunchSpec {
+            name: req.id.to_string(),
+            machine: Machine {
+                kind: config.machine,
+                accel,
+                tcg_translation_cache_mib: (config.tcg_translation_cache_bytes >> 20).max(1),
+            },
+            cpus: plan.cpus,
+            memory_bytes: plan.memory_bytes,
+            qmp_socket: state_dir.join(QMP_SOCKET),
+            console_tty: console.tty_path().to_path_buf(),
+            root_disk: RootDisk { image: image.path.clone(), image_format: image.format(), overlay },
+        };
+        let log_path = state_dir.join(QEMU_LOG);
+        let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
+        let qemu_err = |reason: String| VmError::Qemu { binary: config.qemu.display().to_string(), reason };
+        let mut child = tokio::process::Command::new(&config.qemu)
+            .args(launch.argv())
+            .stdin(ProcessStdio::null())
+            .stdout(log.try_clone().map_err(host("duplicating the QEMU log fd"))?)
+            .stderr(log)
+            .current_dir(&state_dir)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| qemu_err(format!("cannot start: {e}")))?;
+        let pid = child.id().ok_or_else(|| qemu_err("exited before its pid was read".into()))?;
+        resources.qemu_pid = Some(pid);
+        info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
+        let _ = std::fs::write(state_dir.join(QEMU_PID), pid.to_string());
+        if let Some(cgroup) = &resources.cgroup {
+            if let Err(e) = cgroup.add_process(pid) {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(e.into());
+            }
+        }
+
+        let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
+        let qmp_socket = state_dir.join(QMP_SOCKET);
+        let connected = tokio::select! {
+            connected = Qmp::connect(&qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
+            status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+        };
+        let (qmp, events) = match connected {
+            Ok(c) => c,
+            Err(reason) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(qemu_err(format!("{reason}: {}", log_tail(&log_path))));
+            }
+        };
+        console.release_slave();
+        let pumps = match console.start_pumps(&req.stdio) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(VmError::Host { what: "opening the task's stdio".into(), source: e });
+            }
+        };
+
+        let (exit_tx, exited) = watch::channel(None);
+        let vm = std::sync::Arc::new(Vm {
+            id: req.id.to_string(),
+            bundle: req.bundle.to_path_buf(),
+            stdio: req.stdio.clone(),
+            pid,
+            plan,
+            qmp,
+            console,
+            status: Mutex::new(Status::CREATED),
+            exited,
+            resources: Mutex::new(std::mem::take(resources)),
+            pumps: Mutex::new(Some(pumps)),
+        });
+        let monitor = vm.clone();
+        tokio::spawn(
+            async move { monitor.monitor(child, events, exit_tx, lifecycle).await }
+                .instrument(tracing::info_span!("vm", id = %req.id)),
+        );
+        Ok(vm)
+    }
+
+    /// Waits for QEMU to exit while following its events; then drains the console
+    /// and reports the exit once.
+    async fn monitor(
+        self: std::sync::Arc<Self>,
+        mut child: tokio::process::Child,
+        mut events: qmp::Events,
+        exit_tx: watch::Sender<Option<Exited>>,
+        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+    ) {
+        let mut panicked = false;
+        let mut events_open = true;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                event = events.next(), if events_open => match event {
+                    Some(VmEvent::GuestPanicked) => {
+                        warn!("guest kernel panicked; stopping the VM");
+                        panicked = true;
+                        if let Err(e) = self.qmp.quit().await {
+                            warn!("quit after panic: {e}");
+                            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                        }
+                    }
+                    Some(VmEvent::Reset { guest, reason }) => info!(guest, %reason, "VM reset"),
+                    Some(VmEvent::Shutdown { guest, reason }) => info!(guest, %reason, "VM shutting down"),
+                    Some(other) => tracing::debug!(?other, "QMP event"),
+                    None => events_open = false,
+                },
+            }
+        };
+        let code = match status {
+            _ if panicked => PANIC_EXIT_STATUS,
+            Ok(s) => exit_code(s),
+            Err(e) => {
+                warn!("waiting for QEMU: {e}");
+                255
+            }
+        };
+        self.resources.lock().map(|mut r| r.qemu_pid = None).ok();
+        let pumps = self.pumps.lock().ok().and_then(|mut p| p.take());
+        if let Some(pumps) = pumps {
+            pumps.finish(CONSOLE_DRAIN_TIMEOUT).await;
+        }
+        let exited = Exited { status: code, at: SystemTime::now() };
+        info!(status = code, "VM exited");
+        self.set_status(Status::STOPPED);
+        let _ = exit_tx.send(Some(exited));
+        let _ = lifecycle.send(Lifecycle::Exited { id: self.id.clone(), pid: self.pid, exited });
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| *s).unwrap_or(Status::UNKNOWN)
+    }
+
+    fn set_status(&self, status: Status) {
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+    }
+
+    pub fn exited(&self) -> Option<Exited> {
+        *self.exited.borrow()
+    }
+
+    pub async fn wait(&self) -> Exited {
+        let mut rx = self.exited.clone();
+        loop {
+            if let Some(exited) = *rx.borrow_and_update() {
+                return exited;
+            }
+            if rx.changed().await.is_err() {
+                // The monitor is gone without reporting: treat as killed.
+                return Exited { status: 255, at: SystemTime::now() };
+            }
+        }
+    }
+
+    /// Lets the guest CPUs run.
+    pub async fn start(&self) -> Result<(), qmp::QmpError> {
+        self.qmp.cont().await?;
+        self.set_status(Status::RUNNING);
+        Ok(())
+    }
+
+    pub async fn pause(&self) -> Result<(), qmp::QmpError> {
+        self.qmp.stop().await?;
+        self.set_status(Status::PAUSED);
+        Ok(())
+    }
+
+    pub async fn resume(&self) -> Result<(), qmp::QmpError> {
+        self.qmp.cont().await?;
+        self.set_status(Status::RUNNING);
+        Ok(())
+    }
+
+    /// SIGTERM/SIGINT ask the guest to power off (ACPI), SIGKILL stops QEMU at once,
+    /// SIGHUP resets the guest. A VM that never started is simply stopped.
+    pub async fn signal(&self, signal: u32) -> Result<(), KillError> {
+        if self.exited().is_some() {
+            return Err(KillError::Exited);
+        }
+        let sig = Signal::try_from(signal as i32).map_err(|_| KillError::Unsupported(signal))?;
+        let pid = Pid::from_raw(self.pid as i32);
+        match sig {
+            Signal::SIGKILL => kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string())),
+            _ if self.status() == Status::CREATED && matches!(sig, Signal::SIGTERM | Signal::SIGINT) => {
+                kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string()))
+            }
+            Signal::SIGTERM | Signal::SIGINT => {
+                self.qmp.system_powerdown().await.map_err(|e| KillError::Failed(e.to_string()))
+            }
+            Signal::SIGHUP => self.qmp.system_reset().await.map_err(|e| KillError::Failed(e.to_string())),
+            _ => Err(KillError::Unsupported(signal)),
+        }
+    }
+
+    pub fn resize_console(&self, width: u32, height: u32) -> std::io::Result<()> {
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        self.console.resize(clamp(width), clamp(height))
+    }
+
+    pub fn close_stdin(&self) {
+        if let Ok(mut pumps) = self.pumps.lock() {
+            if let Some(p) = pumps.as_mut() {
+                p.close_input();
+            }
+        }
+    }
+
+    pub fn cgroup_metrics(&self) -> Option<Result<containerd_shim::protos::cgroups::metrics::Metrics, String>> {
+        let resources = self.resources.lock().ok()?;
+        let cgroup = resources.cgroup.as_ref()?;
+        Some(containerd_shim::cgroup::collect_metrics(cgroup.cgroup()).map_err(|e| e.to_string()))
+    }
+
+    /// Releases every host resource; QEMU is killed if it still runs.
+    pub fn release(&self) {
+        if let Ok(mut r) = self.resources.lock() {
+            r.release();
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum KillError {
+    #[error("process already finished")]
+    Exited,
+    #[error("signal {0} is not supported for a VM: use SIGTERM (ACPI power-off), SIGKILL (stop at once) or SIGHUP (reset)")]
+    Unsupported(u32),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u32,
+        (None, Some(signal)) => 128 + signal as u32,
+        _ => 255,
+    }
+}
+
+fn resolve_accel(setting: AccelSetting) -> Result<Accel, VmError> {
+    match setting {
+        AccelSetting::Tcg => Ok(Accel::Tcg),
+        AccelSetting::Kvm => accel::probe_kvm_here()
+            .map(|_| Accel::Kvm)
+            .map_err(|reason| VmError::Invalid(format!("config accel = \"kvm\": KVM cannot run a guest here: {reason}"))),
+        AccelSetting::Auto => {
+            let exe = std::env::current_exe().map_err(host("locating the shim binary"))?;
+            let (accel, reason) = accel::resolve_auto(&exe, KVM_PROBE_TIMEOUT);
+            if let Some(reason) = reason {
+                info!("accel auto: using TCG: {reason}");
+            }
+            Ok(accel)
+        }
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| VmError::Qemu {
+        binary: path.display().to_string(),
+        reason: format!("{e} (set `qemu` in the shim config)"),
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(VmError::Qemu { binary: path.display().to_string(), reason: "not an executable file".into() });
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(parent)
+            .map_err(host(format!("creating {}", parent.display())))?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(host(format!("creating state dir {}", dir.display())))
+}
+
+/// The last lines QEMU wrote, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() { "QEMU printed nothing".into() } else { tail }
+}
+
+/// Cleanup for `containerd-shim-vm-v1 delete`: after a shim died, kill its QEMU and
+/// remove what it left, found from the bundle alone.
+pub fn cleanup_bundle(bundle: &Path) {
+    let marker = bundle.join(STATE_DIR_MARKER);
+    if let Ok(dir) = std::fs::read_to_string(&marker) {
+        let dir = PathBuf::from(dir.trim());
+        if let Some(pid) = std::fs::read_to_string(dir.join(QEMU_PID)).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            // Only a process that is still this VM's QEMU (its command line names our QMP socket).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let qmp = dir.join(QMP_SOCKET);
+            if String::from_utf8_lossy(&cmdline).contains(&*qmp.to_string_lossy()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&marker);
+    }
+    if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) {
+        if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
+            let rel = crate::cgroup::relative_path(&path.to_string_lossy());
+            let cg = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
+            let _ = cg.delete();
+        }
+    }
+    let rootfs = bundle.join("rootfs");
+    let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+}
