@@ -1,1 +1,20 @@
-//! Test rig (being written).
+//! Guest images, OCI archives and a private containerd for the end-to-end tests of
+//! containerd-shim-vm.
+//!
+//! * [`oci`]: OCI image-layout archives (`ctr images import`), containerDisk layout.
+//! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
+//! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
+
+pub mod images;
+pub mod oci;
+pub mod rig;
+
+pub use rig::{Event, Events, Namespace, Rig, RigConfig, Spawned};
+
+use std::path::{Path, PathBuf};
+
+/// The Cargo workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}

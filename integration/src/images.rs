@@ -1,0 +1,156 @@
+//! The test images: the tiny guest disks (built by `images/build-tiny.sh`) as containerDisk
+//! OCI archives, and a busybox image for runc.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::oci::{self, container_disk, Entry, Image};
+
+pub const TINY: &str = "example.org/disks/tiny:1";
+pub const TINY_RAW: &str = "example.org/disks/tiny-raw:1";
+pub const TINY_PART: &str = "example.org/disks/tiny-part:1";
+pub const BUSYBOX: &str = "example.org/test/busybox:1";
+
+/// Serialises builds within this process; the file lock in [`build_tiny`] does across processes.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// `<workspace>/.cache/images`: where the guest disks are built and kept between runs.
+pub fn cache_dir() -> PathBuf {
+    crate::workspace_root().join(".cache/images")
+}
+
+/// The guest disks as built by `build-tiny.sh`.
+#[derive(Debug, Clone)]
+pub struct TinyDisks {
+    /// FAT superfloppy, compressed qcow2.
+    pub qcow2: PathBuf,
+    /// The same disk, raw.
+    pub raw: PathBuf,
+    /// MBR-partitioned disk (FAT in partition 1), qcow2.
+    pub part_qcow2: PathBuf,
+}
+
+/// Run `integration/images/build-tiny.sh` on [`cache_dir`] (it does nothing when its outputs
+/// are up to date) and return the disks.
+pub fn build_tiny() -> Result<TinyDisks> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let script = crate::workspace_root().join("integration/images/build-tiny.sh");
+
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let lock_path = dir.join(".lock");
+    let lock_file =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}):\n{}\n{}",
+            script.display(),
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let disks = TinyDisks {
+        qcow2: dir.join("tiny.qcow2"),
+        raw: dir.join("tiny.raw"),
+        part_qcow2: dir.join("tiny-part.qcow2"),
+    };
+    for p in [&disks.qcow2, &disks.raw, &disks.part_qcow2] {
+        if !p.is_file() {
+            bail!("{} did not produce {}", script.display(), p.display());
+        }
+    }
+    Ok(disks)
+}
+
+/// An OCI archive written for a test, and what it holds.
+#[derive(Debug, Clone)]
+pub struct ImageArchive {
+    /// Full image name, e.g. `example.org/disks/tiny:1`.
+    pub name: String,
+    /// The OCI image-layout tar, for `ctr images import`.
+    pub archive: PathBuf,
+    /// For containerDisks: the disk's path inside the image, e.g. `/disk/tiny.qcow2`.
+    pub disk: Option<String>,
+}
+
+/// The three tiny-guest containerDisks.
+#[derive(Debug, Clone)]
+pub struct TinyImages {
+    /// `example.org/disks/tiny:1`: `/disk/tiny.qcow2`.
+    pub tiny: ImageArchive,
+    /// `example.org/disks/tiny-raw:1`: `/disk/tiny.raw`.
+    pub tiny_raw: ImageArchive,
+    /// `example.org/disks/tiny-part:1`: `/disk/root.qcow2` (partitioned; FAT on partition 1).
+    pub tiny_part: ImageArchive,
+    pub disks: TinyDisks,
+}
+
+impl TinyImages {
+    pub fn all(&self) -> [&ImageArchive; 3] {
+        [&self.tiny, &self.tiny_raw, &self.tiny_part]
+    }
+}
+
+/// Build the tiny disks (cached) and write their containerDisk archives into `out_dir`
+/// (`tiny.tar`, `tiny-raw.tar`, `tiny-part.tar`).
+pub fn tiny_images(out_dir: &Path) -> Result<TinyImages> {
+    let disks = build_tiny()?;
+    let one = |name: &str, disk: &Path, disk_name: &str, file: &str| -> Result<ImageArchive> {
+        let archive = out_dir.join(file);
+        container_disk(name, disk, disk_name)
+            .write_archive(&archive)
+            .with_context(|| format!("writing {}", archive.display()))?;
+        Ok(ImageArchive {
+            name: name.to_string(),
+            archive,
+            disk: Some(format!("{}/{disk_name}", oci::CONTAINER_DISK_DIR)),
+        })
+    };
+    Ok(TinyImages {
+        tiny: one(TINY, &disks.qcow2, "tiny.qcow2", "tiny.tar")?,
+        tiny_raw: one(TINY_RAW, &disks.raw, "tiny.raw", "tiny-raw.tar")?,
+        tiny_part: one(TINY_PART, &disks.part_qcow2, "root.qcow2", "tiny-part.tar")?,
+        disks,
+    })
+}
+
+/// A busybox image (`/bin/busybox` from the host's busybox-static, `/bin/sh` linking to it,
+/// `CMD ["sh"]`) written to `out_dir/busybox.tar`, for tests with the runc shim.
+pub fn busybox_image(out_dir: &Path) -> Result<ImageArchive> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("no /bin/busybox: install the Debian package busybox-static")?;
+    let mut image = Image::new(BUSYBOX)
+        .entry(Entry::host_file("/bin/busybox", &busybox).mode(0o755))
+        .entry(Entry::symlink("/bin/sh", "busybox"))
+        .entry(Entry::dir("/tmp").mode(0o1777));
+    image.config.env = vec!["PATH=/bin".into()];
+    image.config.cmd = vec!["sh".into()];
+    let archive = out_dir.join("busybox.tar");
+    image
+        .write_archive(&archive)
+        .with_context(|| format!("writing {}", archive.display()))?;
+    Ok(ImageArchive {
+        name: BUSYBOX.to_string(),
+        archive,
+        disk: None,
+    })
+}
