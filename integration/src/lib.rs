@@ -4,10 +4,12 @@
 //! * [`oci`]: OCI image-layout archives (`ctr images import`), containerDisk layout.
 //! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
 //! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
+//! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
 pub mod images;
 pub mod oci;
 pub mod rig;
+pub mod vmenv;
 
 pub use rig::{Event, Events, Namespace, Rig, RigConfig, Spawned};
 

@@ -363,7 +363,7 @@ oom_score = 0
     {
         let mut cmd = self.ctr_command();
         cmd.args(args);
-        Spawned::start(cmd)
+        Spawned::from_command(cmd)
     }
 
     /// Start capturing `ctr events` (all namespaces). Returns once the subscription is known
@@ -624,7 +624,9 @@ pub struct Spawned<'r> {
 }
 
 impl<'r> Spawned<'r> {
-    fn start(mut cmd: Command) -> Result<Spawned<'r>> {
+    /// Runs any command (e.g. `script` around `ctr run -t`) with the same piped,
+    /// incrementally read stdio as [`Rig::spawn`].
+    pub fn from_command(mut cmd: Command) -> Result<Spawned<'r>> {
         let what = format!("{cmd:?}");
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,0 +1,184 @@
+//! A rig set up for VM tests: the shim configured (TCG, state under the rig), the tiny
+//! images imported into a fresh namespace, and checks that a VM left nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::images::{tiny_images, TinyImages};
+use crate::rig::{processes_of, Namespace, Rig, VM_RUNTIME};
+
+/// Guest boot marker printed by the tiny image's init.
+pub const BOOTED: &str = "TINY-VM-BOOTED";
+/// The shell prompt of the tiny image, once it accepts commands.
+pub const PROMPT: &str = "tiny# ";
+/// Booting under TCG on a busy 2-core machine: generous, never a performance assertion.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct VmEnv {
+    pub rig: Rig,
+    pub images: TinyImages,
+    pub state_dir: PathBuf,
+    _archives: tempfile::TempDir,
+}
+
+impl VmEnv {
+    /// A rig whose shim runs TCG with its state below the rig directory.
+    pub fn start() -> Result<VmEnv> {
+        Self::start_with_accel("tcg")
+    }
+
+    pub fn start_with_accel(accel: &str) -> Result<VmEnv> {
+        let archives = tempfile::tempdir()?;
+        let images = tiny_images(archives.path())?;
+        let rig = Rig::start()?;
+        if !rig.has_vm_shim() {
+            bail!(
+                "no containerd-shim-vm-v1 in {}: run `cargo build --release` first or set SHIM_VM_BIN_DIR",
+                rig.shim_bin_dir().display()
+            );
+        }
+        let state_dir = rig.dir().join("vmstate");
+        rig.write_shim_config(&format!(
+            "accel = \"{accel}\"\nstate_dir = \"{}\"\nmemory_overhead = \"64Mi\"\n",
+            state_dir.display()
+        ))?;
+        Ok(VmEnv { rig, images, state_dir, _archives: archives })
+    }
+
+    /// A fresh namespace with the three tiny images imported.
+    pub fn namespace(&self, hint: &str) -> Result<Namespace<'_>> {
+        let ns = self.rig.namespace(hint);
+        for image in self.images.all() {
+            ns.import(&image.archive)?;
+        }
+        Ok(ns)
+    }
+
+    /// Asserts that nothing of VM `id` in `ns` remains on the host: no QEMU, no state
+    /// dir, no mount of its rootfs, no cgroup. Waits briefly: teardown is asynchronous.
+    pub fn assert_gone(&self, ns: &Namespace<'_>, id: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let leftovers = self.leftovers(ns.name(), id);
+            if leftovers.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("VM {id} left behind: {}", leftovers.join("; "));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leftovers(&self, ns: &str, id: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let guest = format!("guest={id},");
+        for (pid, cmd) in processes_of(self.rig.dir()) {
+            if cmd.contains("qemu-system") && cmd.contains(&guest) {
+                found.push(format!("QEMU pid {pid}"));
+            }
+        }
+        let state = self.state_dir.join(ns).join(id);
+        if state.exists() {
+            found.push(format!("state dir {}", state.display()));
+        }
+        let rootfs = format!("/{ns}/{id}/rootfs");
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for line in mounts.lines().filter(|l| l.contains(&rootfs)) {
+                found.push(format!("mount {line}"));
+            }
+        }
+        for cgroup in cgroup_dirs(ns, id) {
+            found.push(format!("cgroup {}", cgroup.display()));
+        }
+        found
+    }
+
+    /// `ctr run` arguments for a VM: the runtime, then `extra`, then image and id.
+    pub fn run_args<'a>(&self, extra: &[&'a str], image: &'a str, id: &'a str) -> Vec<String> {
+        let mut args = vec!["run".to_string(), "--runtime".into(), VM_RUNTIME.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(image.into());
+        args.push(id.into());
+        args
+    }
+}
+
+/// The cgroup directories `/<ns>/<id>` in every mounted hierarchy.
+fn cgroup_dirs(ns: &str, id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(ns).join(id)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(ns).join(id)));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `file` contains `pattern` (a log written by the shim for `--log-uri`).
+pub fn wait_for_file(file: &Path, pattern: &str, timeout: Duration) -> Result<String> {
+    wait_until(&format!("{pattern:?} in {}", file.display()), timeout, || {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        Ok(text.contains(pattern).then_some(text))
+    })
+    .with_context(|| format!("log so far: {}", std::fs::read_to_string(file).unwrap_or_default()))
+}
+
+/// The task's status column from `ctr task ls`, if the task is listed.
+pub fn task_status(ns: &Namespace<'_>, id: &str) -> Result<Option<(u32, String)>> {
+    let out = ns.ctr_ok(["task", "ls"])?;
+    Ok(out.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        match cols.as_slice() {
+            [task, pid, status, ..] if *task == id => Some((pid.parse().unwrap_or(0), status.to_string())),
+            _ => None,
+        }
+    }))
+}
+
+/// Waits for the task to reach `status` (RUNNING, PAUSED, STOPPED).
+pub fn wait_status(ns: &Namespace<'_>, id: &str, status: &str, timeout: Duration) -> Result<u32> {
+    wait_until(&format!("task {id} {status}"), timeout, || {
+        Ok(task_status(ns, id)?.filter(|(_, s)| s == status).map(|(pid, _)| pid))
+    })
+}
+
+/// QEMU's command line for a task pid.
+pub fn cmdline(pid: u32) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).with_context(|| format!("reading cmdline of {pid}"))?;
+    Ok(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+}
+
+/// Deletes a stopped task and returns its exit status, which `ctr task rm` reports
+/// only as a warning ("exit with non-zero exit code N").
+pub fn delete_task(ns: &Namespace<'_>, id: &str) -> Result<i32> {
+    let out = ns.ctr(["task", "rm", id])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("ctr task rm {id} failed: {stderr}");
+    }
+    const MARK: &str = "exit with non-zero exit code ";
+    Ok(match stderr.find(MARK) {
+        Some(at) => stderr[at + MARK.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("exit code in {stderr:?}"))?,
+        None => 0,
+    })
+}

@@ -1,0 +1,222 @@
+//! The VM lifecycle through a real containerd and `ctr`, with QEMU under TCG: every
+//! command a user runs, exit codes, events, and that nothing is left afterwards.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use integration::images::{TINY, TINY_PART, TINY_RAW};
+use integration::vmenv::{cmdline, delete_task, wait_for_file, wait_status, VmEnv, BOOTED, BOOT_TIMEOUT, PROMPT};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn attached_run_shows_console_takes_input_and_powers_off_with_status_0() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("attached")?;
+    let mut events = ns.events()?;
+    let mut vm = ns.spawn(env.run_args(&["--rm"], TINY, "vm1"))?;
+    vm.wait_for_output(BOOTED, BOOT_TIMEOUT)?;
+    vm.wait_for_output("BOOT-COUNT=1", BOOT_TIMEOUT)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    vm.send("echo hello-$((6*7))\n")?;
+    vm.wait_for_output("hello-42", Duration::from_secs(30))?;
+    vm.send("poweroff\n")?;
+    let status = vm.wait(EXIT_TIMEOUT)?;
+    ensure!(status.success(), "ctr run exited {status}; stderr: {}", vm.stderr());
+
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
+        let event = events.wait_for(topic, Duration::from_secs(20))?;
+        ensure!(event.payload["container_id"] == "vm1", "{event:?}");
+        if topic == "/tasks/exit" {
+            // protobuf JSON leaves a zero exit status out
+            ensure!(event.payload.get("exit_status").is_none_or(|s| s == 0), "{event:?}");
+        }
+    }
+    env.assert_gone(&ns, "vm1")
+}
+
+#[test]
+fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("detached")?;
+    let log = env.rig.dir().join("vm2.log");
+    let log_uri = format!("file://{}", log.display());
+    let mut events = ns.events()?;
+    let args = env.run_args(
+        &["-d", "--log-uri", &log_uri, "--annotation", "vm.containerd.io/cpus=2", "--annotation", "vm.containerd.io/memory=256Mi"],
+        TINY,
+        "vm2",
+    );
+    ns.ctr_ok(&args)?;
+    let pid = wait_status(&ns, "vm2", "RUNNING", Duration::from_secs(30))?;
+    let argv = cmdline(pid)?;
+    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "QEMU argv: {argv:?}");
+    ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "256M"), "QEMU argv: {argv:?}");
+    wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
+
+    ns.ctr_ok(["task", "pause", "vm2"])?;
+    wait_status(&ns, "vm2", "PAUSED", Duration::from_secs(10))?;
+    events.wait_for("/tasks/paused", Duration::from_secs(10))?;
+    ns.ctr_ok(["task", "resume", "vm2"])?;
+    wait_status(&ns, "vm2", "RUNNING", Duration::from_secs(10))?;
+    events.wait_for("/tasks/resumed", Duration::from_secs(10))?;
+
+    // SIGTERM is ctr's default: an ACPI power-off the guest honours, exit status 0.
+    ns.ctr_ok(["task", "kill", "vm2"])?;
+    wait_status(&ns, "vm2", "STOPPED", EXIT_TIMEOUT)?;
+    let exit = events.wait_for("/tasks/exit", Duration::from_secs(10))?;
+    ensure!(exit.payload.get("exit_status").is_none_or(|s| s == 0), "{exit:?}");
+    ensure!(delete_task(&ns, "vm2")? == 0, "task rm reported a non-zero exit status");
+    wait_for_file(&log, "reboot: Power down", Duration::from_secs(5))?;
+    ns.ctr_ok(["container", "rm", "vm2"])?;
+    env.assert_gone(&ns, "vm2")
+}
+
+#[test]
+fn interactive_terminal_run_gets_a_pty_console() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("terminal")?;
+    // `ctr run -t` needs a terminal of its own: `script` gives it one.
+    let ctr = format!(
+        "{} --address {} --namespace {} run -t --rm --runtime io.containerd.vm.v1 {TINY} vm3",
+        env.rig.ctr_command().get_program().to_string_lossy(),
+        env.rig.address().display(),
+        ns.name()
+    );
+    let mut script = std::process::Command::new("script");
+    script.args(["-qfec", &ctr, "/dev/null"]);
+    let mut vm = integration::rig::Spawned::from_command(script)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    vm.send("stty size; echo term-$((6*7))\r")?;
+    vm.wait_for_output("term-42", Duration::from_secs(30))?;
+    let state = ns.ctr_ok(["task", "ls"])?;
+    ensure!(state.contains("vm3") && state.contains("RUNNING"), "{state}");
+    vm.send("poweroff\r")?;
+    let status = vm.wait(EXIT_TIMEOUT)?;
+    ensure!(status.success(), "ctr run -t exited {status}: {}", vm.output());
+    env.assert_gone(&ns, "vm3")
+}
+
+#[test]
+fn guest_reboot_and_sighup_reset_in_place_and_sigkill_exits_137() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("reset")?;
+    let mut vm = ns.spawn(env.run_args(&[], TINY, "vm4"))?;
+    vm.wait_for_output("BOOT-COUNT=1", BOOT_TIMEOUT)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    let pid = wait_status(&ns, "vm4", "RUNNING", Duration::from_secs(10))?;
+
+    vm.send("reboot\n")?;
+    vm.wait_for_output("BOOT-COUNT=2", BOOT_TIMEOUT)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    ensure!(wait_status(&ns, "vm4", "RUNNING", Duration::from_secs(5))? == pid, "same QEMU after a guest reboot");
+
+    ns.ctr_ok(["task", "kill", "-s", "SIGHUP", "vm4"])?;
+    vm.wait_for_output("BOOT-COUNT=3", BOOT_TIMEOUT)?;
+    ensure!(wait_status(&ns, "vm4", "RUNNING", Duration::from_secs(5))? == pid, "same QEMU after SIGHUP");
+
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "vm4"])?;
+    let status = vm.wait(EXIT_TIMEOUT)?;
+    ensure!(status.code() == Some(137), "ctr run exit after SIGKILL: {status}");
+    // the attached `ctr run` deleted the task itself
+    let refused = ns.ctr(["task", "kill", "-s", "SIGUSR1", "vm4"])?;
+    ensure!(!refused.status.success(), "a signal to a deleted task must fail");
+    ns.ctr_ok(["container", "rm", "vm4"])?;
+    env.assert_gone(&ns, "vm4")
+}
+
+#[test]
+fn unsupported_signal_is_refused_and_guest_panic_exits_non_zero() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("panic")?;
+    let mut vm = ns.spawn(env.run_args(&["--rm"], TINY, "vm5"))?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    let refused = ns.ctr(["task", "kill", "-s", "SIGUSR1", "vm5"])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success() && stderr.contains("signal 10"), "SIGUSR1: {stderr}");
+    vm.send("echo c > /proc/sysrq-trigger\n")?;
+    let status = vm.wait(EXIT_TIMEOUT)?;
+    ensure!(status.code() == Some(1), "ctr run exit after a guest panic: {status}: {}", vm.output());
+    env.assert_gone(&ns, "vm5")
+}
+
+#[test]
+fn a_task_started_again_keeps_its_disk_and_removing_the_container_drops_it() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("restart")?;
+    let log = env.rig.dir().join("vm6.log");
+    let log_uri = format!("file://{}", log.display());
+    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
+    wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
+    ns.ctr_ok(["task", "kill", "vm6"])?;
+    wait_status(&ns, "vm6", "STOPPED", EXIT_TIMEOUT)?;
+    ensure!(delete_task(&ns, "vm6")? == 0);
+    env.assert_gone(&ns, "vm6")?;
+
+    ns.ctr_ok(["task", "start", "-d", "--log-uri", &log_uri, "vm6"])?;
+    wait_for_file(&log, "BOOT-COUNT=2", BOOT_TIMEOUT).context("second start must see the first boot's data")?;
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "vm6"])?;
+    wait_status(&ns, "vm6", "STOPPED", EXIT_TIMEOUT)?;
+    ensure!(delete_task(&ns, "vm6")? == 137);
+    ns.ctr_ok(["container", "rm", "vm6"])?;
+
+    // A new container from the same image starts from the image's pristine disk.
+    std::fs::remove_file(&log)?;
+    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
+    wait_for_file(&log, "BOOT-COUNT=1", BOOT_TIMEOUT)?;
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "vm6"])?;
+    wait_status(&ns, "vm6", "STOPPED", EXIT_TIMEOUT)?;
+    delete_task(&ns, "vm6")?;
+    ns.ctr_ok(["container", "rm", "vm6"])?;
+    env.assert_gone(&ns, "vm6")
+}
+
+#[test]
+fn raw_and_partitioned_images_boot_with_accel_auto() -> Result<()> {
+    // auto must notice a /dev/kvm that cannot run a guest (as on this machine) and fall back.
+    let env = VmEnv::start_with_accel("auto")?;
+    let ns = env.namespace("formats")?;
+    for (image, id) in [(TINY_RAW, "raw"), (TINY_PART, "part")] {
+        let log = env.rig.dir().join(format!("{id}.log"));
+        ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], image, id))?;
+    }
+    for id in ["raw", "part"] {
+        wait_for_file(&env.rig.dir().join(format!("{id}.log")), PROMPT, BOOT_TIMEOUT)
+            .with_context(|| format!("image {id}"))?;
+        ns.ctr_ok(["task", "kill", id])?;
+    }
+    for id in ["raw", "part"] {
+        wait_status(&ns, id, "STOPPED", EXIT_TIMEOUT)?;
+        ensure!(delete_task(&ns, id)? == 0, "{id} exit status");
+        ns.ctr_ok(["container", "rm", id])?;
+        env.assert_gone(&ns, id)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn eight_vms_at_once() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("eight")?;
+    let ids: Vec<String> = (1..=8).map(|i| format!("many{i}")).collect();
+    for id in &ids {
+        let log = format!("file://{}", env.rig.dir().join(format!("{id}.log")).display());
+        ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log, "--annotation", "vm.containerd.io/memory=96Mi"], TINY, id))?;
+    }
+    for id in &ids {
+        wait_for_file(&env.rig.dir().join(format!("{id}.log")), PROMPT, Duration::from_secs(300))
+            .with_context(|| format!("VM {id}"))?;
+    }
+    for id in &ids {
+        ns.ctr_ok(["task", "kill", id])?;
+    }
+    for id in &ids {
+        wait_status(&ns, id, "STOPPED", Duration::from_secs(120))?;
+        ensure!(delete_task(&ns, id)? == 0, "{id} exit status");
+        ns.ctr_ok(["container", "rm", id])?;
+    }
+    for id in &ids {
+        env.assert_gone(&ns, id)?;
+    }
+    Ok(())
+}
