@@ -1,0 +1,177 @@
+//! Bad input reaches `ctr` as a clear error naming the field and the value, and leaves
+//! nothing behind: no QEMU, no state dir, no mount, no cgroup, no container, no fd.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use integration::images::TINY;
+use integration::oci::{container_disk, Entry, Image};
+use integration::rig::{processes_of, Namespace};
+use integration::vmenv::{wait_for_file, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
+
+struct Case {
+    id: &'static str,
+    image: String,
+    args: Vec<String>,
+    expect: Vec<String>,
+}
+
+fn case(id: &'static str, image: &str, args: &[&str], expect: &[&str]) -> Case {
+    Case {
+        id,
+        image: image.to_string(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        expect: expect.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn qemu_img(args: &[&str]) -> Result<()> {
+    let out = Command::new("qemu-img").args(args).output().context("running qemu-img (install qemu-utils)")?;
+    ensure!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Images a hostile or careless publisher could push, as (name, image).
+fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
+    let tiny = std::fs::read(tiny_disk)?;
+    let backing = dir.join("backing.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", backing.to_str().unwrap_or_default(), "64M"])?;
+    let mut corrupt = tiny[..4096].to_vec();
+    corrupt[20..24].copy_from_slice(&40u32.to_be_bytes()); // cluster_bits = 40
+    let mut gzip = vec![0u8; 1024];
+    gzip[..2].copy_from_slice(&[0x1f, 0x8b]);
+    Ok(vec![
+        Image::new("example.org/bad/no-disk:1").entry(Entry::bytes("/etc/hostname", "nodisk\n")),
+        Image::new("example.org/bad/empty-disk-dir:1").entry(Entry::dir("/disk")),
+        container_disk("example.org/bad/two-disks:1", tiny_disk, "a.qcow2")
+            .entry(Entry::host_file("/disk/b.qcow2", tiny_disk).owner(107, 107)),
+        container_disk("example.org/bad/backing:1", &backing, "backing.qcow2"),
+        Image::new("example.org/bad/truncated:1").entry(Entry::bytes("/disk/trunc.qcow2", tiny[..72].to_vec())),
+        Image::new("example.org/bad/corrupt:1").entry(Entry::bytes("/disk/corrupt.qcow2", corrupt)),
+        Image::new("example.org/bad/text:1").entry(Entry::bytes("/disk/notes.txt", "this is not a disk\n")),
+        Image::new("example.org/bad/gzip:1").entry(Entry::bytes("/disk/disk.img.gz", gzip)),
+        Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", "/etc/passwd")),
+    ])
+}
+
+fn expect_refused(env: &VmEnv, ns: &Namespace<'_>, c: &Case) -> Result<()> {
+    let mut args: Vec<&str> = vec!["--rm"];
+    args.extend(c.args.iter().map(String::as_str));
+    let out = ns.ctr(env.run_args(&args, &c.image, c.id))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{}: ctr run succeeded; stdout {}", c.id, String::from_utf8_lossy(&out.stdout));
+    for expected in &c.expect {
+        ensure!(stderr.contains(expected.as_str()), "{}: error lacks {expected:?}: {stderr}", c.id);
+    }
+    env.assert_gone(ns, c.id).with_context(|| c.id.to_string())?;
+    let containers = ns.ctr_ok(["container", "ls", "-q"])?;
+    ensure!(!containers.lines().any(|l| l.trim() == c.id), "{}: container left", c.id);
+    Ok(())
+}
+
+#[test]
+fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("bad")?;
+    let dir = tempfile::tempdir()?;
+    for (i, image) in bad_images(dir.path(), &env.images.disks.qcow2)?.into_iter().enumerate() {
+        let archive = dir.path().join(format!("bad{i}.tar"));
+        image.write_archive(&archive)?;
+        ns.import(&archive)?;
+    }
+    let missing_qemu = dir.path().join("missing-qemu.toml");
+    std::fs::write(&missing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/nonexistent/qemu-system-x86_64\"\n", env.state_dir.display()))?;
+    let failing_qemu = dir.path().join("failing-qemu.toml");
+    std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
+    let bad_config = dir.path().join("bad-config.toml");
+    std::fs::write(&bad_config, "accel = \"xen\"\n")?;
+    let cfg = |path: &Path| path.display().to_string();
+
+    let cases = vec![
+        case("no-disk", "example.org/bad/no-disk:1", &[], &["no /disk directory"]),
+        case("empty-disk-dir", "example.org/bad/empty-disk-dir:1", &[], &["/disk directory is empty"]),
+        case("two-disks", "example.org/bad/two-disks:1", &[], &["2 files", "a.qcow2", "b.qcow2"]),
+        case("backing", "example.org/bad/backing:1", &[], &["backing.qcow2", "backing file", "/etc/shadow"]),
+        case("truncated", "example.org/bad/truncated:1", &[], &["trunc.qcow2"]),
+        case("corrupt", "example.org/bad/corrupt:1", &[], &["corrupt.qcow2", "cluster"]),
+        case("text", "example.org/bad/text:1", &[], &["notes.txt"]),
+        case("gzip", "example.org/bad/gzip:1", &[], &["disk.img.gz", "gzip"]),
+        case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2"]),
+        case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
+        case("cpus-0", TINY, &["--annotation", "vm.containerd.io/cpus=0"], &["vm.containerd.io/cpus", "\"0\""]),
+        case("memory-1ki", TINY, &["--annotation", "vm.containerd.io/memory=1Ki"], &["vm.containerd.io/memory", "1Ki", "minimum"]),
+        case(
+            "memory-over-limit",
+            TINY,
+            &["--memory-limit", "268435456", "--annotation", "vm.containerd.io/memory=512Mi"],
+            &["vm.containerd.io/memory", "512Mi", "memory limit 256Mi"],
+        ),
+        case("disk-escape", TINY, &["--annotation", "vm.containerd.io/disk=../../etc/shadow"], &["vm.containerd.io/disk", "../../etc/shadow"]),
+        case("disk-host-path", TINY, &["--annotation", "vm.containerd.io/disk=/etc/passwd"], &["vm.containerd.io/disk", "/etc/passwd"]),
+        case("qemu-missing", TINY, &["--runtime-config-path", &cfg(&missing_qemu)], &["/nonexistent/qemu-system-x86_64"]),
+        case("qemu-fails", TINY, &["--runtime-config-path", &cfg(&failing_qemu)], &["/bin/false", "exited at once"]),
+        case("bad-config", TINY, &["--runtime-config-path", &cfg(&bad_config)], &[&cfg(&bad_config), "xen"]),
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        if let Err(e) = expect_refused(&env, &ns, c) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    ensure!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    Ok(())
+}
+
+/// Containers of one pod share a shim; a refused Create in it must not leak fds or
+/// disturb the VM already running there.
+#[test]
+fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("shared")?;
+    let dir = tempfile::tempdir()?;
+    let backing = bad_images(dir.path(), &env.images.disks.qcow2)?.remove(3);
+    let archive = dir.path().join("backing.tar");
+    backing.write_archive(&archive)?;
+    ns.import(&archive)?;
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod-1"];
+    let log = env.rig.dir().join("good.log");
+    let log_uri = format!("file://{}", log.display());
+    let mut good_args = vec!["-d", "--log-uri", &log_uri];
+    good_args.extend(pod);
+    ns.ctr_ok(env.run_args(&good_args, TINY, "good"))?;
+    wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
+
+    let shims: Vec<i32> = processes_of(env.rig.dir())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-vm-v1") && cmd.contains("-id"))
+        .map(|(pid, _)| pid)
+        .collect();
+    ensure!(shims.len() == 1, "expected one VM shim, found {shims:?}");
+    let fds = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let before = fds(shims[0]);
+
+    for (id, image, extra) in [
+        ("refused-1", "example.org/bad/backing:1", vec![]),
+        ("refused-2", TINY, vec!["--annotation", "vm.containerd.io/cpus=abc"]),
+        ("refused-3", "example.org/bad/backing:1", vec![]),
+    ] {
+        let mut args = vec!["--rm"];
+        args.extend(pod);
+        args.extend(extra);
+        let out = ns.ctr(env.run_args(&args, image, id))?;
+        ensure!(!out.status.success(), "{id} was not refused");
+        env.assert_gone(&ns, id)?;
+    }
+    let after = fds(shims[0]);
+    ensure!(after <= before, "shim fds grew from {before} to {after} over refused creates");
+    let still = processes_of(env.rig.dir()).into_iter().filter(|(pid, _)| *pid == shims[0]).count();
+    ensure!(still == 1, "the pod's shim must keep serving");
+    wait_status(&ns, "good", "RUNNING", Duration::from_secs(5))?;
+    ns.ctr_ok(["task", "kill", "good"])?;
+    wait_status(&ns, "good", "STOPPED", Duration::from_secs(60))?;
+    ns.ctr_ok(["task", "rm", "good"])?;
+    ns.ctr_ok(["container", "rm", "good"])?;
+    env.assert_gone(&ns, "good")
+}
