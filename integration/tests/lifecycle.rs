@@ -73,6 +73,33 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
 }
 
 #[test]
+fn attach_reaches_the_console_after_the_first_client_is_gone() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("attach")?;
+    let mut first = ns.spawn(env.run_args(&[], TINY, "vm7"))?;
+    first.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    first.kill()?;
+    wait_status(&ns, "vm7", "RUNNING", Duration::from_secs(5))?;
+    let mut attached = ns.spawn(["task", "attach", "vm7"])?;
+    // ctr attach needs a moment to open the FIFOs; typing until the answer shows avoids a sleep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        attached.send("echo attached-$((6*7))\n")?;
+        if attached.wait_for_output("attached-42", Duration::from_secs(2)).is_ok() {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no answer through ctr task attach: {}", attached.output());
+    }
+    attached.send("poweroff\n")?;
+    // ctr task attach, like ctr run, deletes the task once it exits and passes on its status.
+    let status = attached.wait(EXIT_TIMEOUT)?;
+    ensure!(status.success(), "ctr task attach exited {status}");
+    ensure!(integration::vmenv::task_status(&ns, "vm7")?.is_none(), "task deleted by ctr");
+    ns.ctr_ok(["container", "rm", "vm7"])?;
+    env.assert_gone(&ns, "vm7")
+}
+
+#[test]
 fn interactive_terminal_run_gets_a_pty_console() -> Result<()> {
     let env = VmEnv::start()?;
     let ns = env.namespace("terminal")?;

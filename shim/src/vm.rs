@@ -445,18 +445,20 @@ fn exit_code(status: std::process::ExitStatus) -> u32 {
 }
 
 fn resolve_accel(setting: AccelSetting) -> Result<Accel, VmError> {
-    match setting {
-        AccelSetting::Tcg => Ok(Accel::Tcg),
-        AccelSetting::Kvm => accel::probe_kvm_here()
-            .map(|_| Accel::Kvm)
-            .map_err(|reason| VmError::Invalid(format!("config accel = \"kvm\": KVM cannot run a guest here: {reason}"))),
-        AccelSetting::Auto => {
-            let exe = std::env::current_exe().map_err(host("locating the shim binary"))?;
-            let (accel, reason) = accel::resolve_auto(&exe, KVM_PROBE_TIMEOUT);
-            if let Some(reason) = reason {
-                info!("accel auto: using TCG: {reason}");
-            }
-            Ok(accel)
+    if setting == AccelSetting::Tcg {
+        return Ok(Accel::Tcg);
+    }
+    // The probe runs in a child with a deadline: a broken KVM can hang KVM_RUN.
+    let exe = std::env::current_exe().map_err(host("locating the shim binary"))?;
+    match (setting, accel::resolve_auto(&exe, KVM_PROBE_TIMEOUT)) {
+        (_, (Accel::Kvm, _)) => Ok(Accel::Kvm),
+        (AccelSetting::Kvm, (Accel::Tcg, reason)) => Err(VmError::Invalid(format!(
+            "config accel = \"kvm\": KVM cannot run a guest here: {}",
+            reason.unwrap_or_else(|| "unknown reason".into())
+        ))),
+        (_, (Accel::Tcg, reason)) => {
+            info!("accel auto: using TCG: {}", reason.unwrap_or_default());
+            Ok(Accel::Tcg)
         }
     }
 }
