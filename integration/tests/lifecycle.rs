@@ -53,6 +53,11 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "QEMU argv: {argv:?}");
     ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "256M"), "QEMU argv: {argv:?}");
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
+    // Stats come from the VM's cgroup, which holds QEMU.
+    let metrics = ns.ctr_ok(["task", "metrics", "vm2"])?;
+    ensure!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "metrics: {metrics}");
+    let ps = ns.ctr_ok(["task", "ps", "vm2"])?;
+    ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
 
     ns.ctr_ok(["task", "pause", "vm2"])?;
     wait_status(&ns, "vm2", "PAUSED", Duration::from_secs(10))?;
@@ -246,4 +251,28 @@ fn eight_vms_at_once() -> Result<()> {
         env.assert_gone(&ns, id)?;
     }
     Ok(())
+}
+
+#[test]
+fn a_dead_shim_is_cleaned_up_by_containerd_through_the_delete_action() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("dead-shim")?;
+    let log = env.rig.dir().join("vm8.log");
+    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], TINY, "vm8"))?;
+    wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
+    let shims: Vec<i32> = integration::rig::processes_of(env.rig.dir())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-vm-v1") && cmd.contains("vm8"))
+        .map(|(pid, _)| pid)
+        .collect();
+    ensure!(shims.len() == 1, "expected one shim for vm8: {shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL)?;
+    // containerd sees the shim go, runs `containerd-shim-vm-v1 delete` for the bundle, and
+    // that must stop the orphaned QEMU and remove its state, mount and cgroup.
+    integration::vmenv::wait_until("vm8's task to go", Duration::from_secs(60), || {
+        Ok(integration::vmenv::task_status(&ns, "vm8")?.filter(|(_, s)| s != "STOPPED").is_none().then_some(()))
+    })?;
+    let _ = ns.ctr(["task", "rm", "vm8"])?;
+    ns.ctr_ok(["container", "rm", "vm8"])?;
+    env.assert_gone(&ns, "vm8")
 }

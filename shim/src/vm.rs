@@ -493,7 +493,8 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Cleanup for `containerd-shim-vm-v1 delete`: after a shim died, kill its QEMU and
-/// remove what it left, found from the bundle alone.
+/// remove what it left, found from the bundle alone. containerd also runs it after
+/// every normal delete, when there is nothing left: then it does nothing.
 pub fn cleanup_bundle(bundle: &Path) {
     let marker = bundle.join(STATE_DIR_MARKER);
     if let Ok(dir) = std::fs::read_to_string(&marker) {
@@ -512,8 +513,12 @@ pub fn cleanup_bundle(bundle: &Path) {
     if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) {
         if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
             let rel = crate::cgroup::relative_path(&path.to_string_lossy());
-            let cg = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
-            let _ = cg.delete();
+            let cgroup = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
+            // A killed QEMU leaves the cgroup a moment later.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cgroup.exists() && cgroup.delete().is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     let rootfs = bundle.join("rootfs");
