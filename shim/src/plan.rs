@@ -137,12 +137,22 @@ impl VmPlan {
             None => DiskRequest::ImageDiskDir,
         };
 
-        let cgroup = spec
+        let cgroups_path = spec
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
-            .filter(|p| !p.is_empty())
+            .filter(|p| !p.is_empty());
+        if let Some(path) = &cgroups_path {
+            if path.split(['/', ':']).any(|c| c == "..") {
+                return Err(PlanError::Spec {
+                    field: "linux.cgroupsPath",
+                    value: path.clone(),
+                    reason: "must not contain '..'".into(),
+                });
+            }
+        }
+        let cgroup = cgroups_path
             .map(|path| CgroupPlan {
                 path,
                 memory_limit_bytes: memory_limit,
@@ -298,6 +308,16 @@ mod tests {
         assert!(matches!(e, PlanError::Annotation { .. }));
         let p = plan(json!({"vm.containerd.io/disk": "/images/a.qcow2"}), json!({})).unwrap();
         assert_eq!(p.disk, DiskRequest::Annotated("/images/a.qcow2".into()));
+    }
+
+    #[test]
+    fn cgroup_path_cannot_climb_out_of_the_hierarchy() {
+        let mut s = spec(json!({}), json!({}));
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_cgroups_path(Some("/../../etc".into()));
+        s.set_linux(Some(linux));
+        let e = VmPlan::from_spec(&s, &Config::default()).unwrap_err().to_string();
+        assert!(e.contains("linux.cgroupsPath=/../../etc"), "{e}");
     }
 
     #[test]

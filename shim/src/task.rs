@@ -43,6 +43,14 @@ fn timestamp(at: SystemTime) -> Timestamp {
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
 }
 
+/// containerd's identifier rule: alphanumerics, '.', '_', '-', starting alphanumeric.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 type Published = (String, Box<dyn MessageDyn>);
 
 pub struct TaskService {
@@ -106,6 +114,10 @@ impl Task for TaskService {
     async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
             return Err(status(Code::UNIMPLEMENTED, "restoring from a checkpoint is not supported yet by containerd-shim-vm"));
+        }
+        // containerd validates ids, but the id names a directory here: check again.
+        if !valid_id(&req.id) {
+            return Err(status(Code::INVALID_ARGUMENT, format!("container id {:?}: use letters, digits, '.', '_' and '-' only", req.id)));
         }
         if self.vms.lock().await.contains_key(&req.id) {
             return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
@@ -332,3 +344,15 @@ impl TaskService {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_that_could_leave_the_state_dir_are_refused() {
+        assert!(super::valid_id("vm1"));
+        assert!(super::valid_id("a.b_c-d"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b", "x\0"] {
+            assert!(!super::valid_id(bad), "{bad:?}");
+        }
+    }
+}
