@@ -1,11 +1,13 @@
 //! Guest images, OCI archives and a private containerd for the end-to-end tests of
 //! containerd-shim-vm.
 //!
+//! * [`containerd_config`]: containerd's config, one description rendered as version 2 or 3.
 //! * [`oci`]: OCI image-layout archives (`ctr images import`), containerDisk layout.
 //! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
 //! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
 //! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
+pub mod containerd_config;
 pub mod images;
 pub mod oci;
 pub mod rig;

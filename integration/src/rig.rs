@@ -42,12 +42,49 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::containerd_config::{ConfigVersion, ContainerdConfig};
+
 /// The environment variable through which the VM shim finds its config file.
 pub const SHIM_CONFIG_ENV: &str = "CONTAINERD_SHIM_VM_CONFIG";
 /// Runtime type of the VM shim, for `ctr run --runtime`.
 pub const VM_RUNTIME: &str = "io.containerd.vm.v1";
 /// Binary name containerd derives from [`VM_RUNTIME`].
 pub const VM_SHIM_BINARY: &str = "containerd-shim-vm-v1";
+
+/// A containerd release, from `containerd --version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub major: u32,
+    pub minor: u32,
+    /// The version as containerd prints it, e.g. `1.6.20~ds1`.
+    pub version: String,
+}
+
+impl Release {
+    pub fn of(containerd_bin: &Path) -> Result<Release> {
+        let out = Command::new(containerd_bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {} --version", containerd_bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Release::parse(&text).with_context(|| format!("no version in {text:?} from {}", containerd_bin.display()))
+    }
+
+    /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown` → 2.1.
+    pub fn parse(text: &str) -> Option<Release> {
+        let version = text.split_whitespace().nth(2)?.trim_start_matches('v');
+        let mut parts = version.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Release { major, minor, version: version.to_string() })
+    }
+}
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "containerd {}", self.version)
+    }
+}
 
 /// How often conditions are polled while waiting for them.
 const POLL: Duration = Duration::from_millis(20);
@@ -60,7 +97,10 @@ pub struct RigConfig {
     pub shim_bin_dir: PathBuf,
     /// Where `containerd` and `ctr` are; `None`: found in `PATH`.
     pub containerd_bin_dir: Option<PathBuf>,
-    /// Appended to the generated containerd config (TOML, config version 2).
+    /// The config format to write; `None`: the one the containerd release reads natively
+    /// (`CONTAINERD_CONFIG_VERSION` = 2 or 3 overrides).
+    pub config_version: Option<ConfigVersion>,
+    /// Appended to the generated containerd config (in `config_version`'s format).
     pub extra_config: String,
     /// containerd's `[debug] level`.
     pub log_level: String,
@@ -71,15 +111,16 @@ pub struct RigConfig {
 }
 
 impl RigConfig {
-    /// Defaults, overridden by `SHIM_VM_BIN_DIR`, `CONTAINERD_BIN_DIR` and
-    /// `RIG_CONTAINERD_LOG_LEVEL`.
+    /// Defaults, overridden by `SHIM_VM_BIN_DIR`, `CONTAINERD_BIN_DIR`,
+    /// `CONTAINERD_CONFIG_VERSION` and `RIG_CONTAINERD_LOG_LEVEL`.
     pub fn from_env() -> RigConfig {
         let shim_bin_dir = std::env::var_os("SHIM_VM_BIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| crate::workspace_root().join("target/release"));
         RigConfig {
             shim_bin_dir,
-            containerd_bin_dir: std::env::var_os("CONTAINERD_BIN_DIR").map(PathBuf::from),
+            containerd_bin_dir: std::env::var_os("CONTAINERD_BIN_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
+            config_version: std::env::var("CONTAINERD_CONFIG_VERSION").ok().and_then(|v| ConfigVersion::parse(&v)),
             extra_config: String::new(),
             log_level: std::env::var("RIG_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "debug".into()),
             start_timeout: Duration::from_secs(30),
@@ -103,6 +144,8 @@ pub struct Rig {
     log_path: PathBuf,
     shim_bin_dir: PathBuf,
     ctr_bin: PathBuf,
+    release: Release,
+    config_version: ConfigVersion,
     ctr_timeout: Duration,
     containerd: Option<Child>,
     next_ns: AtomicUsize,
@@ -120,6 +163,8 @@ impl Rig {
     pub fn start_with(config: RigConfig) -> Result<Rig> {
         let containerd_bin = find_binary("containerd", config.containerd_bin_dir.as_deref())?;
         let ctr_bin = find_binary("ctr", config.containerd_bin_dir.as_deref())?;
+        let release = Release::of(&containerd_bin)?;
+        let config_version = config.config_version.unwrap_or(ConfigVersion::for_release(release.major));
 
         let dir = tempfile::Builder::new()
             .prefix("ctrd-")
@@ -134,6 +179,8 @@ impl Rig {
             log_path: dir.join("containerd.log"),
             shim_bin_dir: config.shim_bin_dir.clone(),
             ctr_bin,
+            release,
+            config_version,
             ctr_timeout: config.ctr_timeout,
             containerd: None,
             next_ns: AtomicUsize::new(0),
@@ -181,45 +228,30 @@ impl Rig {
     }
 
     fn containerd_config(&self, config: &RigConfig) -> String {
-        let d = self.dir.display();
-        format!(
-            r#"# Written by integration::rig for a private containerd (1.6 config format).
-version = 2
-root = "{d}/root"
-state = "{d}/state"
-# Tests drive containerd with ctr; CRI (and its CNI needs) is not used. The snapshotters
-# disabled here cannot work on this host and only add noise to the log.
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-# 0 = leave containerd's oom_score_adj as inherited (lowering it needs CAP_SYS_RESOURCE).
-oom_score = 0
-
-[grpc]
-  address = "{address}"
-
-[ttrpc]
-  address = "{address}.ttrpc"
-
-[debug]
-  address = ""
-  level = "{level}"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-{extra}
-"#,
-            address = self.address.display(),
-            level = config.log_level,
-            extra = config.extra_config,
-        )
+        let description = ContainerdConfig {
+            header: vec!["Written by integration::rig for a private containerd.".into()],
+            root: Some(self.dir.join("root")),
+            state: Some(self.dir.join("state")),
+            address: Some(self.address.clone()),
+            debug_level: Some(config.log_level.clone()),
+            oom_score: Some(0),
+            opt_dir: Some(self.dir.join("opt")),
+            // Tests drive containerd with ctr; CRI (and its CNI needs) is not used. These
+            // snapshotters cannot work on this host and only add noise to the log.
+            disable_cri: true,
+            disabled_plugins: [
+                "io.containerd.snapshotter.v1.aufs",
+                "io.containerd.snapshotter.v1.btrfs",
+                "io.containerd.snapshotter.v1.devmapper",
+                "io.containerd.snapshotter.v1.zfs",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vm_runtime: None,
+        };
+        let mut text = description.render(self.config_version);
+        text.push_str(&config.extra_config);
+        text
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -256,6 +288,16 @@ oom_score = 0
     }
 
     /// What makes this rig's directory name unique (the `XXXXXX` of `/tmp/ctrd-XXXXXX`).
+    /// The containerd release this rig runs.
+    pub fn release(&self) -> &Release {
+        &self.release
+    }
+
+    /// The config format its config file is written in.
+    pub fn config_version(&self) -> ConfigVersion {
+        self.config_version
+    }
+
     pub fn tag(&self) -> String {
         let name = self
             .dir
@@ -1194,6 +1236,15 @@ fn tail(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn release_versions_parse() {
+        let r = super::Release::parse("containerd github.com/containerd/containerd/v2 2.1.9+unknown \n").unwrap();
+        assert_eq!((r.major, r.minor, r.version.as_str()), (2, 1, "2.1.9+unknown"));
+        let r = super::Release::parse("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3").unwrap();
+        assert_eq!((r.major, r.minor), (1, 6));
+        assert!(super::Release::parse("garbage").is_none());
+    }
+
     use super::*;
 
     #[test]

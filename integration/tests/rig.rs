@@ -17,11 +17,7 @@ fn runc_container_runs_and_drop_leaves_nothing() -> Result<()> {
     let ns = rig.namespace("runc_container_runs");
     let ns_name = ns.name().to_string();
 
-    let imported = ns.import(&busybox.archive)?;
-    ensure!(
-        imported.contains(images::BUSYBOX),
-        "import output: {imported}"
-    );
+    ns.import(&busybox.archive)?;
     ensure!(
         ns.images()?.contains(&busybox.name.to_string()),
         "not listed: {:?}",
@@ -109,12 +105,8 @@ fn tiny_vm_images_import_and_list() -> Result<()> {
     let rig = Rig::start()?;
     let ns = rig.namespace("tiny_vm_images");
     for image in tiny.all() {
-        let out = ns.import(&image.archive)?;
-        ensure!(
-            out.contains(&image.name),
-            "import of {} printed: {out}",
-            image.name
-        );
+        // What ctr prints while importing differs between releases; the listing below counts.
+        ns.import(&image.archive)?;
     }
     let listed = ns.ctr_ok(["images", "ls"])?;
     for image in tiny.all() {
