@@ -45,3 +45,24 @@ fn rig_runs_the_release_with_its_own_config_format() -> Result<()> {
     ensure!(version.contains(&rig.release().version), "{}: ctr version says {version}", rig.release());
     Ok(())
 }
+
+#[test]
+fn runtime_info_answers_for_introspection() -> Result<()> {
+    let rig = Rig::start()?;
+    let shim = rig.shim_bin_dir().join(integration::rig::VM_SHIM_BINARY);
+    let out = std::process::Command::new(&shim)
+        .arg("--info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --info", shim.display()))?;
+    ensure!(out.status.success(), "--info failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.stdout.windows(19).any(|w| w == b"io.containerd.vm.v1"), "RuntimeInfo lacks the runtime name");
+    // containerd 2.x asks runtimes through its introspection service; 1.x has no such call.
+    if rig.release().major >= 2 {
+        let info = rig.ctr_ok(["plugins", "inspect-runtime", "--runtime", "io.containerd.vm.v1"])?;
+        let info: serde_json::Value = serde_json::from_str(&info).with_context(|| format!("inspect-runtime: {info}"))?;
+        ensure!(info["Name"] == "io.containerd.vm.v1", "{}: {info}", rig.release());
+        ensure!(info["Features"]["ociVersionMin"].is_string(), "{}: {info}", rig.release());
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod disk;
 pub mod disk_format;
+pub mod info;
 pub mod logging;
 pub mod plan;
 pub mod qemu;

@@ -1,6 +1,7 @@
 //! `containerd-shim-vm-v1`: parses flags and hands over to the shim library.
 
-use containerd_shim_vm::{accel, service::VmShim, COMMIT, RUNTIME_ID, VERSION};
+use containerd_shim_protos::protobuf;
+use containerd_shim_vm::{accel, info, service::VmShim, COMMIT, RUNTIME_ID, VERSION};
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -21,6 +22,21 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if flags.info {
+        // containerd 2.x introspection: options on stdin, RuntimeInfo on stdout.
+        let mut options = Vec::new();
+        let answer = std::io::Read::read_to_end(&mut std::io::stdin(), &mut options)
+            .map_err(|e| format!("reading runtime options: {e}"))
+            .and_then(|_| info::runtime_info(&options))
+            .and_then(|info| protobuf::Message::write_to_bytes(&info).map_err(|e| e.to_string()));
+        match answer.and_then(|bytes| std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("containerd-shim-vm-v1 --info: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if flags.version {
         println!("containerd-shim-vm-v1:\n  Runtime: {RUNTIME_ID}\n  Version: {VERSION}\n  Revision: {COMMIT}");
         return;

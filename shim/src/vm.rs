@@ -249,6 +249,13 @@ impl Vm {
                 return Err(qemu_err(format!("{reason}: {}", log_tail(&log_path))));
             }
         };
+        let version = qmp.version();
+        let (major, minor) = crate::info::MIN_QEMU;
+        if (version.major, version.minor) < (major, minor) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
+        }
         console.release_slave();
         let pumps = match console.start_pumps(&req.stdio) {
             Ok(p) => p,

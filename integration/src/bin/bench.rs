@@ -626,8 +626,10 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     let wrap = bench.work.join("profile-bin");
     std::fs::create_dir_all(&wrap)?;
     let trace = bench.work.join("profile.strace");
+    // PROFILE_TRACE adds syscalls to the trace (kept in BENCH_DIR/profile.strace) for digging.
+    let extra = std::env::var("PROFILE_TRACE").map(|s| format!(",{s}")).unwrap_or_default();
     let script = format!(
-        "#!/bin/sh\nexec {strace} -f --seccomp-bpf -ttt -s 256 -e signal=none -o {} -e trace=execve,connect,bind,mount,sendmsg {} \"$@\"\n",
+        "#!/bin/sh\nexec {strace} -f --seccomp-bpf -ttt -s 256 -e signal=none -o {} -e trace=execve,connect,bind,mount,sendmsg{extra} {} \"$@\"\n",
         trace.display(),
         containerd.display()
     );
