@@ -170,7 +170,7 @@ EOF
 
 if [ "${NO_LIBVIRT:-0}" != 1 ]; then
     start_libvirt
-    export BENCH_LIBVIRT_URI=$LV_URI
+    export BENCH_LIBVIRT_URI=$LV_URI BENCH_LIBVIRT_DIR=$LV
 else
     unset BENCH_LIBVIRT_URI
 fi

@@ -276,3 +276,32 @@ fn a_dead_shim_is_cleaned_up_by_containerd_through_the_delete_action() -> Result
     ns.ctr_ok(["container", "rm", "vm8"])?;
     env.assert_gone(&ns, "vm8")
 }
+
+/// `binary://` log URIs (nerdctl's default for detached containers): the shim runs the
+/// logging binary with the console on fd 3 and waits for its readiness on fd 5.
+#[test]
+fn console_reaches_a_logging_binary() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let env = VmEnv::start()?;
+    let ns = env.namespace("binary-log")?;
+    let logger = env.rig.dir().join("logger.sh");
+    let out = env.rig.dir().join("logged.txt");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n# ready: close fd 5, then copy the console\nexec 5>&-\necho \"task $CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2\"\nexec cat <&3 >> \"$2\"\n",
+    )?;
+    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755))?;
+    let uri = format!("binary://{}?out={}", logger.display(), out.display());
+    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &uri], TINY, "vm9"))?;
+    let text = wait_for_file(&out, PROMPT, BOOT_TIMEOUT)?;
+    ensure!(text.starts_with(&format!("task {}/vm9\n", ns.name())), "logger environment: {text}");
+    ns.ctr_ok(["task", "kill", "vm9"])?;
+    wait_status(&ns, "vm9", "STOPPED", EXIT_TIMEOUT)?;
+    wait_for_file(&out, "reboot: Power down", Duration::from_secs(5))?;
+    ensure!(delete_task(&ns, "vm9")? == 0);
+    ns.ctr_ok(["container", "rm", "vm9"])?;
+    env.assert_gone(&ns, "vm9")?;
+    let leftover = integration::rig::processes_of(env.rig.dir()).into_iter().filter(|(_, cmd)| cmd.contains("logger.sh")).count();
+    ensure!(leftover == 0, "the logging binary outlived its task");
+    Ok(())
+}

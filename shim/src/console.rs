@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::logger::BinaryLogger;
+
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, Winsize);
 
 /// A pty pair; the master stays with the shim.
@@ -64,8 +66,14 @@ impl Console {
     }
 
     /// Starts copying console output to `stdout` and `stdin` into the console.
-    pub fn start_pumps(&self, stdio: &Stdio) -> io::Result<Pumps> {
-        let sink = Sink::open(&stdio.stdout)?;
+    /// `id` and `namespace` name the task to a logging binary.
+    pub async fn start_pumps(&self, stdio: &Stdio, id: &str, namespace: &str) -> io::Result<Pumps> {
+        let (sink, logger) = if stdio.stdout.starts_with("binary://") {
+            let (logger, writer) = BinaryLogger::start(&stdio.stdout, id, namespace).await?;
+            (Sink::Writer(Box::new(writer)), Some(logger))
+        } else {
+            (Sink::open(&stdio.stdout)?, None)
+        };
         let source = open_stdin(&stdio.stdin)?;
         let master = self.master.clone();
         let output = tokio::spawn(async move { pump_output(master, sink).await });
@@ -76,7 +84,7 @@ impl Console {
         // containerd waits for EOF on stderr; the console has no separate stderr stream,
         // so the FIFO is opened and later closed with the others.
         let stderr = open_fifo_writer(&stdio.stderr)?;
-        Ok(Pumps { output, input, _stderr: stderr })
+        Ok(Pumps { output, input, logger, _stderr: stderr })
     }
 }
 
@@ -94,8 +102,12 @@ impl Stdio {
     pub fn check(&self) -> Result<(), String> {
         for (field, value) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             if let Some((scheme, _)) = value.split_once("://") {
-                if scheme != "file" && scheme != "fifo" {
-                    return Err(format!("{field} {value:?}: only FIFOs and file:// log URIs are supported"));
+                match scheme {
+                    "file" | "fifo" => {}
+                    "binary" => {
+                        crate::logger::LoggerCommand::parse(value)?;
+                    }
+                    _ => return Err(format!("{field} {value:?}: use a FIFO, file:// or binary:// URI")),
                 }
             }
         }
@@ -106,6 +118,7 @@ impl Stdio {
 pub struct Pumps {
     output: JoinHandle<()>,
     input: Option<JoinHandle<()>>,
+    logger: Option<BinaryLogger>,
     _stderr: Option<tokio::net::unix::pipe::Sender>,
 }
 
@@ -125,6 +138,9 @@ impl Pumps {
         if tokio::time::timeout(deadline, &mut self.output).await.is_err() {
             warn!("console output did not drain within {deadline:?}");
             abort.abort();
+        }
+        if let Some(logger) = self.logger.take() {
+            logger.finish(deadline).await;
         }
     }
 }
@@ -255,7 +271,7 @@ mod tests {
         // Stand in for QEMU: hold the slave by path, as QEMU does.
         let guest = std::fs::OpenOptions::new().read(true).write(true).open(console.tty_path()).unwrap();
         console.release_slave();
-        let pumps = console.start_pumps(&stdio).unwrap();
+        let pumps = console.start_pumps(&stdio, "vm1", "default").await.unwrap();
         console.resize(120, 40).unwrap();
 
         use std::io::{Read, Write};
@@ -272,8 +288,10 @@ mod tests {
 
     #[test]
     fn unsupported_log_uris_are_refused() {
-        let stdio = Stdio { stdout: "binary:///usr/bin/logger".into(), ..Default::default() };
-        assert!(stdio.check().unwrap_err().contains("binary:///usr/bin/logger"));
+        let stdio = Stdio { stdout: "syslog://local".into(), ..Default::default() };
+        assert!(stdio.check().unwrap_err().contains("syslog://local"));
+        let relative = Stdio { stdout: "binary://bin/logger".into(), ..Default::default() };
+        assert!(relative.check().unwrap_err().contains("absolute"));
         let ok = Stdio { stdout: "file:///tmp/x.log".into(), ..Default::default() };
         assert!(ok.check().is_ok());
     }

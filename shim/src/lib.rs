@@ -10,6 +10,7 @@ pub mod console;
 pub mod disk;
 pub mod disk_format;
 pub mod info;
+pub mod logger;
 pub mod logging;
 pub mod plan;
 pub mod qemu;

@@ -257,7 +257,7 @@ impl Vm {
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
         console.release_slave();
-        let pumps = match console.start_pumps(&req.stdio) {
+        let pumps = match console.start_pumps(&req.stdio, req.id, req.namespace).await {
             Ok(p) => p,
             Err(e) => {
                 let _ = child.start_kill();

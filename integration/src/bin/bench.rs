@@ -437,6 +437,14 @@ impl<'r> Bench<'r> {
             let destroy = DomainGuard { uri, name: &name };
             created.context("virsh create")?;
             let console_time = wait_in_file(&console, BOOTED, t0, BOOT_TIMEOUT, None)?;
+            if n == 1000 {
+                let needle = format!("guest={name},");
+                if let Some(pid) = all_qemus().into_iter().find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                }) {
+                    eprintln!("bench: libvirt's QEMU: {}", integration::vmenv::cmdline(pid as u32)?.join(" "));
+                }
+            }
             let state = run_ok(Command::new("virsh").args(["-q", "-c", uri, "domstate", &name]))?;
             if state.trim() != "running" {
                 bail!("libvirt domain {name} is {:?}", state.trim());
@@ -925,15 +933,7 @@ fn run() -> Result<()> {
     let kernel = first_line(Command::new("uname").arg("-r"));
     eprintln!("bench: {cores} cores, kernel {kernel}, {qemu_version}; {containerd_version}; libvirtd {libvirt_version}");
     eprintln!("bench: load average at start: {}", loadavg.trim());
-    let others: Vec<i32> = std::fs::read_dir("/proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
-                .unwrap_or(false)
-        })
-        .collect();
+    let others = all_qemus();
     if !others.is_empty() {
         report.note(format!("{} other QEMU process(es) were running when the bench started (pids {others:?}): figures may be perturbed", others.len()));
     }
@@ -965,6 +965,7 @@ fn run() -> Result<()> {
         report.note("BENCH_LIBVIRT_URI is not set: libvirt rows skipped (run integration/bench/run.sh to get them)");
     }
 
+    let mut lv_first = Series::default();
     // Warm-up: page cache, snapshotter, libvirt's capability cache; captures the shim's argv.
     eprintln!("bench: warm-up ({warmup} run(s) each)");
     let (_, shim_argv) = bench.shim_run("warm-shim-0")?;
@@ -975,9 +976,13 @@ fn run() -> Result<()> {
         }
         bench.bare_run(&shim_argv, 1000 + w)?;
         if let Some(uri) = &libvirt_uri {
-            bench.libvirt_run(uri, 1000 + w)?;
+            let l = bench.libvirt_run(uri, 1000 + w)?;
+            if w == 0 {
+                lv_first.push(ms(l.start));
+            }
         }
     }
+    let caps_before = libvirt_caps_state();
 
     // Timed runs, interleaved (order rotated each round) so drift hits every column alike.
     let mut shim_start = Series::default();
@@ -1022,6 +1027,17 @@ fn run() -> Result<()> {
         }
     }
 
+    if libvirt_uri.is_some() {
+        let caps_after = libvirt_caps_state();
+        if caps_after.is_empty() {
+            report.note("could not find libvirt's QEMU capability cache (BENCH_LIBVIRT_DIR unset?)");
+        } else if caps_after != caps_before {
+            report.note("libvirt rewrote its QEMU capability cache during the timed runs (re-probed QEMU): its start times include that");
+        } else {
+            eprintln!("bench: libvirt's QEMU capability cache was not re-probed during the timed runs");
+        }
+    }
+
     // Memory: INSTANCES VMs and INSTANCES runc containers, all running at once.
     eprintln!("bench: memory: {instances} VMs and {instances} runc containers");
     let mut shim_rss = Series::default();
@@ -1029,6 +1045,8 @@ fn run() -> Result<()> {
     let mut qemu_rss = Series::default();
     let mut runc_rss = Series::default();
     let mut runc_pss = Series::default();
+    let mut shim_anon = Series::default();
+    let mut runc_anon = Series::default();
     let mut runc_start = Series::default();
     let mut started: Vec<String> = Vec::new();
     let mem_result = (|| -> Result<()> {
@@ -1049,6 +1067,11 @@ fn run() -> Result<()> {
             runc_start.push(ms(t0.elapsed()));
         }
         sleep(Duration::from_secs(2))?;
+        // BENCH_HOLD=SECONDS keeps everything running this long, to look at the processes.
+        if let Some(hold) = std::env::var("BENCH_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) {
+            eprintln!("bench: holding {hold} s (BENCH_HOLD)");
+            sleep(Duration::from_secs(hold))?;
+        }
         let mut shim_pids = Vec::new();
         for k in 0..instances {
             let id = format!("mem-vm-{k}");
@@ -1060,6 +1083,7 @@ fn run() -> Result<()> {
             shim_pids.push(shim);
             shim_rss.push(proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0);
             shim_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
+            shim_anon.push(proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))? / 1024.0);
             qemu_rss.push(proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0);
         }
         let mut runc_pids = Vec::new();
@@ -1073,6 +1097,7 @@ fn run() -> Result<()> {
             runc_pids.push(shim);
             runc_rss.push(proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0);
             runc_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
+            runc_anon.push(proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))? / 1024.0);
         }
         shim_pids.sort();
         shim_pids.dedup();
@@ -1110,6 +1135,16 @@ fn run() -> Result<()> {
         }
     }
 
+    let others_end = other_qemus(&rig);
+    if !others_end.is_empty() {
+        report.note(format!("{} QEMU process(es) not started by this bench were running at its end: figures may be perturbed", others_end.len()));
+    }
+    report.note(format!(
+        "load average at start {}, at end {}",
+        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    ));
+
     // Report.
     report.row("(a) start: shim, `ctr run -d` until it returns", "ms", &shim_start);
     report.row("(a) start: bare QEMU until QMP says running", "ms", &bare_start);
@@ -1121,9 +1156,12 @@ fn run() -> Result<()> {
     report.row("(c) containerd-shim-runc-v2 VmRSS, per running container", "MiB", &runc_rss);
     report.row("(c) containerd-shim-vm-v1 Pss (context)", "MiB", &shim_pss);
     report.row("(c) containerd-shim-runc-v2 Pss (context)", "MiB", &runc_pss);
+    report.row("(c) containerd-shim-vm-v1 RssAnon, private (context)", "MiB", &shim_anon);
+    report.row("(c) containerd-shim-runc-v2 RssAnon, private (context)", "MiB", &runc_anon);
     report.row("(c) QEMU VmRSS of the VM (context)", "MiB", &qemu_rss);
     report.row("context: `qemu-img create` of the overlay (the shim does this in its start)", "ms", &overlay);
     report.row("context: runc container start, `ctr run -d` busybox", "ms", &runc_start);
+    report.row("context: libvirt's first `virsh create` after libvirtd started (probes QEMU)", "ms", &lv_first);
 
     let r_bare = ratio(shim_start.median(), bare_start.median());
     let r_lv = ratio(shim_start.median(), lv_start.median());
@@ -1211,6 +1249,44 @@ fn run() -> Result<()> {
     drop(bench);
     drop(rig);
     Ok(())
+}
+
+/// QEMU processes on the host.
+fn all_qemus() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).starts_with(QEMU))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// QEMU processes that are not this bench's (by now all of its own should be gone).
+fn other_qemus(rig: &Rig) -> Vec<i32> {
+    let mine: Vec<i32> = processes_of(rig.dir()).into_iter().map(|(p, _)| p).collect();
+    all_qemus().into_iter().filter(|p| !mine.contains(p)).collect()
+}
+
+/// Names and modification times of libvirt's QEMU capability cache files (under
+/// `BENCH_LIBVIRT_DIR/cache`, which run.sh mounts over /var/cache/libvirt).
+fn libvirt_caps_state() -> Vec<(PathBuf, SystemTime)> {
+    let Some(dir) = std::env::var_os("BENCH_LIBVIRT_DIR") else { return Vec::new() };
+    let caps = PathBuf::from(dir).join("cache/qemu/capabilities");
+    let mut out: Vec<(PathBuf, SystemTime)> = std::fs::read_dir(&caps)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// The virtual size recorded in a qcow2 header (bytes 24..32, big-endian).
