@@ -66,3 +66,27 @@ fn runtime_info_answers_for_introspection() -> Result<()> {
     }
     Ok(())
 }
+
+/// The README's compatibility table names the containerd release under test and the
+/// QEMU minimum the shim enforces, so CI keeps the table true.
+#[test]
+fn readme_compatibility_table_covers_what_is_tested() -> Result<()> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
+    let bin = match std::env::var_os("CONTAINERD_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir).join("containerd"),
+        None => "containerd".into(),
+    };
+    let release = Release::of(&bin)?;
+    let row = format!("| containerd {}.{} | {}.{}.", release.major, release.minor, release.major, release.minor);
+    ensure!(readme.contains(&row), "README has no compatibility row starting {row:?} for {release}");
+    let patch = release.version.split(|c: char| !c.is_ascii_digit() && c != '.').next().unwrap_or_default();
+    ensure!(readme.contains(&format!("| {patch} ")), "README's row for {release} names another version than {patch}");
+    ensure!(readme.contains("| QEMU | 7.2 or newer |"), "README's QEMU row changed without the shim's minimum");
+    let qemu = std::process::Command::new("qemu-system-x86_64").arg("--version").output()?;
+    let qemu = String::from_utf8_lossy(&qemu.stdout);
+    let version = qemu.split_whitespace().nth(3).context("QEMU version")?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    ensure!((major, minor) >= (7, 2), "QEMU {version} under test is older than the README's minimum");
+    Ok(())
+}
