@@ -52,6 +52,8 @@ pub enum Source {
     Symlink(String),
     /// A directory.
     Dir,
+    /// A named pipe (what a hostile image might put where a disk is expected).
+    Fifo,
 }
 
 /// One file, link or directory in the image's layer.
@@ -82,6 +84,10 @@ impl Entry {
     /// A directory (root-owned, 0755).
     pub fn dir(path: &str) -> Entry {
         Entry::new(path, Source::Dir, 0o755)
+    }
+    /// A named pipe (root-owned, 0644).
+    pub fn fifo(path: &str) -> Entry {
+        Entry::new(path, Source::Fifo, 0o644)
     }
     fn new(path: &str, source: Source, mode: u32) -> Entry {
         Entry {
@@ -283,6 +289,13 @@ impl Image {
                     // `take` guards against the file growing while it is copied.
                     ar.append_data(&mut h, &rel, f.take(len))
                         .with_context(|| format!("adding {} from {}", e.path, host.display()))?;
+                }
+                Source::Fifo => {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Fifo);
+                    set_common(&mut h, 0, e.uid, e.gid, e.mode);
+                    ar.append_data(&mut h, &rel, std::io::empty())
+                        .with_context(|| format!("adding fifo {}", e.path))?;
                 }
                 Source::Symlink(target) => {
                     let mut h = tar::Header::new_gnu();

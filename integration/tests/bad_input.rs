@@ -53,6 +53,7 @@ fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
         Image::new("example.org/bad/text:1").entry(Entry::bytes("/disk/notes.txt", "this is not a disk\n")),
         Image::new("example.org/bad/gzip:1").entry(Entry::bytes("/disk/disk.img.gz", gzip)),
         Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", "/etc/passwd")),
+        Image::new("example.org/bad/fifo:1").entry(Entry::fifo("/disk/pipe.qcow2")),
     ])
 }
 
@@ -99,6 +100,8 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case("text", "example.org/bad/text:1", &[], &["notes.txt"]),
         case("gzip", "example.org/bad/gzip:1", &[], &["disk.img.gz", "gzip"]),
         case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2"]),
+        // must fail at once, not block the shim opening a pipe nobody writes
+        case("fifo", "example.org/bad/fifo:1", &[], &["/disk/pipe.qcow2", "not a regular file"]),
         case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
         case("cpus-0", TINY, &["--annotation", "vm.containerd.io/cpus=0"], &["vm.containerd.io/cpus", "\"0\""]),
         case("memory-1ki", TINY, &["--annotation", "vm.containerd.io/memory=1Ki"], &["vm.containerd.io/memory", "1Ki", "minimum"]),
@@ -166,6 +169,30 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
     }
     let after = fds(shims[0]);
     ensure!(after <= before, "shim fds grew from {before} to {after} over refused creates");
+
+    // A second VM in the same shim: each QEMU holds its own console and nobody else's.
+    let log2 = env.rig.dir().join("second.log");
+    let log2_uri = format!("file://{}", log2.display());
+    let mut second_args = vec!["-d", "--log-uri", &log2_uri];
+    second_args.extend(pod);
+    ns.ctr_ok(env.run_args(&second_args, TINY, "second"))?;
+    wait_for_file(&log2, PROMPT, BOOT_TIMEOUT)?;
+    for id in ["good", "second"] {
+        let pid = wait_status(&ns, id, "RUNNING", Duration::from_secs(5))?;
+        let targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        let ptys: Vec<&String> = targets.iter().filter(|t| t.starts_with("/dev/pts/") || t.as_str() == "/dev/ptmx").collect();
+        ensure!(ptys.len() == 1 && ptys[0].starts_with("/dev/pts/"), "QEMU of {id} holds consoles {ptys:?}");
+        let pipes = targets.iter().filter(|t| t.starts_with("pipe:")).count();
+        ensure!(pipes == 0, "QEMU of {id} inherited pipes: {targets:?}");
+    }
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "second"])?;
+    wait_status(&ns, "second", "STOPPED", Duration::from_secs(60))?;
+    ns.ctr_ok(["task", "rm", "second"])?;
+    ns.ctr_ok(["container", "rm", "second"])?;
     let still = processes_of(env.rig.dir()).into_iter().filter(|(pid, _)| *pid == shims[0]).count();
     ensure!(still == 1, "the pod's shim must keep serving");
     wait_status(&ns, "good", "RUNNING", Duration::from_secs(5))?;

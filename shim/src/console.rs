@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::pty::{openpty, Winsize};
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, Winsize};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,22 +27,28 @@ pub struct Console {
 
 impl Console {
     pub fn open() -> io::Result<Console> {
-        let pty = openpty(None, None).map_err(io::Error::from)?;
+        // Both ends close-on-exec from the start: QEMU opens the slave by path, and no
+        // other child (another VM's QEMU, qemu-img, a logger) may hold this console.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(io::Error::from)?;
+        grantpt(&master).map_err(io::Error::from)?;
+        unlockpt(&master).map_err(io::Error::from)?;
+        let slave_path = PathBuf::from(ptsname_r(&master).map_err(io::Error::from)?);
+        let slave = nix::fcntl::open(&slave_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(io::Error::from)?;
+        let master = OwnedFd::from(master);
         // Raw on both ends: the guest's own tty layer does echo and line editing.
-        for fd in [&pty.master, &pty.slave] {
+        for fd in [&master, &slave] {
             let mut termios = tcgetattr(fd).map_err(io::Error::from)?;
             cfmakeraw(&mut termios);
             tcsetattr(fd, SetArg::TCSANOW, &termios).map_err(io::Error::from)?;
         }
-        let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
-        let flags = OFlag::from_bits_truncate(fcntl(&pty.master, FcntlArg::F_GETFL).map_err(io::Error::from)?);
-        fcntl(&pty.master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         // SAFETY: the OwnedFd is moved into the AsyncFd and owns the descriptor for
         // the AsyncFd's whole life, so the registered fd stays open and unchanged.
-        let master = unsafe { AsyncFd::register(pty.master) }.map_err(|e| e.into_parts().1)?;
+        let master = unsafe { AsyncFd::register(master) }.map_err(|e| e.into_parts().1)?;
         Ok(Console {
             master: std::sync::Arc::new(master),
-            slave: Some(pty.slave),
+            slave: Some(slave),
             slave_path,
         })
     }
@@ -74,7 +80,17 @@ impl Console {
         } else {
             (Sink::open(&stdio.stdout)?, None)
         };
-        let source = open_stdin(&stdio.stdin)?;
+        // Everything is opened before any pump starts, so a failure leaves no task behind.
+        let opened = open_stdin(&stdio.stdin).and_then(|source| Ok((source, open_fifo_writer(&stdio.stderr)?)));
+        let (source, stderr) = match opened {
+            Ok(streams) => streams,
+            Err(e) => {
+                if let Some(logger) = logger {
+                    logger.finish(Duration::ZERO).await;
+                }
+                return Err(e);
+            }
+        };
         let master = self.master.clone();
         let output = tokio::spawn(async move { pump_output(master, sink).await });
         let input = source.map(|source| {
@@ -82,8 +98,7 @@ impl Console {
             tokio::spawn(async move { pump_input(source, master).await })
         });
         // containerd waits for EOF on stderr; the console has no separate stderr stream,
-        // so the FIFO is opened and later closed with the others.
-        let stderr = open_fifo_writer(&stdio.stderr)?;
+        // so the FIFO is held open and closed with the others.
         Ok(Pumps { output, input, logger, _stderr: stderr })
     }
 }

@@ -58,6 +58,12 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
     nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
+/// Flags for opening a disk candidate: a FIFO or device an image carries must not
+/// block the open or become our controlling tty; the type is checked after opening.
+fn disk_open_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+}
+
 /// Opens `rel` below `root`, resolving every symlink and `..` as if `root` were `/`.
 fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
     let rel = rel.trim_start_matches('/');
@@ -95,7 +101,7 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
                 _ => return Err(DiskError::SeveralDisks(names)),
             }
             let shown = format!("/disk/{}", names[0]);
-            let fd = open_in_root(&root, &shown, OFlag::O_RDONLY).map_err(|e| open_err(&shown, e.to_string()))?;
+            let fd = open_in_root(&root, &shown, disk_open_flags()).map_err(|e| open_err(&shown, e.to_string()))?;
             (fd, shown)
         }
         DiskRequest::Annotated(path) => {
@@ -106,11 +112,11 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
                     let dir_fd = open_dir(dir).map_err(|e| annotated_err(format!("host disk directory {}: {e}", dir.display())))?;
                     let rel = Path::new(path).strip_prefix(dir).unwrap_or(Path::new("."));
                     let how = OpenHow::new()
-                        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                        .flags(disk_open_flags() | OFlag::O_CLOEXEC)
                         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
                     openat2(&dir_fd, rel, how)
                 }
-                None => open_in_root(&root, path, OFlag::O_RDONLY),
+                None => open_in_root(&root, path, disk_open_flags()),
             };
             let fd = fd.map_err(|e| match e {
                 Errno::ENOENT => annotated_err("no such file in the image".into()),

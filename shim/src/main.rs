@@ -15,6 +15,7 @@ fn main() {
             }
         }
     }
+    close_inherited_fds_on_exec();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
         Err(e) => {
@@ -51,9 +52,29 @@ fn main() {
     let config = containerd_shim::Config {
         // Logging is set up by the service, to containerd's log FIFO.
         no_setup_logger: true,
-        // QEMU is a tokio child; its exit is awaited there, not reaped by the library.
+        // QEMU is a tokio child; its exit is awaited there, not reaped by the library,
+        // and the shim has no grandchildren to adopt.
         no_reaper: true,
+        no_sub_reaper: true,
         ..Default::default()
     };
     runtime.block_on(containerd_shim::asynchronous::run::<VmShim>(RUNTIME_ID, Some(config)));
+}
+
+/// Descriptors the shim inherited (beyond stdio) must not reach QEMU or other children.
+fn close_inherited_fds_on_exec() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::BorrowedFd;
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the fd was listed as open a moment ago and nothing else runs yet; a
+        // closed one (the directory's own) only makes fcntl fail with EBADF.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
 }

@@ -151,6 +151,13 @@ impl VmPlan {
                     reason: "must not contain '..'".into(),
                 });
             }
+            if crate::cgroup::relative_path(path).is_empty() {
+                return Err(PlanError::Spec {
+                    field: "linux.cgroupsPath",
+                    value: path.clone(),
+                    reason: "names the root cgroup; a VM needs a cgroup of its own".into(),
+                });
+            }
         }
         let cgroup = cgroups_path
             .map(|path| CgroupPlan {
@@ -318,6 +325,11 @@ mod tests {
         s.set_linux(Some(linux));
         let e = VmPlan::from_spec(&s, &Config::default()).unwrap_err().to_string();
         assert!(e.contains("linux.cgroupsPath=/../../etc"), "{e}");
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_cgroups_path(Some("/".into()));
+        s.set_linux(Some(linux));
+        let e = VmPlan::from_spec(&s, &Config::default()).unwrap_err().to_string();
+        assert!(e.contains("root cgroup"), "{e}");
     }
 
     #[test]

@@ -46,8 +46,9 @@ impl Shim for VmShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        crate::vm::cleanup_bundle(&self.bundle);
+        let pid = crate::vm::cleanup_bundle(&self.bundle);
         Ok(DeleteResponse {
+            pid: pid.unwrap_or_default(),
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: MessageField::some(containerd_shim::util::timestamp()?),
             ..Default::default()

@@ -1,7 +1,9 @@
 //! The shim v2 Task service: maps each RPC onto a VM, keyed by container id, and
 //! turns VM lifecycle changes into containerd events through one publisher task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,7 +26,7 @@ use tracing::{info, instrument, warn};
 
 use crate::config::Config;
 use crate::console::Stdio;
-use crate::vm::{CreateRequest, KillError, Lifecycle, Vm};
+use crate::vm::{CreateRequest, Exited, ExitHook, KillError, Vm};
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
@@ -53,53 +55,92 @@ fn valid_id(id: &str) -> bool {
 
 type Published = (String, Box<dyn MessageDyn>);
 
+/// The one queue of events leaving the shim, in the order they happened, with a count of
+/// those not yet handed to containerd so Shutdown can let them go out first.
+#[derive(Clone)]
+struct EventQueue {
+    tx: mpsc::UnboundedSender<Published>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl EventQueue {
+    fn send<E: Event + Send>(&self, event: E) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send((event.topic(), Box::new(event))).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn drained(&self, deadline: Duration) {
+        let _ = tokio::time::timeout(deadline, async {
+            while self.pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
 pub struct TaskService {
     namespace: String,
-    vms: Mutex<HashMap<String, Arc<Vm>>>,
-    events: mpsc::UnboundedSender<Published>,
-    lifecycle: mpsc::UnboundedSender<Lifecycle>,
+    vms: Mutex<Vms>,
+    events: EventQueue,
     exit: Arc<ExitSignal>,
+}
+
+/// VMs by container id, and the ids whose Create is still under way (so a second
+/// Create of the id, or a Shutdown, cannot slip in meanwhile).
+#[derive(Default)]
+struct Vms {
+    running: HashMap<String, Arc<Vm>>,
+    creating: HashSet<String>,
 }
 
 impl TaskService {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> TaskService {
-        let (events, events_rx) = mpsc::unbounded_channel::<Published>();
-        let (lifecycle, lifecycle_rx) = mpsc::unbounded_channel::<Lifecycle>();
-        tokio::spawn(publish_events(publisher, namespace.to_string(), events_rx));
-        tokio::spawn(forward_lifecycle(lifecycle_rx, events.clone()));
-        TaskService { namespace: namespace.to_string(), vms: Mutex::new(HashMap::new()), events, lifecycle, exit }
+        let (tx, rx) = mpsc::unbounded_channel::<Published>();
+        let events = EventQueue { tx, pending: Arc::new(AtomicUsize::new(0)) };
+        tokio::spawn(publish_events(publisher, namespace.to_string(), rx, events.pending.clone()));
+        TaskService { namespace: namespace.to_string(), vms: Mutex::new(Vms::default()), events, exit }
     }
 
     fn publish<E: Event + Send>(&self, event: E) {
-        let topic = event.topic();
-        let _ = self.events.send((topic, Box::new(event)));
+        self.events.send(event);
+    }
+
+    /// TaskExit goes onto the same queue, from the VM's monitor, before Wait or
+    /// Delete can see the exit: so it always precedes TaskDelete.
+    fn exit_hook(&self) -> ExitHook {
+        let events = self.events.clone();
+        Box::new(move |id: &str, pid: u32, exited: Exited| {
+            events.send(TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid,
+                exit_status: exited.status,
+                exited_at: MessageField::some(timestamp(exited.at)),
+                ..Default::default()
+            });
+        })
     }
 
     async fn vm(&self, id: &str) -> ttrpc::Result<Arc<Vm>> {
-        self.vms.lock().await.get(id).cloned().ok_or_else(|| not_found(id))
+        self.vms.lock().await.running.get(id).cloned().ok_or_else(|| not_found(id))
     }
 }
 
 /// The one place events leave the shim, in the order they happened.
-async fn publish_events(publisher: RemotePublisher, namespace: String, mut rx: mpsc::UnboundedReceiver<Published>) {
+async fn publish_events(
+    publisher: RemotePublisher,
+    namespace: String,
+    mut rx: mpsc::UnboundedReceiver<Published>,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some((topic, event)) = rx.recv().await {
         if let Err(e) = publisher.publish(Default::default(), &topic, &namespace, event).await {
             warn!(%topic, "publishing event: {e}");
         }
-    }
-}
-
-async fn forward_lifecycle(mut rx: mpsc::UnboundedReceiver<Lifecycle>, events: mpsc::UnboundedSender<Published>) {
-    while let Some(Lifecycle::Exited { id, pid, exited }) = rx.recv().await {
-        let event = TaskExit {
-            container_id: id.clone(),
-            id,
-            pid,
-            exit_status: exited.status,
-            exited_at: MessageField::some(timestamp(exited.at)),
-            ..Default::default()
-        };
-        let _ = events.send((event.topic(), Box::new(event)));
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -119,31 +160,19 @@ impl Task for TaskService {
         if !valid_id(&req.id) {
             return Err(status(Code::INVALID_ARGUMENT, format!("container id {:?}: use letters, digits, '.', '_' and '-' only", req.id)));
         }
-        if self.vms.lock().await.contains_key(&req.id) {
-            return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
+        {
+            let mut vms = self.vms.lock().await;
+            if vms.running.contains_key(&req.id) || !vms.creating.insert(req.id.clone()) {
+                return Err(status(Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
+            }
         }
-        let config = config_for(req.options.as_ref())?;
-        let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
-        let bundle = PathBuf::from(&req.bundle);
-        let vm = Vm::create(
-            CreateRequest {
-                id: &req.id,
-                namespace: &self.namespace,
-                bundle: &bundle,
-                rootfs_mounts: &req.rootfs,
-                stdio,
-                config: &config,
-            },
-            self.lifecycle.clone(),
-        )
-        .await
-        .map_err(|e| {
-            warn!("create failed: {e}");
-            status(Code::INVALID_ARGUMENT, format!("containerd-shim-vm: {e}"))
-        })?;
+        let created = self.create_vm(&req).await;
+        let mut vms = self.vms.lock().await;
+        vms.creating.remove(&req.id);
+        let vm = created?;
         let pid = vm.pid;
-        self.vms.lock().await.insert(req.id.clone(), vm);
-        info!(pid, config = %config.source, "task created");
+        vms.running.insert(req.id.clone(), vm);
+        drop(vms);
         self.publish(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -310,7 +339,7 @@ impl Task for TaskService {
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
-        let task_pid = self.vms.lock().await.get(&req.id).map(|vm| vm.pid).unwrap_or_default();
+        let task_pid = self.vms.lock().await.running.get(&req.id).map(|vm| vm.pid).unwrap_or_default();
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -320,7 +349,13 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        if self.vms.lock().await.is_empty() {
+        let idle = {
+            let vms = self.vms.lock().await;
+            vms.running.is_empty() && vms.creating.is_empty()
+        };
+        if idle {
+            // Let the last events (TaskDelete) reach containerd before the shim goes.
+            self.events.drained(Duration::from_secs(3)).await;
             self.exit.signal();
         }
         Ok(Empty::new())
@@ -328,9 +363,37 @@ impl Task for TaskService {
 }
 
 impl TaskService {
+    async fn create_vm(&self, req: &CreateTaskRequest) -> ttrpc::Result<Arc<Vm>> {
+        let config = config_for(req.options.as_ref())?;
+        let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+        let bundle = PathBuf::from(&req.bundle);
+        let vm = Vm::create(
+            CreateRequest {
+                id: &req.id,
+                namespace: &self.namespace,
+                bundle: &bundle,
+                rootfs_mounts: &req.rootfs,
+                stdio,
+                config: &config,
+            },
+            self.exit_hook(),
+        )
+        .await
+        .map_err(|e| {
+            warn!("create failed: {e}");
+            status(Code::INVALID_ARGUMENT, format!("containerd-shim-vm: {e}"))
+        })?;
+        info!(pid = vm.pid, config = %config.source, "task created");
+        Ok(vm)
+    }
+
     async fn finish_delete(&self, vm: &Arc<Vm>, exit_status: u32, at: SystemTime) -> DeleteResponse {
-        vm.release();
-        self.vms.lock().await.remove(&vm.id);
+        // Unmounting and removing the cgroup may wait on the kernel: not on an RPC worker.
+        let releasing = vm.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || releasing.release()).await {
+            warn!("releasing the VM's resources: {e}");
+        }
+        self.vms.lock().await.running.remove(&vm.id);
         self.publish(TaskDelete {
             container_id: vm.id.clone(),
             id: vm.id.clone(),

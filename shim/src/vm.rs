@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio as ProcessStdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::api::Status;
@@ -33,6 +34,8 @@ pub const PANIC_EXIT_STATUS: u32 = 1;
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// sun_path holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 108;
 
 /// Why a VM could not be created: every variant says what and why, for `ctr`'s output.
 #[derive(Debug, Error)]
@@ -133,30 +136,32 @@ pub struct Vm {
     qmp: Qmp,
     console: Console,
     status: Mutex<Status>,
+    /// Set as soon as QEMU is reaped: its pid may then belong to another process.
+    reaped: AtomicBool,
+    /// The status to report instead of QEMU's own (a VM stopped before it started).
+    exit_override: Mutex<Option<u32>>,
     exited: watch::Receiver<Option<Exited>>,
     resources: Mutex<Resources>,
     pumps: Mutex<Option<Pumps>>,
 }
 
-/// A VM event the task service turns into a containerd event.
-#[derive(Debug)]
-pub enum Lifecycle {
-    Exited { id: String, pid: u32, exited: Exited },
-}
+/// Called once when the VM has exited and its console is drained, before Wait and
+/// Delete see the exit, so the task service can publish TaskExit ahead of TaskDelete.
+pub type ExitHook = Box<dyn Fn(&str, u32, Exited) + Send + Sync>;
 
 impl Vm {
     /// Builds the plan, takes the host resources and launches QEMU paused.
     /// On any error everything taken so far is released before returning.
     pub async fn create(
         req: CreateRequest<'_>,
-        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+        on_exit: ExitHook,
     ) -> Result<std::sync::Arc<Vm>, VmError> {
         let spec = oci_spec::runtime::Spec::load(req.bundle.join("config.json"))
             .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", req.bundle.display())))?;
         let plan = VmPlan::from_spec(&spec, req.config)?;
         req.stdio.check().map_err(VmError::Invalid)?;
         let mut resources = Resources::default();
-        match Self::launch(&req, plan, &mut resources, lifecycle).await {
+        match Self::launch(&req, &spec, plan, &mut resources, on_exit).await {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 resources.release();
@@ -167,12 +172,18 @@ impl Vm {
 
     async fn launch(
         req: &CreateRequest<'_>,
+        spec: &oci_spec::runtime::Spec,
         plan: VmPlan,
         resources: &mut Resources,
-        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+        on_exit: ExitHook,
     ) -> Result<std::sync::Arc<Vm>, VmError> {
         let config = req.config;
-        let rootfs = req.bundle.join("rootfs");
+        // `ctr run --rootfs DIR` names an absolute root and passes no mounts.
+        let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
+            Some(path) if path.is_absolute() => path,
+            Some(path) => req.bundle.join(path),
+            None => req.bundle.join("rootfs"),
+        };
         for mount in req.rootfs_mounts {
             std::fs::create_dir_all(&rootfs).map_err(host(format!("creating {}", rootfs.display())))?;
             containerd_shim::asynchronous::util::mount_rootfs(mount, &rootfs)
@@ -181,12 +192,32 @@ impl Vm {
             resources.rootfs_mount = Some(rootfs.clone());
         }
 
-        let image = disk::locate(&rootfs, &plan.disk, &config.host_disk_dirs)?;
-        check_executable(&config.qemu)?;
-        let overlay = disk::prepare_overlay(&rootfs, &image, &config.qemu_img)?;
-        let accel = resolve_accel(config.accel)?;
+        // File I/O, qemu-img and the KVM probe block: keep them off the RPC workers.
+        let (image, overlay, accel) = {
+            let (rootfs, disk_request, config) = (rootfs.clone(), plan.disk.clone(), config.clone());
+            tokio::task::spawn_blocking(move || -> Result<_, VmError> {
+                let image = disk::locate(&rootfs, &disk_request, &config.host_disk_dirs)?;
+                check_executable(&config.qemu)?;
+                let overlay = disk::prepare_overlay(&rootfs, &image, &config.qemu_img)?;
+                let accel = resolve_accel(config.accel)?;
+                Ok((image, overlay, accel))
+            })
+            .await
+            .map_err(|e| VmError::Invalid(format!("preparing the disk: {e}")))??
+        };
 
         let state_dir = config.state_dir.join(req.namespace).join(req.id);
+        let qmp_socket = state_dir.join(QMP_SOCKET);
+        if qmp_socket.as_os_str().len() >= MAX_SOCKET_PATH {
+            return Err(VmError::Invalid(format!(
+                "config state_dir = {:?}: the QMP socket {} would be {} bytes, over the {} a unix socket allows; choose a shorter state_dir",
+                config.state_dir.display().to_string(),
+                qmp_socket.display(),
+                qmp_socket.as_os_str().len(),
+                MAX_SOCKET_PATH - 1
+            )));
+        }
+        remove_stale_state_dir(&state_dir)?;
         create_private_dir(&state_dir)?;
         resources.state_dir = Some(state_dir.clone());
         let marker = req.bundle.join(STATE_DIR_MARKER);
@@ -207,7 +238,7 @@ impl Vm {
             },
             cpus: plan.cpus,
             memory_bytes: plan.memory_bytes,
-            qmp_socket: state_dir.join(QMP_SOCKET),
+            qmp_socket: qmp_socket.clone(),
             console_tty: console.tty_path().to_path_buf(),
             root_disk: RootDisk { image: image.path.clone(), image_format: image.format(), overlay },
         };
@@ -227,42 +258,38 @@ impl Vm {
         resources.qemu_pid = Some(pid);
         info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
         let _ = std::fs::write(state_dir.join(QEMU_PID), pid.to_string());
-        if let Some(cgroup) = &resources.cgroup {
-            if let Err(e) = cgroup.add_process(pid) {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(e.into());
+        // Join the cgroup, reach QMP, check the version and wire the console; on any
+        // failure QEMU is killed and reaped here, and its pid forgotten before release.
+        let wired: Result<_, VmError> = async {
+            if let Some(cgroup) = &resources.cgroup {
+                cgroup.add_process(pid)?;
             }
-        }
-
-        let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
-        let qmp_socket = state_dir.join(QMP_SOCKET);
-        let connected = tokio::select! {
-            connected = Qmp::connect(&qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
-            status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
-        };
-        let (qmp, events) = match connected {
-            Ok(c) => c,
-            Err(reason) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(qemu_err(format!("{reason}: {}", log_tail(&log_path))));
+            let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
+            let connected = tokio::select! {
+                connected = Qmp::connect(&qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
+                status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+            };
+            let (qmp, events) = connected.map_err(|reason| qemu_err(format!("{reason}: {}", log_tail(&log_path))))?;
+            let version = qmp.version();
+            let (major, minor) = crate::info::MIN_QEMU;
+            if (version.major, version.minor) < (major, minor) {
+                return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
             }
-        };
-        let version = qmp.version();
-        let (major, minor) = crate::info::MIN_QEMU;
-        if (version.major, version.minor) < (major, minor) {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
+            console.release_slave();
+            let pumps = console
+                .start_pumps(&req.stdio, req.id, req.namespace)
+                .await
+                .map_err(|source| VmError::Host { what: "opening the task's stdio".into(), source })?;
+            Ok((qmp, events, pumps))
         }
-        console.release_slave();
-        let pumps = match console.start_pumps(&req.stdio, req.id, req.namespace).await {
-            Ok(p) => p,
+        .await;
+        let (qmp, events, pumps) = match wired {
+            Ok(wired) => wired,
             Err(e) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                return Err(VmError::Host { what: "opening the task's stdio".into(), source: e });
+                resources.qemu_pid = None;
+                return Err(e);
             }
         };
 
@@ -276,13 +303,15 @@ impl Vm {
             qmp,
             console,
             status: Mutex::new(Status::CREATED),
+            reaped: AtomicBool::new(false),
+            exit_override: Mutex::new(None),
             exited,
             resources: Mutex::new(std::mem::take(resources)),
             pumps: Mutex::new(Some(pumps)),
         });
         let monitor = vm.clone();
         tokio::spawn(
-            async move { monitor.monitor(child, events, exit_tx, lifecycle).await }
+            async move { monitor.monitor(child, events, exit_tx, on_exit).await }
                 .instrument(tracing::info_span!("vm", id = %req.id)),
         );
         Ok(vm)
@@ -295,7 +324,7 @@ impl Vm {
         mut child: tokio::process::Child,
         mut events: qmp::Events,
         exit_tx: watch::Sender<Option<Exited>>,
-        lifecycle: tokio::sync::mpsc::UnboundedSender<Lifecycle>,
+        on_exit: ExitHook,
     ) {
         let mut panicked = false;
         let mut events_open = true;
@@ -318,15 +347,19 @@ impl Vm {
                 },
             }
         };
+        // From here the pid may be reused: nothing may signal it any more.
+        self.reaped.store(true, Ordering::SeqCst);
+        self.resources.lock().map(|mut r| r.qemu_pid = None).ok();
+        let overridden = self.exit_override.lock().ok().and_then(|o| *o);
         let code = match status {
             _ if panicked => PANIC_EXIT_STATUS,
+            _ if overridden.is_some() => overridden.unwrap_or_default(),
             Ok(s) => exit_code(s),
             Err(e) => {
                 warn!("waiting for QEMU: {e}");
                 255
             }
         };
-        self.resources.lock().map(|mut r| r.qemu_pid = None).ok();
         let pumps = self.pumps.lock().ok().and_then(|mut p| p.take());
         if let Some(pumps) = pumps {
             pumps.finish(CONSOLE_DRAIN_TIMEOUT).await;
@@ -334,8 +367,8 @@ impl Vm {
         let exited = Exited { status: code, at: SystemTime::now() };
         info!(status = code, "VM exited");
         self.set_status(Status::STOPPED);
+        on_exit(&self.id, self.pid, exited);
         let _ = exit_tx.send(Some(exited));
-        let _ = lifecycle.send(Lifecycle::Exited { id: self.id.clone(), pid: self.pid, exited });
     }
 
     pub fn status(&self) -> Status {
@@ -387,14 +420,18 @@ impl Vm {
     /// SIGTERM/SIGINT ask the guest to power off (ACPI), SIGKILL stops QEMU at once,
     /// SIGHUP resets the guest. A VM that never started is simply stopped.
     pub async fn signal(&self, signal: u32) -> Result<(), KillError> {
-        if self.exited().is_some() {
+        if self.reaped.load(Ordering::SeqCst) || self.exited().is_some() {
             return Err(KillError::Exited);
         }
         let sig = Signal::try_from(signal as i32).map_err(|_| KillError::Unsupported(signal))?;
         let pid = Pid::from_raw(self.pid as i32);
         match sig {
             Signal::SIGKILL => kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string())),
+            // A guest that never ran cannot power off: stop it, reporting the signal as runc would.
             _ if self.status() == Status::CREATED && matches!(sig, Signal::SIGTERM | Signal::SIGINT) => {
+                if let Ok(mut o) = self.exit_override.lock() {
+                    *o = Some(128 + signal);
+                }
                 kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string()))
             }
             Signal::SIGTERM | Signal::SIGINT => {
@@ -455,9 +492,12 @@ fn resolve_accel(setting: AccelSetting) -> Result<Accel, VmError> {
     if setting == AccelSetting::Tcg {
         return Ok(Accel::Tcg);
     }
-    // The probe runs in a child with a deadline: a broken KVM can hang KVM_RUN.
+    // The probe runs in a child with a deadline (a broken KVM can hang KVM_RUN), once
+    // per shim process: a pod's shim asks for each of its VMs.
+    static PROBE: OnceLock<(Accel, Option<String>)> = OnceLock::new();
     let exe = std::env::current_exe().map_err(host("locating the shim binary"))?;
-    match (setting, accel::resolve_auto(&exe, KVM_PROBE_TIMEOUT)) {
+    let probed = PROBE.get_or_init(|| accel::resolve_auto(&exe, KVM_PROBE_TIMEOUT)).clone();
+    match (setting, probed) {
         (_, (Accel::Kvm, _)) => Ok(Accel::Kvm),
         (AccelSetting::Kvm, (Accel::Tcg, reason)) => Err(VmError::Invalid(format!(
             "config accel = \"kvm\": KVM cannot run a guest here: {}",
@@ -482,6 +522,28 @@ fn check_executable(path: &Path) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The pid of a QEMU still running for the VM whose state dir this is: one whose
+/// command line names the dir's QMP socket (so a reused pid is never taken for it).
+fn live_qemu(state_dir: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(state_dir.join(QEMU_PID)).ok()?.trim().parse::<i32>().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let qmp = state_dir.join(QMP_SOCKET);
+    String::from_utf8_lossy(&cmdline).contains(&*qmp.to_string_lossy()).then_some(pid)
+}
+
+/// A state dir left by a VM that is gone (a host crash, a persistent state_dir) is
+/// removed; one whose QEMU still runs is an error, not something to overwrite.
+fn remove_stale_state_dir(dir: &Path) -> Result<(), VmError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if let Some(pid) = live_qemu(dir) {
+        return Err(VmError::Invalid(format!("a VM for this container is still running (QEMU pid {pid}, state {})", dir.display())));
+    }
+    warn!(dir = %dir.display(), "removing a stale state dir");
+    std::fs::remove_dir_all(dir).map_err(host(format!("removing stale state dir {}", dir.display())))
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
@@ -502,17 +564,15 @@ fn log_tail(path: &Path) -> String {
 /// Cleanup for `containerd-shim-vm-v1 delete`: after a shim died, kill its QEMU and
 /// remove what it left, found from the bundle alone. containerd also runs it after
 /// every normal delete, when there is nothing left: then it does nothing.
-pub fn cleanup_bundle(bundle: &Path) {
+/// Returns the pid of the QEMU it stopped, if one was still running.
+pub fn cleanup_bundle(bundle: &Path) -> Option<u32> {
     let marker = bundle.join(STATE_DIR_MARKER);
+    let mut stopped = None;
     if let Ok(dir) = std::fs::read_to_string(&marker) {
         let dir = PathBuf::from(dir.trim());
-        if let Some(pid) = std::fs::read_to_string(dir.join(QEMU_PID)).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            // Only a process that is still this VM's QEMU (its command line names our QMP socket).
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let qmp = dir.join(QMP_SOCKET);
-            if String::from_utf8_lossy(&cmdline).contains(&*qmp.to_string_lossy()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+        if let Some(pid) = live_qemu(&dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            stopped = Some(pid as u32);
         }
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&marker);
@@ -530,4 +590,5 @@ pub fn cleanup_bundle(bundle: &Path) {
     }
     let rootfs = bundle.join("rootfs");
     let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+    stopped
 }

@@ -1,18 +1,24 @@
 //! Side-by-side benchmark of containerd-shim-vm against bare QEMU, libvirt and the runc shim.
 //! Run it through `integration/bench/run.sh`, which builds it, starts a private libvirtd and
 //! passes its URI in `BENCH_LIBVIRT_URI`. Prints medians (with min/max) and ratios; it never
-//! asserts on time. See BENCHMARKS.md for what each row measures.
+//! asserts on time. BENCHMARKS.md at the repository root says what each row measures.
 //!
 //! Environment:
-//! * `RUNS` (default 5): timed runs of each start/console measurement;
+//! * `RUNS` (default 5): timed runs of each start/console measurement, interleaved;
 //! * `WARMUP` (default 1): untimed runs of each first (page cache, libvirt's capability cache);
+//! * `SETTLE_MS` (default 500): pause before each run, so the last one's teardown is over;
 //! * `INSTANCES` (default 5): VMs and runc containers running at once for the memory rows;
 //! * `BENCH_DIR`: scratch directory (default: a new one under /tmp, removed at the end);
 //! * `BENCH_LIBVIRT_URI`: libvirt connection for `virsh`; unset: the libvirt rows are skipped;
+//!   `BENCH_LIBVIRT_DIR`: run.sh's private libvirt directory (to watch the capability cache);
 //! * `BENCH_CONTAINERD_LOG_LEVEL` (default `info`): the private containerd's log level;
-//! * `PROFILE` (default 1): one more shim start, traced, broken down into its steps;
+//! * `PROFILE` (default 1) and `PROFILE_RUNS` (default 3): more shim starts through a traced
+//!   containerd, broken down into steps (see [`profile`]); `PROFILE_TRACE=sys1,sys2` traces
+//!   more syscalls (the trace stays in `BENCH_DIR/profile.strace` if `BENCH_DIR` is given);
 //! * `WELL_UNDER` (default 0.5): "well under libvirt" means shim start ≤ this × libvirt start;
-//! * `BENCH_RESULTS`: also write the table (markdown) to this file.
+//! * `BENCH_HOLD=SECONDS`: keep the memory phase's VMs and containers running this long;
+//! * `BENCH_RESULTS`: also write the report (markdown) to this file;
+//! * `SHIM_VM_BIN_DIR`, `CONTAINERD_BIN_DIR`: as for the rig (which shim, which containerd).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -626,10 +632,13 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     let Some(strace) = strace else {
         bail!("strace is not installed (apt-get install strace)");
     };
-    let containerd = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+    let containerd = std::env::var_os("CONTAINERD_BIN_DIR")
+        .map(|d| vec![PathBuf::from(d)])
+        .unwrap_or_else(|| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect())
+        .into_iter()
         .map(|d| d.join("containerd"))
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("containerd not in PATH"))?;
+        .ok_or_else(|| anyhow!("containerd not found (PATH or CONTAINERD_BIN_DIR)"))?;
     let ctr_real = bench.rig.ctr_command().get_program().to_owned();
     let wrap = bench.work.join("profile-bin");
     std::fs::create_dir_all(&wrap)?;
@@ -681,6 +690,7 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         "ctr returns",
     ];
     let mut steps: Vec<Series> = vec![Series::default(); STEPS.len()];
+    let mut deltas: Vec<Series> = vec![Series::default(); STEPS.len()];
     let mut attempts = Series::default();
     let mut total = Series::default();
     let mut first_log = String::new();
@@ -780,6 +790,9 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         for (i, v) in at.iter().enumerate() {
             if let Some(v) = v {
                 steps[i].push(*v);
+                if let Some(prev) = at[..i].iter().rev().flatten().next() {
+                    deltas[i].push(v - prev);
+                }
             }
         }
         attempts.push(qmp_connects as f64);
@@ -798,12 +811,25 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     }
 
     let mut out = String::new();
-    writeln!(out, "Profile of the shim's start (PROFILE_RUNS={runs}; containerd under strace, shim at debug level; ms after `ctr run -d` was spawned, median [min–max]):")?;
+    writeln!(
+        out,
+        "Profile of the shim's start (PROFILE_RUNS={runs}; a second private containerd runs under strace and the shim logs at \
+         debug level, which slows containerd and ctr noticeably: compare the steps, not the total). Times are ms after \
+         `ctr run -d` was spawned; median, min and max over the runs; the last column is the median over runs of the time \
+         since the previous step that was seen:"
+    )?;
     writeln!(out)?;
-    writeln!(out, "| step | at (ms) | min | max |")?;
-    writeln!(out, "|---|---:|---:|---:|")?;
-    for (label, s) in STEPS.iter().zip(&steps) {
-        writeln!(out, "| {label} | {} | {} | {} |", fmt_opt(s.median(), 1), fmt_opt(s.min(), 1), fmt_opt(s.max(), 1))?;
+    writeln!(out, "| step | at (ms) | min | max | since the step before (ms, median) |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    for ((label, s), d) in STEPS.iter().zip(&steps).zip(&deltas) {
+        writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} |",
+            fmt_opt(s.median(), 1),
+            fmt_opt(s.min(), 1),
+            fmt_opt(s.max(), 1),
+            fmt_opt(d.median(), 1)
+        )?;
     }
     writeln!(out)?;
     writeln!(out, "QMP connect attempts per start: median {} (min {}, max {})", fmt_opt(attempts.median(), 0), fmt_opt(attempts.min(), 0), fmt_opt(attempts.max(), 0))?;
@@ -909,6 +935,7 @@ fn run() -> Result<()> {
     let instances = env_num("INSTANCES", 5)?.max(1);
     let do_profile = env_num("PROFILE", 1)? != 0;
     let profile_runs = env_num("PROFILE_RUNS", 3)?.max(1);
+    let settle = Duration::from_millis(env_num("SETTLE_MS", 500)? as u64);
     let well_under: f64 = std::env::var("WELL_UNDER").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
     let libvirt_uri = std::env::var("BENCH_LIBVIRT_URI").ok().filter(|s| !s.is_empty());
     let (work, _scratch) = match std::env::var_os("BENCH_DIR") {
@@ -997,6 +1024,8 @@ fn run() -> Result<()> {
     for r in 0..runs {
         let kinds = ["shim", "bare", "libvirt"];
         for k in 0..3 {
+            // Let the previous run's teardown (QEMU exit, libvirt's cleanup) finish first.
+            sleep(settle)?;
             match kinds[(r + k) % 3] {
                 "shim" => {
                     let (l, _) = bench.shim_run(&format!("shim-{r}"))?;
@@ -1230,6 +1259,20 @@ fn run() -> Result<()> {
         fmt_opt(rr, 2),
         fmt_opt(rr.map(|r| 0.5 * r), 2)
     )?;
+    writeln!(text)?;
+    writeln!(text, "Per-run values in run order (ms):")?;
+    writeln!(text)?;
+    for (label, series) in [
+        ("shim start", &shim_start),
+        ("bare QEMU start", &bare_start),
+        ("libvirt start", &lv_start),
+        ("shim first console", &shim_console),
+        ("bare QEMU first console", &bare_console),
+        ("libvirt first console", &lv_console),
+    ] {
+        let v: Vec<String> = series.values.iter().map(|v| format!("{v:.1}")).collect();
+        writeln!(text, "- {label}: {}", if v.is_empty() { "skipped".into() } else { v.join(", ") })?;
+    }
     if !report.notes.is_empty() {
         writeln!(text)?;
         for n in &report.notes {
@@ -1258,8 +1301,12 @@ fn all_qemus() -> Vec<i32> {
             rd.flatten()
                 .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
                 .filter(|pid| {
+                    // (libvirt's capability probes, `-machine none`, are not VMs)
                     std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .map(|c| String::from_utf8_lossy(&c).starts_with(QEMU))
+                        .map(|c| {
+                            let c = String::from_utf8_lossy(&c);
+                            c.starts_with(QEMU) && !c.contains("\0none,") && !c.contains("\0none\0")
+                        })
                         .unwrap_or(false)
                 })
                 .collect()

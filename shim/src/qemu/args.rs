@@ -139,8 +139,9 @@ impl ImageFormat {
 }
 
 /// The root disk: the image's file opened read-only as the backing node, under a
-/// qcow2 overlay that takes every write. The backing is named explicitly, so the
-/// backing file name recorded inside the overlay is never followed.
+/// qcow2 overlay that takes every write. Backings are named explicitly (and the
+/// image's is `null`), so no backing file name recorded in a header is ever opened,
+/// even if the file changed after the shim inspected it.
 pub struct RootDisk {
     pub image: PathBuf,
     pub image_format: ImageFormat,
@@ -153,8 +154,12 @@ impl QemuArg for RootDisk {
         let nodes = [
             json!({"driver": "file", "node-name": "image-file", "filename": self.image.to_string_lossy(),
                    "read-only": true}),
-            json!({"driver": self.image_format.driver(), "node-name": "image", "file": "image-file",
-                   "read-only": true}),
+            match self.image_format {
+                ImageFormat::Qcow2 => json!({"driver": "qcow2", "node-name": "image", "file": "image-file",
+                                             "read-only": true, "backing": null}),
+                ImageFormat::Raw => json!({"driver": "raw", "node-name": "image", "file": "image-file",
+                                           "read-only": true}),
+            },
             json!({"driver": "file", "node-name": "overlay-file", "filename": self.overlay.to_string_lossy()}),
             json!({"driver": "qcow2", "node-name": "root", "file": "overlay-file", "backing": "image"}),
         ];
@@ -223,6 +228,7 @@ mod tests {
         assert_eq!(blockdevs[0]["read-only"], true);
         assert_eq!(blockdevs[1]["driver"], "qcow2");
         assert_eq!(blockdevs[1]["read-only"], true);
+        assert!(blockdevs[1]["backing"].is_null() && blockdevs[1].get("backing").is_some(), "image must not follow a backing file");
         assert_eq!(blockdevs[3]["backing"], "image");
         assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
     }
