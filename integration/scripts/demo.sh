@@ -4,12 +4,6 @@
 # its console. Nothing is left running afterwards. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ "$(id -u)" != 0 ]; then
-  echo "demo.sh: run as root (it starts its own containerd)" >&2
-  exit 1
-fi
-[ "${SKIP_INSTALL:-0}" = 1 ] || bash integration/scripts/install-deps.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --workspace --bins
-export SHIM_VM_BIN_DIR=$CARGO_TARGET_DIR/release
+source integration/scripts/prepare.sh
+prepare demo.sh
 exec "$CARGO_TARGET_DIR/release/demo"

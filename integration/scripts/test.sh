@@ -6,15 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ "$(id -u)" != 0 ]; then
-  echo "test.sh: run as root (the end-to-end suite starts containerd and QEMU)" >&2
-  exit 1
-fi
-[ "${SKIP_INSTALL:-0}" = 1 ] || bash integration/scripts/install-deps.sh
-
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --workspace --bins --tests
-export SHIM_VM_BIN_DIR=$CARGO_TARGET_DIR/release
+source integration/scripts/prepare.sh
+prepare test.sh --tests
 # VMs boot under software emulation on small machines: two tests at a time.
 threads=${TEST_THREADS:-2}
 

@@ -675,14 +675,7 @@ impl<'r> Spawned<'r> {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         let stdin = child.stdin.take();
-        let mut out = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout pipe"))?;
-        let mut err = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow!("no stderr pipe"))?;
+        let (mut out, mut err) = take_output_pipes(&mut child)?;
         let (tx, stdout_rx) = mpsc::channel();
         thread::spawn(move || {
             let mut buf = [0u8; 8192];
@@ -959,18 +952,18 @@ impl<'r> Events<'r> {
 }
 
 /// Run `cmd` with captured output; kill it if it takes longer than `timeout`.
+/// The piped stdout and stderr of a child started with `Stdio::piped()` for both.
+fn take_output_pipes(child: &mut Child) -> Result<(std::process::ChildStdout, std::process::ChildStderr)> {
+    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
+    let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?;
+    Ok((out, err))
+}
+
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     let what = format!("{cmd:?}");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let mut err = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let (mut out, mut err) = take_output_pipes(&mut child)?;
     let out_t = thread::spawn(move || {
         let mut v = Vec::new();
         let _ = out.read_to_end(&mut v);

@@ -471,27 +471,8 @@ fn describe_status(status: ExitStatus) -> String {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh scratch directory, removed on drop.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "accel-test-{}-{}-{tag}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::Scratch;
 
     /// Writes an executable shell script standing in for the shim binary.
     /// The file is written by a child `sh`, not by this process: if a test
@@ -568,7 +549,7 @@ mod tests {
     #[test]
     fn pvm_detection() {
         let s = Scratch::new("pvm");
-        let m = &s.0;
+        let m = &s.dir();
         assert_eq!(pvm_provider_reason(m), None);
         std::fs::create_dir(m.join("kvm")).unwrap();
         assert_eq!(pvm_provider_reason(m), None);
@@ -586,7 +567,7 @@ mod tests {
     #[test]
     fn probe_exit_zero_means_kvm() {
         let s = Scratch::new("ok");
-        let exe = fake_exe(&s.0, r#"[ "$1" = --probe-kvm ] || exit 9; exit 0"#);
+        let exe = fake_exe(&s.dir(), r#"[ "$1" = --probe-kvm ] || exit 9; exit 0"#);
         assert_eq!(
             resolve_auto(&exe, Duration::from_secs(5)),
             (Accel::Kvm, None)
@@ -596,7 +577,7 @@ mod tests {
     #[test]
     fn probe_failure_reason_is_passed_on() {
         let s = Scratch::new("fail");
-        let exe = fake_exe(&s.0, "echo 'KVM_RUN failed: boom' >&2; exit 1");
+        let exe = fake_exe(&s.dir(), "echo 'KVM_RUN failed: boom' >&2; exit 1");
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);
         let reason = reason.unwrap();
@@ -607,7 +588,7 @@ mod tests {
     #[test]
     fn probe_killed_by_signal() {
         let s = Scratch::new("sig");
-        let exe = fake_exe(&s.0, "kill -SEGV $$");
+        let exe = fake_exe(&s.dir(), "kill -SEGV $$");
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);
         assert!(reason.unwrap().contains("signal 11"));
@@ -617,7 +598,7 @@ mod tests {
     fn hanging_probe_is_killed_on_time() {
         let s = Scratch::new("hang");
         // `exec` so the pid we kill is the sleeper itself.
-        let exe = fake_exe(&s.0, "exec sleep 10");
+        let exe = fake_exe(&s.dir(), "exec sleep 10");
         let start = Instant::now();
         let (accel, reason) = resolve_auto(&exe, Duration::from_millis(300));
         let took = start.elapsed();
@@ -630,7 +611,7 @@ mod tests {
     fn hang_with_open_stderr_grandchild_does_not_block() {
         let s = Scratch::new("grandchild");
         // A grandchild keeps the stderr pipe open after the probe is killed.
-        let exe = fake_exe(&s.0, "sleep 3 & exec sleep 3");
+        let exe = fake_exe(&s.dir(), "sleep 3 & exec sleep 3");
         let start = Instant::now();
         let (accel, _) = resolve_auto(&exe, Duration::from_millis(200));
         assert_eq!(accel, Accel::Tcg);
@@ -641,7 +622,7 @@ mod tests {
     fn chatty_probe_does_not_block() {
         let s = Scratch::new("chatty");
         // Far more than a pipe buffer on stderr, then failure.
-        let exe = fake_exe(&s.0, "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3");
+        let exe = fake_exe(&s.dir(), "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3");
         let start = Instant::now();
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);

@@ -814,30 +814,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh scratch directory, removed on drop.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "disk-format-test-{}-{}-{tag}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::Scratch;
 
     /// Runs qemu-img in `dir`. These tests need it: missing qemu-img is a
     /// failure with instructions, not a skip.
@@ -847,7 +825,7 @@ mod tests {
         for _ in 0..5 {
             let out = Command::new("qemu-img")
                 .args(args)
-                .current_dir(&dir.0)
+                .current_dir(&dir.dir())
                 .output()
                 .unwrap_or_else(|e| {
                     panic!(
@@ -1544,7 +1522,7 @@ mod tests {
             inspect_overlay(&link).unwrap_err(),
             DiskFormatError::Symlink { .. }
         ));
-        let e = check(&d.0).unwrap_err();
+        let e = check(&d.dir()).unwrap_err();
         assert!(
             matches!(
                 e,

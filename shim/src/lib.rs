@@ -18,6 +18,8 @@ pub mod quantity;
 pub mod runtime_options;
 pub mod service;
 pub mod task;
+#[cfg(test)]
+mod test_support;
 pub mod vm;
 
 pub const RUNTIME_ID: &str = "io.containerd.vm.v1";

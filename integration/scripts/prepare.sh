@@ -1,0 +1,14 @@
+# Sourced by demo.sh and test.sh: checks for root, installs what is missing (unless
+# SKIP_INSTALL=1), builds the workspace's binaries and exports where they are.
+# Usage: prepare WHAT [extra cargo build args...]
+prepare() {
+  local what=$1; shift
+  if [ "$(id -u)" != 0 ]; then
+    echo "$what: run as root (it starts its own containerd and QEMU)" >&2
+    exit 1
+  fi
+  [ "${SKIP_INSTALL:-0}" = 1 ] || bash integration/scripts/install-deps.sh
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+  cargo build --release --workspace --bins "$@"
+  export SHIM_VM_BIN_DIR=$CARGO_TARGET_DIR/release
+}
