@@ -2,8 +2,8 @@
 # integration/bench/run.sh — containerd-shim-vm against bare QEMU, libvirt and the runc shim,
 # side by side in one run. Prints medians (min/max) and ratios; never a timed assertion.
 #
-#   sudo bash integration/bench/run.sh            # RUNS=5 INSTANCES=5 by default
-#   RUNS=7 INSTANCES=5 SKIP_INSTALL=1 bash integration/bench/run.sh
+#   bash integration/bench/run.sh                       # as root; RUNS=5 INSTANCES=5
+#   RUNS=9 SKIP_INSTALL=1 bash integration/bench/run.sh
 #
 # What it does:
 #  1. installs what it needs (integration/scripts/install-deps.sh, then libvirt and strace),
@@ -25,10 +25,12 @@
 # socket is put in the bench directory (unix_sock_dir), where virsh reaches it with
 # `qemu:///system?socket=...`. No network, nwfilter or storage definitions are visible, so
 # nothing (bridges, dnsmasq) is autostarted. When the daemons exit, the namespace and its
-# mounts go with them.
+# mounts go with them. (There is no systemd: the two daemons run as background processes of
+# this script, in the foreground mode, so that it can stop and reap them.)
 #
-# Environment: RUNS, WARMUP, INSTANCES, PROFILE, WELL_UNDER (see integration/src/bin/bench.rs),
-# SKIP_INSTALL=1, NO_LIBVIRT=1 (skip the libvirt column), BENCH_RESULTS=FILE (table copy).
+# Environment: RUNS, WARMUP, SETTLE_MS, INSTANCES, PROFILE, PROFILE_RUNS, WELL_UNDER (see the
+# top of integration/src/bin/bench.rs), SKIP_INSTALL=1, NO_LIBVIRT=1 (no libvirt column),
+# BENCH_RESULTS=FILE (a copy of the report, markdown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -65,7 +65,10 @@ fn sleep(d: Duration) -> Result<()> {
 
 fn env_num(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name}={v:?}: not a number")),
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?}: not a number")),
         _ => Ok(default),
     }
 }
@@ -121,7 +124,11 @@ struct Report {
 
 impl Report {
     fn row(&mut self, label: &str, unit: &'static str, series: &Series) {
-        self.rows.push(Row { label: label.to_string(), unit, series: series.clone() });
+        self.rows.push(Row {
+            label: label.to_string(),
+            unit,
+            series: series.clone(),
+        });
     }
     fn note(&mut self, note: impl Into<String>) {
         let note = note.into();
@@ -131,7 +138,8 @@ impl Report {
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}")).unwrap_or_else(|| "n/a".into())
+    v.map(|v| format!("{v:.prec$}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -184,7 +192,10 @@ impl Drop for ChildGuard {
 
 /// Output of a command that must succeed.
 fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
@@ -201,14 +212,29 @@ fn first_line(cmd: &mut Command) -> String {
         .output()
         .ok()
         .map(|o| {
-            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .unwrap_or_else(|| "unknown".into())
 }
 
 /// Polls `path` until it contains `pattern`; returns the time since `t0`.
-fn wait_in_file(path: &Path, pattern: &str, t0: Instant, timeout: Duration, child: Option<&mut Child>) -> Result<Duration> {
+fn wait_in_file(
+    path: &Path,
+    pattern: &str,
+    t0: Instant,
+    timeout: Duration,
+    child: Option<&mut Child>,
+) -> Result<Duration> {
     let mut child = child;
     let mut seen = Vec::new();
     let mut offset = 0u64;
@@ -228,7 +254,10 @@ fn wait_in_file(path: &Path, pattern: &str, t0: Instant, timeout: Duration, chil
         }
         if let Some(c) = child.as_deref_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                bail!("process exited ({status}) before {pattern:?} appeared in {}", path.display());
+                bail!(
+                    "process exited ({status}) before {pattern:?} appeared in {}",
+                    path.display()
+                );
             }
         }
         if t0.elapsed() > timeout {
@@ -254,7 +283,11 @@ struct QmpPhases {
 
 /// Connects to QEMU's QMP socket as soon as it exists, negotiates, and polls `query-status`
 /// until it says running. Returns the time since `t0`, and when the phases were reached.
-fn qmp_wait_running(socket: &Path, t0: Instant, child: &mut Child) -> Result<(Duration, QmpPhases)> {
+fn qmp_wait_running(
+    socket: &Path,
+    t0: Instant,
+    child: &mut Child,
+) -> Result<(Duration, QmpPhases)> {
     let stream = loop {
         match UnixStream::connect(socket) {
             Ok(s) => break s,
@@ -279,7 +312,8 @@ fn qmp_wait_running(socket: &Path, t0: Instant, child: &mut Child) -> Result<(Du
             if reader.read_line(&mut line)? == 0 {
                 bail!("QMP connection closed");
             }
-            let v: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("QMP line {line:?}"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(line.trim()).with_context(|| format!("QMP line {line:?}"))?;
             if v.get("event").is_some() {
                 continue;
             }
@@ -287,7 +321,10 @@ fn qmp_wait_running(socket: &Path, t0: Instant, child: &mut Child) -> Result<(Du
         }
     };
     let greeting = read_reply(&mut reader)?;
-    let phases = QmpPhases { connected, greeting: t0.elapsed() };
+    let phases = QmpPhases {
+        connected,
+        greeting: t0.elapsed(),
+    };
     if greeting.get("QMP").is_none() {
         bail!("unexpected QMP greeting {greeting}");
     }
@@ -342,18 +379,35 @@ impl<'r> Bench<'r> {
     fn shim_run(&self, id: &str) -> Result<(Launch, Vec<String>)> {
         let log = self.work.join(format!("{id}.console"));
         let mut cmd = self.ctr();
-        cmd.args(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display()), TINY, id]);
+        cmd.args([
+            "run",
+            "-d",
+            "--runtime",
+            VM_RUNTIME,
+            "--log-uri",
+            &format!("file://{}", log.display()),
+            TINY,
+            id,
+        ]);
         let t0 = Instant::now();
         run_ok(&mut cmd).context("ctr run -d (VM)")?;
         let start = t0.elapsed();
         let result = (|| {
             let console = wait_in_file(&log, BOOTED, t0, BOOT_TIMEOUT, None)?;
-            let (pid, status) = task_status(&self.ns, id)?.ok_or_else(|| anyhow!("task {id} not listed"))?;
+            let (pid, status) =
+                task_status(&self.ns, id)?.ok_or_else(|| anyhow!("task {id} not listed"))?;
             if status != "RUNNING" {
                 bail!("task {id} is {status}");
             }
             let argv = integration::vmenv::cmdline(pid)?;
-            Ok((Launch { start, console, phases: None }, argv))
+            Ok((
+                Launch {
+                    start,
+                    console,
+                    phases: None,
+                },
+                argv,
+            ))
         })();
         let cleanup = self.remove_task(id);
         let _ = std::fs::remove_file(&log);
@@ -403,7 +457,14 @@ impl<'r> Bench<'r> {
             let overlay_time = self.make_overlay(&overlay)?;
             let qmp = dir.join("qmp.sock");
             let console = dir.join("console.log");
-            let argv = bare_argv(template, &format!("bench-bare-{n}"), &qmp, &console, &self.tiny_disk, &overlay)?;
+            let argv = bare_argv(
+                template,
+                &format!("bench-bare-{n}"),
+                &qmp,
+                &console,
+                &self.tiny_disk,
+                &overlay,
+            )?;
             let log = std::fs::File::create(dir.join("qemu.log"))?;
             let t0 = Instant::now();
             let child = Command::new(QEMU)
@@ -415,11 +476,22 @@ impl<'r> Bench<'r> {
                 .context("starting QEMU")?;
             let mut guard = ChildGuard(Some(child));
             let (start, phases) = qmp_wait_running(&qmp, t0, guard.child()).map_err(|e| {
-                anyhow!("{e:#}; QEMU log: {}", std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default())
+                anyhow!(
+                    "{e:#}; QEMU log: {}",
+                    std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
+                )
             })?;
-            let console_time = wait_in_file(&console, BOOTED, t0, BOOT_TIMEOUT, Some(guard.child()))?;
+            let console_time =
+                wait_in_file(&console, BOOTED, t0, BOOT_TIMEOUT, Some(guard.child()))?;
             guard.stop();
-            Ok((Launch { start, console: console_time, phases: Some(phases) }, overlay_time))
+            Ok((
+                Launch {
+                    start,
+                    console: console_time,
+                    phases: Some(phases),
+                },
+                overlay_time,
+            ))
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
@@ -438,7 +510,11 @@ impl<'r> Bench<'r> {
             let xml = dir.join("domain.xml");
             std::fs::write(&xml, domain_xml(&name, &self.tiny_disk, &overlay, &console))?;
             let t0 = Instant::now();
-            let created = run_ok(Command::new("virsh").args(["-q", "-c", uri, "create"]).arg(&xml));
+            let created = run_ok(
+                Command::new("virsh")
+                    .args(["-q", "-c", uri, "create"])
+                    .arg(&xml),
+            );
             let start = t0.elapsed();
             let destroy = DomainGuard { uri, name: &name };
             created.context("virsh create")?;
@@ -446,9 +522,13 @@ impl<'r> Bench<'r> {
             if n == 1000 {
                 let needle = format!("guest={name},");
                 if let Some(pid) = all_qemus().into_iter().find(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 }) {
-                    eprintln!("bench: libvirt's QEMU: {}", integration::vmenv::cmdline(pid as u32)?.join(" "));
+                    eprintln!(
+                        "bench: libvirt's QEMU: {}",
+                        integration::vmenv::cmdline(pid as u32)?.join(" ")
+                    );
                 }
             }
             let state = run_ok(Command::new("virsh").args(["-q", "-c", uri, "domstate", &name]))?;
@@ -456,7 +536,11 @@ impl<'r> Bench<'r> {
                 bail!("libvirt domain {name} is {:?}", state.trim());
             }
             drop(destroy);
-            Ok(Launch { start, console: console_time, phases: None })
+            Ok(Launch {
+                start,
+                console: console_time,
+                phases: None,
+            })
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
@@ -483,11 +567,21 @@ impl Drop for DomainGuard<'_> {
 /// The shim's own QEMU argv (captured from a VM it started), changed only where it must be
 /// for a QEMU started by hand: no `-S` (nobody sends `cont`), the QMP socket and disk files
 /// in the bench directory, and the serial console to a file instead of the shim's pty.
-fn bare_argv(shim_argv: &[String], name: &str, qmp: &Path, console: &Path, image: &Path, overlay: &Path) -> Result<Vec<String>> {
-    let args = shim_argv.get(1..).ok_or_else(|| anyhow!("empty QEMU argv"))?;
+fn bare_argv(
+    shim_argv: &[String],
+    name: &str,
+    qmp: &Path,
+    console: &Path,
+    image: &Path,
+    overlay: &Path,
+) -> Result<Vec<String>> {
+    let args = shim_argv
+        .get(1..)
+        .ok_or_else(|| anyhow!("empty QEMU argv"))?;
     let mut out = Vec::new();
     let mut i = 0;
-    let (mut saw_qmp, mut saw_console, mut saw_image, mut saw_overlay) = (false, false, false, false);
+    let (mut saw_qmp, mut saw_console, mut saw_image, mut saw_overlay) =
+        (false, false, false, false);
     while i < args.len() {
         let a = &args[i];
         let value = args.get(i + 1);
@@ -503,7 +597,10 @@ fn bare_argv(shim_argv: &[String], name: &str, qmp: &Path, console: &Path, image
             ("-chardev", Some(v)) if v.starts_with("socket,id=qmp,") => {
                 saw_qmp = true;
                 out.push(a.clone());
-                out.push(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()));
+                out.push(format!(
+                    "socket,id=qmp,path={},server=on,wait=off",
+                    qmp.display()
+                ));
             }
             ("-chardev", Some(v)) if v.starts_with("serial,id=console,") => {
                 saw_console = true;
@@ -511,7 +608,8 @@ fn bare_argv(shim_argv: &[String], name: &str, qmp: &Path, console: &Path, image
                 out.push(format!("file,id=console,path={}", console.display()));
             }
             ("-blockdev", Some(v)) if v.starts_with('{') => {
-                let mut node: serde_json::Value = serde_json::from_str(v).context("shim's -blockdev JSON")?;
+                let mut node: serde_json::Value =
+                    serde_json::from_str(v).context("shim's -blockdev JSON")?;
                 match node["node-name"].as_str() {
                     Some("image-file") => {
                         saw_image = true;
@@ -540,7 +638,9 @@ fn bare_argv(shim_argv: &[String], name: &str, qmp: &Path, console: &Path, image
              image {saw_image}, overlay {saw_overlay}); update bare_argv in integration/src/bin/bench.rs: {shim_argv:?}"
         );
     }
-    if let Some(left) = out.iter().find(|a| a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd")) {
+    if let Some(left) = out.iter().find(|a| {
+        a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd")
+    }) {
         bail!("bare QEMU argv still points into the shim's world: {left}");
     }
     Ok(out)
@@ -608,7 +708,8 @@ fn shim_pid(rig: &Rig, binary: &str, id: &str) -> Result<u32> {
         .into_iter()
         .filter(|(_, cmd)| {
             let words: Vec<&str> = cmd.split_whitespace().collect();
-            words.first().is_some_and(|w| w.ends_with(binary)) && words.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            words.first().is_some_and(|w| w.ends_with(binary))
+                && words.windows(2).any(|w| w[0] == "-id" && w[1] == id)
         })
         .map(|(pid, _)| pid)
         .collect();
@@ -628,13 +729,17 @@ fn shim_pid(rig: &Rig, binary: &str, id: &str) -> Result<u32> {
 /// was spawned; the table shows the median over the runs. Tracing slows things a little:
 /// read the steps, not the total.
 fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
-    let strace = ["/usr/bin/strace", "/bin/strace"].into_iter().find(|p| Path::new(p).is_file());
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
     let Some(strace) = strace else {
         bail!("strace is not installed (apt-get install strace)");
     };
     let containerd = std::env::var_os("CONTAINERD_BIN_DIR")
         .map(|d| vec![PathBuf::from(d)])
-        .unwrap_or_else(|| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect())
+        .unwrap_or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect()
+        })
         .into_iter()
         .map(|d| d.join("containerd"))
         .find(|p| p.is_file())
@@ -644,21 +749,29 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     std::fs::create_dir_all(&wrap)?;
     let trace = bench.work.join("profile.strace");
     // PROFILE_TRACE adds syscalls to the trace (kept in BENCH_DIR/profile.strace) for digging.
-    let extra = std::env::var("PROFILE_TRACE").map(|s| format!(",{s}")).unwrap_or_default();
+    let extra = std::env::var("PROFILE_TRACE")
+        .map(|s| format!(",{s}"))
+        .unwrap_or_default();
     let script = format!(
         "#!/bin/sh\nexec {strace} -f --seccomp-bpf -ttt -s 256 -e signal=none -o {} -e trace=execve,connect,bind,mount,sendmsg{extra} {} \"$@\"\n",
         trace.display(),
         containerd.display()
     );
     std::fs::write(wrap.join("containerd"), script)?;
-    std::fs::set_permissions(wrap.join("containerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::set_permissions(
+        wrap.join("containerd"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     std::os::unix::fs::symlink(&ctr_real, wrap.join("ctr"))?;
 
     let mut config = RigConfig::from_env();
     config.containerd_bin_dir = Some(wrap.clone());
     config.log_level = "debug".into();
     let rig = Rig::start_with(config)?;
-    rig.write_shim_config(&format!("accel = \"tcg\"\nstate_dir = \"{}\"\n", rig.dir().join("vmstate").display()))?;
+    rig.write_shim_config(&format!(
+        "accel = \"tcg\"\nstate_dir = \"{}\"\n",
+        rig.dir().join("vmstate").display()
+    ))?;
     let ns = rig.namespace("profile");
     ns.import(&bench.tiny_archive)?;
     let pbench = Bench {
@@ -707,7 +820,16 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let log_before = rig.log().len();
         let log = bench.work.join(format!("{id}.console"));
         let mut cmd = pbench.ctr();
-        cmd.args(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display()), TINY, &id]);
+        cmd.args([
+            "run",
+            "-d",
+            "--runtime",
+            VM_RUNTIME,
+            "--log-uri",
+            &format!("file://{}", log.display()),
+            TINY,
+            &id,
+        ]);
         let t0_epoch = now_epoch();
         let t0 = Instant::now();
         let ran = run_ok(&mut cmd);
@@ -716,11 +838,17 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let _ = std::fs::remove_file(&log);
         ran?;
         cleanup?;
-        recorded.push(ProfRun { t0_epoch, elapsed, log: rig.log().get(log_before..).unwrap_or("").to_string() });
+        recorded.push(ProfRun {
+            t0_epoch,
+            elapsed,
+            log: rig.log().get(log_before..).unwrap_or("").to_string(),
+        });
     }
     drop(pbench);
     drop(rig);
-    let events = parse_strace(&String::from_utf8_lossy(&std::fs::read(&trace).unwrap_or_default()));
+    let events = parse_strace(&String::from_utf8_lossy(
+        &std::fs::read(&trace).unwrap_or_default(),
+    ));
 
     for (r, run) in recorded.iter().enumerate() {
         let t0_epoch = run.t0_epoch;
@@ -736,7 +864,10 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let mut start_pid = None;
         let mut qemu_img_pid = None;
         let mut qmp_connects = 0;
-        for e in events.iter().filter(|e| e.ts >= t0_epoch - 0.001 && e.ts <= end_epoch + 0.005) {
+        for e in events
+            .iter()
+            .filter(|e| e.ts >= t0_epoch - 0.001 && e.ts <= end_epoch + 0.005)
+        {
             let text = e.text.as_str();
             if text.starts_with("execve(") && e.ok() {
                 let path = text.split('"').nth(1).unwrap_or("");
@@ -752,8 +883,21 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                     set(7, e.ts, &mut at);
                 }
                 if r == runs - 1 {
-                    let argv: String = text.split_once('[').map(|(_, a)| a).unwrap_or("").split(']').next().unwrap_or("").chars().take(160).collect();
-                    execs.push(format!("  {:>8.1} ms  pid {}  exec [{argv}]", rel(e.ts), e.pid));
+                    let argv: String = text
+                        .split_once('[')
+                        .map(|(_, a)| a)
+                        .unwrap_or("")
+                        .split(']')
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(160)
+                        .collect();
+                    execs.push(format!(
+                        "  {:>8.1} ms  pid {}  exec [{argv}]",
+                        rel(e.ts),
+                        e.pid
+                    ));
                 }
             } else if text.starts_with("+++ exited") {
                 if Some(e.pid) == start_pid {
@@ -761,7 +905,11 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 } else if Some(e.pid) == qemu_img_pid {
                     set(6, e.ts, &mut at);
                 }
-            } else if text.starts_with("connect(") && text.contains("/run/containerd/s/") && e.ok() && at[2].is_some() {
+            } else if text.starts_with("connect(")
+                && text.contains("/run/containerd/s/")
+                && e.ok()
+                && at[2].is_some()
+            {
                 set(3, e.ts, &mut at);
             } else if text.starts_with("mount(") && text.contains("/rootfs\"") && e.ok() {
                 set(4, e.ts, &mut at);
@@ -773,7 +921,10 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 if e.ok() {
                     set(10, e.ts, &mut at);
                 }
-            } else if text.starts_with("sendmsg(") && text.contains("QMP") && text.contains("version") {
+            } else if text.starts_with("sendmsg(")
+                && text.contains("QMP")
+                && text.contains("version")
+            {
                 set(11, e.ts, &mut at);
             } else if text.starts_with("sendmsg(") && text.contains("RESUME") {
                 set(13, e.ts, &mut at);
@@ -803,7 +954,11 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 .filter_map(|l| {
                     let ts = parse_rfc3339(l.split_whitespace().next().unwrap_or(""))?;
                     let rest: String = l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
-                    Some(format!("  {:>8.1} ms  {}", rel(ts), rest.chars().take(150).collect::<String>()))
+                    Some(format!(
+                        "  {:>8.1} ms  {}",
+                        rel(ts),
+                        rest.chars().take(150).collect::<String>()
+                    ))
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
@@ -819,7 +974,10 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
          since the previous step that was seen:"
     )?;
     writeln!(out)?;
-    writeln!(out, "| step | at (ms) | min | max | since the step before (ms, median) |")?;
+    writeln!(
+        out,
+        "| step | at (ms) | min | max | since the step before (ms, median) |"
+    )?;
     writeln!(out, "|---|---:|---:|---:|---:|")?;
     for ((label, s), d) in STEPS.iter().zip(&steps).zip(&deltas) {
         writeln!(
@@ -832,8 +990,18 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         )?;
     }
     writeln!(out)?;
-    writeln!(out, "QMP connect attempts per start: median {} (min {}, max {})", fmt_opt(attempts.median(), 0), fmt_opt(attempts.min(), 0), fmt_opt(attempts.max(), 0))?;
-    writeln!(out, "`ctr run -d` under the profiler: median {} ms", fmt_opt(total.median(), 1))?;
+    writeln!(
+        out,
+        "QMP connect attempts per start: median {} (min {}, max {})",
+        fmt_opt(attempts.median(), 0),
+        fmt_opt(attempts.min(), 0),
+        fmt_opt(attempts.max(), 0)
+    )?;
+    writeln!(
+        out,
+        "`ctr run -d` under the profiler: median {} ms",
+        fmt_opt(total.median(), 1)
+    )?;
     if !execs.is_empty() {
         writeln!(out)?;
         writeln!(out, "Processes started during the last profiled start:")?;
@@ -843,7 +1011,10 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     }
     if !first_log.is_empty() {
         writeln!(out)?;
-        writeln!(out, "The shim's own log lines during the last profiled start:")?;
+        writeln!(
+            out,
+            "The shim's own log lines during the last profiled start:"
+        )?;
         writeln!(out, "```")?;
         writeln!(out, "{first_log}")?;
         writeln!(out, "```")?;
@@ -860,20 +1031,29 @@ struct TraceEvent {
 impl TraceEvent {
     /// The call returned 0 (or a non-negative value).
     fn ok(&self) -> bool {
-        self.text.rsplit_once(" = ").is_some_and(|(_, r)| !r.trim_start().starts_with('-') && !r.starts_with('?'))
+        self.text
+            .rsplit_once(" = ")
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('-') && !r.starts_with('?'))
     }
 }
 
 /// `strace -f -ttt -o` lines (`PID EPOCH.USEC call...`), unfinished calls joined with their
 /// resumption (keeping the start time).
 fn parse_strace(text: &str) -> Vec<TraceEvent> {
-    let mut pending: std::collections::HashMap<u32, (f64, String)> = std::collections::HashMap::new();
+    let mut pending: std::collections::HashMap<u32, (f64, String)> =
+        std::collections::HashMap::new();
     let mut out = Vec::new();
     for line in text.lines() {
         // strace pads the pid: "1234  1700000000.123456 call(...)".
-        let Some((pid, rest)) = line.trim_start().split_once(' ') else { continue };
-        let Some((ts, rest)) = rest.trim_start().split_once(' ') else { continue };
-        let (Ok(pid), Ok(ts)) = (pid.parse::<u32>(), ts.parse::<f64>()) else { continue };
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else {
+            continue;
+        };
+        let (Ok(pid), Ok(ts)) = (pid.parse::<u32>(), ts.parse::<f64>()) else {
+            continue;
+        };
         if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid, (ts, head.to_string()));
             continue;
@@ -881,11 +1061,19 @@ fn parse_strace(text: &str) -> Vec<TraceEvent> {
         if rest.starts_with("<... ") {
             if let Some((start, head)) = pending.remove(&pid) {
                 let tail = rest.split_once("resumed>").map(|(_, t)| t).unwrap_or("");
-                out.push(TraceEvent { pid, ts: start, text: format!("{head}{tail}") });
+                out.push(TraceEvent {
+                    pid,
+                    ts: start,
+                    text: format!("{head}{tail}"),
+                });
             }
             continue;
         }
-        out.push(TraceEvent { pid, ts, text: rest.to_string() });
+        out.push(TraceEvent {
+            pid,
+            ts,
+            text: rest.to_string(),
+        });
     }
     out.sort_by(|a, b| a.ts.partial_cmp(&b.ts).unwrap_or(std::cmp::Ordering::Equal));
     out
@@ -898,7 +1086,11 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.split(':');
-    let (hh, mm, ss) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let (hh, mm, ss) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
     // Days from civil (Howard Hinnant).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
@@ -916,7 +1108,11 @@ fn main() {
     // SIGINT/SIGTERM: stop at the next poll and clean up (rig, VMs, domains) on the way out.
     unsafe {
         let handler = nix::sys::signal::SigHandler::Handler(on_signal);
-        let action = nix::sys::signal::SigAction::new(handler, nix::sys::signal::SaFlags::empty(), nix::sys::signal::SigSet::empty());
+        let action = nix::sys::signal::SigAction::new(
+            handler,
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
         let _ = nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &action);
         let _ = nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action);
     }
@@ -936,8 +1132,13 @@ fn run() -> Result<()> {
     let do_profile = env_num("PROFILE", 1)? != 0;
     let profile_runs = env_num("PROFILE_RUNS", 3)?.max(1);
     let settle = Duration::from_millis(env_num("SETTLE_MS", 500)? as u64);
-    let well_under: f64 = std::env::var("WELL_UNDER").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
-    let libvirt_uri = std::env::var("BENCH_LIBVIRT_URI").ok().filter(|s| !s.is_empty());
+    let well_under: f64 = std::env::var("WELL_UNDER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.5);
+    let libvirt_uri = std::env::var("BENCH_LIBVIRT_URI")
+        .ok()
+        .filter(|s| !s.is_empty());
     let (work, _scratch) = match std::env::var_os("BENCH_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
@@ -945,20 +1146,27 @@ fn run() -> Result<()> {
             (d, None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("vmbench-").tempdir_in("/tmp")?;
+            let t = tempfile::Builder::new()
+                .prefix("vmbench-")
+                .tempdir_in("/tmp")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
     let mut report = Report::default();
 
     // Machine.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let qemu_version = first_line(Command::new(QEMU).arg("--version"));
-    let containerd_version = first_line(Command::new("containerd").arg("--version"));
-    let libvirt_version = if libvirt_uri.is_some() { first_line(Command::new("libvirtd").arg("--version")) } else { "not used".into() };
+    let libvirt_version = if libvirt_uri.is_some() {
+        first_line(Command::new("libvirtd").arg("--version"))
+    } else {
+        "not used".into()
+    };
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = first_line(Command::new("uname").arg("-r"));
-    eprintln!("bench: {cores} cores, kernel {kernel}, {qemu_version}; {containerd_version}; libvirtd {libvirt_version}");
+    eprintln!("bench: {cores} cores, kernel {kernel}, {qemu_version}; libvirtd {libvirt_version}");
     eprintln!("bench: load average at start: {}", loadavg.trim());
     let others = all_qemus();
     if !others.is_empty() {
@@ -969,12 +1177,21 @@ fn run() -> Result<()> {
     let images = tiny_images(&work)?;
     let busybox = busybox_image(&work)?;
     let mut config = RigConfig::from_env();
-    config.log_level = std::env::var("BENCH_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    config.log_level =
+        std::env::var("BENCH_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let rig = Rig::start_with(config)?;
+    let containerd_version = rig.release().to_string();
+    eprintln!(
+        "bench: {containerd_version} (private, {})",
+        rig.dir().display()
+    );
     if !rig.has_vm_shim() {
         bail!("no {VM_SHIM_BINARY} in {}: build it first (cargo build --release -p containerd-shim-vm)", rig.shim_bin_dir().display());
     }
-    rig.write_shim_config(&format!("accel = \"tcg\"\nstate_dir = \"{}\"\n", rig.dir().join("vmstate").display()))?;
+    rig.write_shim_config(&format!(
+        "accel = \"tcg\"\nstate_dir = \"{}\"\n",
+        rig.dir().join("vmstate").display()
+    ))?;
     let ns = rig.namespace("bench");
     ns.import(&images.tiny.archive)?;
     ns.import(&busybox.archive)?;
@@ -1029,13 +1246,21 @@ fn run() -> Result<()> {
             match kinds[(r + k) % 3] {
                 "shim" => {
                     let (l, _) = bench.shim_run(&format!("shim-{r}"))?;
-                    eprintln!("bench: run {r}: shim     start {:8.1} ms  console {:8.1} ms", ms(l.start), ms(l.console));
+                    eprintln!(
+                        "bench: run {r}: shim     start {:8.1} ms  console {:8.1} ms",
+                        ms(l.start),
+                        ms(l.console)
+                    );
                     shim_start.push(ms(l.start));
                     shim_console.push(ms(l.console));
                 }
                 "bare" => {
                     let (l, o) = bench.bare_run(&shim_argv, r)?;
-                    eprintln!("bench: run {r}: bare     start {:8.1} ms  console {:8.1} ms", ms(l.start), ms(l.console));
+                    eprintln!(
+                        "bench: run {r}: bare     start {:8.1} ms  console {:8.1} ms",
+                        ms(l.start),
+                        ms(l.console)
+                    );
                     bare_start.push(ms(l.start));
                     bare_console.push(ms(l.console));
                     overlay.push(ms(o));
@@ -1047,7 +1272,11 @@ fn run() -> Result<()> {
                 _ => {
                     if let Some(uri) = &libvirt_uri {
                         let l = bench.libvirt_run(uri, r)?;
-                        eprintln!("bench: run {r}: libvirt  start {:8.1} ms  console {:8.1} ms", ms(l.start), ms(l.console));
+                        eprintln!(
+                            "bench: run {r}: libvirt  start {:8.1} ms  console {:8.1} ms",
+                            ms(l.start),
+                            ms(l.console)
+                        );
                         lv_start.push(ms(l.start));
                         lv_console.push(ms(l.console));
                     }
@@ -1059,11 +1288,14 @@ fn run() -> Result<()> {
     if libvirt_uri.is_some() {
         let caps_after = libvirt_caps_state();
         if caps_after.is_empty() {
-            report.note("could not find libvirt's QEMU capability cache (BENCH_LIBVIRT_DIR unset?)");
+            report
+                .note("could not find libvirt's QEMU capability cache (BENCH_LIBVIRT_DIR unset?)");
         } else if caps_after != caps_before {
             report.note("libvirt rewrote its QEMU capability cache during the timed runs (re-probed QEMU): its start times include that");
         } else {
-            eprintln!("bench: libvirt's QEMU capability cache was not re-probed during the timed runs");
+            eprintln!(
+                "bench: libvirt's QEMU capability cache was not re-probed during the timed runs"
+            );
         }
     }
 
@@ -1083,50 +1315,87 @@ fn run() -> Result<()> {
             let id = format!("mem-vm-{k}");
             let log = work.join(format!("{id}.console"));
             started.push(id.clone());
-            bench.ns.ctr_ok(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display()), TINY, &id])?;
-            wait_in_file(&log, PROMPT, Instant::now(), BOOT_TIMEOUT, None).with_context(|| format!("VM {id}"))?;
+            bench.ns.ctr_ok([
+                "run",
+                "-d",
+                "--runtime",
+                VM_RUNTIME,
+                "--log-uri",
+                &format!("file://{}", log.display()),
+                TINY,
+                &id,
+            ])?;
+            wait_in_file(&log, PROMPT, Instant::now(), BOOT_TIMEOUT, None)
+                .with_context(|| format!("VM {id}"))?;
         }
         for k in 0..instances {
             let id = format!("mem-runc-{k}");
             started.push(id.clone());
             let mut cmd = bench.ctr();
-            cmd.args(["run", "-d", "--runtime", RUNC_RUNTIME, BUSYBOX, &id, "/bin/busybox", "sleep", "3600"]);
+            cmd.args([
+                "run",
+                "-d",
+                "--runtime",
+                RUNC_RUNTIME,
+                BUSYBOX,
+                &id,
+                "/bin/busybox",
+                "sleep",
+                "3600",
+            ]);
             let t0 = Instant::now();
             run_ok(&mut cmd).context("ctr run -d (runc)")?;
             runc_start.push(ms(t0.elapsed()));
         }
         sleep(Duration::from_secs(2))?;
         // BENCH_HOLD=SECONDS keeps everything running this long, to look at the processes.
-        if let Some(hold) = std::env::var("BENCH_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(hold) = std::env::var("BENCH_HOLD")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             eprintln!("bench: holding {hold} s (BENCH_HOLD)");
             sleep(Duration::from_secs(hold))?;
         }
         let mut shim_pids = Vec::new();
         for k in 0..instances {
             let id = format!("mem-vm-{k}");
-            let (qemu, status) = task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
+            let (qemu, status) =
+                task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
             if status != "RUNNING" {
                 bail!("{id} is {status}");
             }
             let shim = shim_pid(&rig, VM_SHIM_BINARY, &id)?;
             shim_pids.push(shim);
-            shim_rss.push(proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0);
+            shim_rss.push(
+                proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0,
+            );
             shim_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
-            shim_anon.push(proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))? / 1024.0);
-            qemu_rss.push(proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0);
+            shim_anon.push(
+                proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))?
+                    / 1024.0,
+            );
+            qemu_rss.push(
+                proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0,
+            );
         }
         let mut runc_pids = Vec::new();
         for k in 0..instances {
             let id = format!("mem-runc-{k}");
-            let (_, status) = task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
+            let (_, status) =
+                task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
             if status != "RUNNING" {
                 bail!("{id} is {status}");
             }
             let shim = shim_pid(&rig, RUNC_SHIM_BINARY, &id)?;
             runc_pids.push(shim);
-            runc_rss.push(proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0);
+            runc_rss.push(
+                proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0,
+            );
             runc_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
-            runc_anon.push(proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))? / 1024.0);
+            runc_anon.push(
+                proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))?
+                    / 1024.0,
+            );
         }
         shim_pids.sort();
         shim_pids.dedup();
@@ -1170,27 +1439,92 @@ fn run() -> Result<()> {
     }
     report.note(format!(
         "load average at start {}, at end {}",
-        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
 
     // Report.
-    report.row("(a) start: shim, `ctr run -d` until it returns", "ms", &shim_start);
-    report.row("(a) start: bare QEMU until QMP says running", "ms", &bare_start);
-    report.row("(a) start: libvirt, `virsh create` until it returns", "ms", &lv_start);
-    report.row("(b) first console line: shim (`--log-uri file://`)", "ms", &shim_console);
-    report.row("(b) first console line: bare QEMU (serial file)", "ms", &bare_console);
-    report.row("(b) first console line: libvirt (serial file; context)", "ms", &lv_console);
-    report.row("(c) containerd-shim-vm-v1 VmRSS, per running VM", "MiB", &shim_rss);
-    report.row("(c) containerd-shim-runc-v2 VmRSS, per running container", "MiB", &runc_rss);
+    report.row(
+        "(a) start: shim, `ctr run -d` until it returns",
+        "ms",
+        &shim_start,
+    );
+    report.row(
+        "(a) start: bare QEMU until QMP says running",
+        "ms",
+        &bare_start,
+    );
+    report.row(
+        "(a) start: libvirt, `virsh create` until it returns",
+        "ms",
+        &lv_start,
+    );
+    report.row(
+        "(b) first console line: shim (`--log-uri file://`)",
+        "ms",
+        &shim_console,
+    );
+    report.row(
+        "(b) first console line: bare QEMU (serial file)",
+        "ms",
+        &bare_console,
+    );
+    report.row(
+        "(b) first console line: libvirt (serial file; context)",
+        "ms",
+        &lv_console,
+    );
+    report.row(
+        "(c) containerd-shim-vm-v1 VmRSS, per running VM",
+        "MiB",
+        &shim_rss,
+    );
+    report.row(
+        "(c) containerd-shim-runc-v2 VmRSS, per running container",
+        "MiB",
+        &runc_rss,
+    );
     report.row("(c) containerd-shim-vm-v1 Pss (context)", "MiB", &shim_pss);
-    report.row("(c) containerd-shim-runc-v2 Pss (context)", "MiB", &runc_pss);
-    report.row("(c) containerd-shim-vm-v1 RssAnon, private (context)", "MiB", &shim_anon);
-    report.row("(c) containerd-shim-runc-v2 RssAnon, private (context)", "MiB", &runc_anon);
+    report.row(
+        "(c) containerd-shim-runc-v2 Pss (context)",
+        "MiB",
+        &runc_pss,
+    );
+    report.row(
+        "(c) containerd-shim-vm-v1 RssAnon, private (context)",
+        "MiB",
+        &shim_anon,
+    );
+    report.row(
+        "(c) containerd-shim-runc-v2 RssAnon, private (context)",
+        "MiB",
+        &runc_anon,
+    );
     report.row("(c) QEMU VmRSS of the VM (context)", "MiB", &qemu_rss);
-    report.row("context: `qemu-img create` of the overlay (the shim does this in its start)", "ms", &overlay);
-    report.row("context: runc container start, `ctr run -d` busybox", "ms", &runc_start);
-    report.row("context: libvirt's first `virsh create` after libvirtd started (probes QEMU)", "ms", &lv_first);
+    report.row(
+        "context: `qemu-img create` of the overlay (the shim does this in its start)",
+        "ms",
+        &overlay,
+    );
+    report.row(
+        "context: runc container start, `ctr run -d` busybox",
+        "ms",
+        &runc_start,
+    );
+    report.row(
+        "context: libvirt's first `virsh create` after libvirtd started (probes QEMU)",
+        "ms",
+        &lv_first,
+    );
 
     let r_bare = ratio(shim_start.median(), bare_start.median());
     let r_lv = ratio(shim_start.median(), lv_start.median());
@@ -1222,9 +1556,21 @@ fn run() -> Result<()> {
     writeln!(text)?;
     writeln!(text, "| ratio (of medians) | value |")?;
     writeln!(text, "|---|---:|")?;
-    writeln!(text, "| shim start / bare QEMU start | {} |", fmt_opt(r_bare, 2))?;
-    writeln!(text, "| shim start / libvirt start | {} |", fmt_opt(r_lv, 2))?;
-    writeln!(text, "| shim first console / bare QEMU first console | {} |", fmt_opt(r_console, 2))?;
+    writeln!(
+        text,
+        "| shim start / bare QEMU start | {} |",
+        fmt_opt(r_bare, 2)
+    )?;
+    writeln!(
+        text,
+        "| shim start / libvirt start | {} |",
+        fmt_opt(r_lv, 2)
+    )?;
+    writeln!(
+        text,
+        "| shim first console / bare QEMU first console | {} |",
+        fmt_opt(r_console, 2)
+    )?;
     writeln!(text, "| shim RSS / runc shim RSS | {} |", fmt_opt(r_rss, 2))?;
     writeln!(text)?;
     let verdict = |ok: Option<bool>| match ok {
@@ -1271,7 +1617,15 @@ fn run() -> Result<()> {
         ("libvirt first console", &lv_console),
     ] {
         let v: Vec<String> = series.values.iter().map(|v| format!("{v:.1}")).collect();
-        writeln!(text, "- {label}: {}", if v.is_empty() { "skipped".into() } else { v.join(", ") })?;
+        writeln!(
+            text,
+            "- {label}: {}",
+            if v.is_empty() {
+                "skipped".into()
+            } else {
+                v.join(", ")
+            }
+        )?;
     }
     if !report.notes.is_empty() {
         writeln!(text)?;
@@ -1316,14 +1670,22 @@ fn all_qemus() -> Vec<i32> {
 
 /// QEMU processes that are not this bench's (by now all of its own should be gone).
 fn other_qemus(rig: &Rig) -> Vec<i32> {
-    let mine: Vec<i32> = processes_of(rig.dir()).into_iter().map(|(p, _)| p).collect();
-    all_qemus().into_iter().filter(|p| !mine.contains(p)).collect()
+    let mine: Vec<i32> = processes_of(rig.dir())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    all_qemus()
+        .into_iter()
+        .filter(|p| !mine.contains(p))
+        .collect()
 }
 
 /// Names and modification times of libvirt's QEMU capability cache files (under
 /// `BENCH_LIBVIRT_DIR/cache`, which run.sh mounts over /var/cache/libvirt).
 fn libvirt_caps_state() -> Vec<(PathBuf, SystemTime)> {
-    let Some(dir) = std::env::var_os("BENCH_LIBVIRT_DIR") else { return Vec::new() };
+    let Some(dir) = std::env::var_os("BENCH_LIBVIRT_DIR") else {
+        return Vec::new();
+    };
     let caps = PathBuf::from(dir).join("cache/qemu/capabilities");
     let mut out: Vec<(PathBuf, SystemTime)> = std::fs::read_dir(&caps)
         .map(|rd| {
@@ -1339,13 +1701,20 @@ fn libvirt_caps_state() -> Vec<(PathBuf, SystemTime)> {
 /// The virtual size recorded in a qcow2 header (bytes 24..32, big-endian).
 fn qcow2_virtual_size(path: &Path) -> Result<u64> {
     let mut header = [0u8; 32];
-    std::fs::File::open(path)?.read_exact(&mut header).with_context(|| format!("reading {}", path.display()))?;
+    std::fs::File::open(path)?
+        .read_exact(&mut header)
+        .with_context(|| format!("reading {}", path.display()))?;
     if &header[..4] != b"QFI\xfb" {
         bail!("{} is not qcow2", path.display());
     }
-    Ok(u64::from_be_bytes(header[24..32].try_into().expect("8 bytes")))
+    Ok(u64::from_be_bytes(
+        header[24..32].try_into().expect("8 bytes"),
+    ))
 }
 
 fn now_epoch() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
