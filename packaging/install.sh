@@ -11,4 +11,9 @@ if [ ! -e /etc/containerd-shim-vm/config.toml ]; then
   install -D -m 0644 "$here/config.toml" /etc/containerd-shim-vm/config.toml
 fi
 echo "installed /usr/local/bin/containerd-shim-vm-v1 ($(/usr/local/bin/containerd-shim-vm-v1 --version | tr '\n' ' '))"
-echo "for CRI, merge $here/containerd-config-v2.toml into /etc/containerd/config.toml and restart containerd"
+# containerd 2.x reads config version 3; 1.x reads version 2.
+snippet=$here/containerd-config-v2.toml
+if command -v containerd >/dev/null && containerd --version | awk '{print $3}' | grep -q '^v\?2\.'; then
+  snippet=$here/containerd-config-v3.toml
+fi
+echo "for CRI, merge $snippet into /etc/containerd/config.toml and restart containerd"
