@@ -73,6 +73,9 @@ pub enum DiskFormatError {
     #[error("disk {path}: looks like {what}, not qcow2 or raw")]
     OtherFormat { path: PathBuf, what: &'static str },
 
+    #[error("disk {path}: neither qcow2 nor a bootable raw disk: a raw disk starts with a boot record (an MBR, GPT's protective MBR or a boot sector, ending in 55 AA at byte 510){}", .found.map(|f| format!("; this file starts with {f}")).unwrap_or_default())]
+    NoBootRecord { path: PathBuf, found: Option<&'static str> },
+
     #[error("disk {path}: unsupported qcow version {version} (only qcow2 versions 2 and 3 are accepted)")]
     Qcow2Version { path: PathBuf, version: u32 },
 
@@ -789,9 +792,33 @@ fn inspect_raw<R: Read + Seek>(
             size: cx.file_len,
         });
     }
+    // The VM boots from this disk, and every bootable PC disk (MBR, GPT, a superfloppy's
+    // boot sector, a hybrid ISO) ends its first sector with 55 AA. Without it the file is
+    // something else (text, a plain ISO, zeros) and the guest would hang in the firmware.
+    if !magic_at(head, 510, &[0x55, 0xaa]) {
+        return Err(DiskFormatError::NoBootRecord { path: cx.path(), found: describe_head(cx, r, head)? });
+    }
     Ok(DiskInfo {
         format: DiskFormat::Raw,
         virtual_size: cx.file_len,
+    })
+}
+
+/// What a file without a boot record seems to be, for the error message.
+fn describe_head<R: Read + Seek>(cx: &Cx, r: &mut R, head: &[u8]) -> Result<Option<&'static str>, DiskFormatError> {
+    if cx.file_len >= 0x8006 {
+        let mut cd = [0u8; 5];
+        read_at(cx.path, r, 0x8001, &mut cd)?;
+        if &cd == b"CD001" {
+            return Ok(Some("an ISO 9660 volume (a CD image, not a disk)"));
+        }
+    }
+    Ok(if head.iter().all(|b| *b == 0) {
+        Some("a zeroed sector")
+    } else if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
+        Some("text")
+    } else {
+        None
     })
 }
 
@@ -989,32 +1016,63 @@ mod tests {
             virtual_size: size,
         };
         assert_eq!(
-            check(&write(&d, "mb.raw", &vec![0; 1 << 20])).unwrap(),
+            check(&write(&d, "mb.raw", &boot_record(1 << 20))).unwrap(),
             raw(1 << 20)
         );
         assert_eq!(
-            check(&write(&d, "512.raw", &[0xaa; 512])).unwrap(),
+            check(&write(&d, "512.raw", &boot_record(512))).unwrap(),
             raw(512)
         );
         // Sparse, as container disks often are.
-        let sparse = d.path("sparse.raw");
-        File::create(&sparse).unwrap().set_len(10 * GIB).unwrap();
+        let sparse = write(&d, "sparse.raw", &boot_record(512));
+        File::options().write(true).open(&sparse).unwrap().set_len(10 * GIB).unwrap();
         assert_eq!(check(&sparse).unwrap(), raw(10 * GIB));
-        // An ISO 9660 image is fine as raw.
-        let mut iso = vec![0u8; 64 << 10];
+        // A hybrid ISO (an MBR in front of the ISO 9660 volume) boots as a disk.
+        let mut iso = boot_record(64 << 10);
         iso[0x8001..0x8006].copy_from_slice(b"CD001");
-        assert_eq!(check(&write(&d, "cd.iso", &iso)).unwrap(), raw(64 << 10));
+        assert_eq!(check(&write(&d, "hybrid.iso", &iso)).unwrap(), raw(64 << 10));
         // The flat extent of a monolithicFlat VMDK is plain raw data.
         create(
             &d,
             "flat.vmdk",
             &["-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"],
         );
-        assert_eq!(check(&d.path("flat-flat.vmdk")).unwrap(), raw(1 << 20));
+        let flat = d.path("flat-flat.vmdk");
+        std::fs::write(&flat, boot_record(1 << 20)).unwrap();
+        assert_eq!(check(&flat).unwrap(), raw(1 << 20));
         // "BZh" without a block-size digit is not bzip2.
-        let mut bz = vec![0u8; 512];
+        let mut bz = boot_record(512);
         bz[..4].copy_from_slice(b"BZhx");
         assert!(check(&write(&d, "bzh.raw", &bz)).is_ok());
+    }
+
+    /// `len` bytes of zeros whose first sector ends in the boot signature.
+    fn boot_record(len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        data[510..512].copy_from_slice(&[0x55, 0xaa]);
+        data
+    }
+
+    #[test]
+    fn raw_without_a_boot_record_is_refused() {
+        let d = Scratch::new("noboot");
+        let text = "just some notes, not a disk\n".repeat(4096 / 28 + 1).into_bytes()[..4096].to_vec();
+        let mut plain_iso = vec![0u8; 64 << 10];
+        plain_iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        for (name, data, found) in [
+            ("zeros.raw", vec![0u8; 1 << 20], Some("a zeroed sector")),
+            ("notes.img", text, Some("text")),
+            ("cd.iso", plain_iso, Some("an ISO 9660 volume")),
+            ("noise.raw", (0..4096u32).map(|i| (i * 7 + 3) as u8).collect(), None),
+        ] {
+            let e = check(&write(&d, name, &data)).unwrap_err();
+            assert!(matches!(e, DiskFormatError::NoBootRecord { .. }), "{name}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("neither qcow2 nor a bootable raw disk") && msg.contains("55 AA"), "{msg}");
+            if let Some(found) = found {
+                assert!(msg.contains(found), "{name}: {msg}");
+            }
+        }
     }
 
     #[test]
