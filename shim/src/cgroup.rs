@@ -72,11 +72,18 @@ impl VmCgroup {
         if let Some(quota) = plan.cpu_quota {
             cpu = cpu.quota(quota);
         }
-        let cgroup = cpu
-            .done()
-            .build(hierarchies::auto())
-            .map_err(|source| CgroupError { path: path.clone(), action: "create", source })?;
-        Ok(VmCgroup { cgroup, path })
+        let existed = Cgroup::load(hierarchies::auto(), path.as_str()).exists();
+        match cpu.done().build(hierarchies::auto()) {
+            Ok(cgroup) => Ok(VmCgroup { cgroup, path }),
+            Err(source) => {
+                // A limit the kernel refused leaves the directories made before it (one per
+                // v1 controller): remove those, but never a cgroup that was there before.
+                if !existed {
+                    let _ = Cgroup::load(hierarchies::auto(), path.as_str()).delete();
+                }
+                Err(CgroupError { path, action: "create", source })
+            }
+        }
     }
 
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
