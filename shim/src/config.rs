@@ -45,11 +45,11 @@ struct RawConfig {
     accel: AccelSetting,
     state_dir: PathBuf,
     qemu: PathBuf,
-    qemu_img: PathBuf,
     machine: MachineType,
     default_cpus: u32,
     max_cpus: u32,
     default_memory: String,
+    max_memory: String,
     memory_overhead: String,
     tcg_translation_cache: String,
     host_disk_dirs: Vec<PathBuf>,
@@ -61,11 +61,11 @@ impl Default for RawConfig {
             accel: AccelSetting::Auto,
             state_dir: PathBuf::from("/run/containerd-shim-vm"),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            qemu_img: PathBuf::from("/usr/bin/qemu-img"),
             machine: MachineType::Q35,
             default_cpus: 1,
             max_cpus: 240,
             default_memory: "512Mi".into(),
+            max_memory: "1Ti".into(),
             memory_overhead: "128Mi".into(),
             tcg_translation_cache: "64Mi".into(),
             host_disk_dirs: Vec::new(),
@@ -82,11 +82,12 @@ pub struct Config {
     /// Per-VM private directories (QMP socket, QEMU log) live below this.
     pub state_dir: PathBuf,
     pub qemu: PathBuf,
-    pub qemu_img: PathBuf,
     pub machine: MachineType,
     pub default_cpus: u32,
     pub max_cpus: u32,
     pub default_memory_bytes: u64,
+    /// The most guest memory a VM may ask for (annotation, limit or default).
+    pub max_memory_bytes: u64,
     /// QEMU's own memory beside guest RAM, counted against the container's memory limit.
     pub memory_overhead_bytes: u64,
     /// TCG's translation cache: QEMU's default (1 GiB) would dwarf a small guest.
@@ -152,7 +153,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             format!("must be between 1 and max_cpus ({})", raw.max_cpus),
         ));
     }
-    for (field, p) in [("state_dir", &raw.state_dir), ("qemu", &raw.qemu), ("qemu_img", &raw.qemu_img)] {
+    for (field, p) in [("state_dir", &raw.state_dir), ("qemu", &raw.qemu)] {
         if !p.is_absolute() {
             return Err(invalid(field, p.display().to_string(), "must be an absolute path".into()));
         }
@@ -168,16 +169,24 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             format!("below the minimum {}", quantity::format_bytes(crate::plan::MIN_MEMORY_BYTES)),
         ));
     }
+    let max_memory_bytes = bytes("max_memory", &raw.max_memory)?;
+    if max_memory_bytes < default_memory_bytes {
+        return Err(invalid(
+            "max_memory",
+            raw.max_memory.clone(),
+            format!("below default_memory ({})", raw.default_memory),
+        ));
+    }
     Ok(Config {
         source: path.display().to_string(),
         accel: raw.accel,
         state_dir: raw.state_dir,
         qemu: raw.qemu,
-        qemu_img: raw.qemu_img,
         machine: raw.machine,
         default_cpus: raw.default_cpus,
         max_cpus: raw.max_cpus,
         default_memory_bytes,
+        max_memory_bytes,
         memory_overhead_bytes: bytes("memory_overhead", &raw.memory_overhead)?,
         tcg_translation_cache_bytes: bytes("tcg_translation_cache", &raw.tcg_translation_cache)?,
         host_disk_dirs: raw.host_disk_dirs,
@@ -218,6 +227,8 @@ mod tests {
         assert!(e.contains("default_memory") && e.contains("lots"), "{e}");
         let e = Config::parse("state_dir = \"rel\"", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("state_dir") && e.contains("absolute"), "{e}");
+        let e = Config::parse("max_memory = \"256Mi\"", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("max_memory") && e.contains("256Mi") && e.contains("default_memory"), "{e}");
         let e = Config::parse("bogus = 1", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

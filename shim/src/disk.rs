@@ -141,7 +141,7 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
 
 /// Returns the VM's overlay in the writable layer, creating it on first start. A
 /// later start of the same container finds it again, so guest data survives.
-pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk, qemu_img: &Path) -> Result<PathBuf, DiskError> {
+pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskError> {
     let overlay_err = |path: PathBuf, reason: String| DiskError::Overlay { path, reason };
     let root = open_dir(rootfs).map_err(|e| overlay_err(rootfs.to_path_buf(), e.to_string()))?;
     match nix::sys::stat::mkdirat(&root, OVERLAY_DIR, Mode::from_bits_truncate(0o700)) {
@@ -169,18 +169,30 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk, qemu_img: &Path) -> Resu
             Ok(overlay)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let output = std::process::Command::new(qemu_img)
-                .args(["create", "-q", "-f", "qcow2", "-u", "-F", disk.format().driver(), "-b"])
-                .arg(&disk.path)
-                .arg(&overlay)
-                .arg(disk.info.virtual_size.to_string())
-                .output()
-                .map_err(|e| overlay_err(overlay.clone(), format!("cannot run {}: {e}", qemu_img.display())))?;
-            if !output.status.success() {
-                let _ = std::fs::remove_file(&overlay);
-                return Err(overlay_err(overlay, format!(
-                    "{} create failed: {}", qemu_img.display(), String::from_utf8_lossy(&output.stderr).trim()
-                )));
+            let bytes = crate::overlay_image::render(
+                disk.info.virtual_size,
+                disk.path.as_os_str().as_encoded_bytes(),
+                disk.format().driver(),
+            )
+            .map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
+            // Written whole under a temporary name, then renamed: a start cut short never
+            // leaves a half-written overlay for the next start to trip over.
+            let partial = format!(".{name}.partial");
+            let written = (|| -> nix::Result<()> {
+                let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                let fd = nix::fcntl::openat(
+                    &dir,
+                    partial.as_str(),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )?;
+                let mut file = File::from(fd);
+                std::io::Write::write_all(&mut file, &bytes).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                nix::fcntl::renameat(&dir, partial.as_str(), &dir, name.as_str())
+            })();
+            if let Err(e) = written {
+                let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                return Err(overlay_err(overlay, format!("cannot write: {e}")));
             }
             Ok(overlay)
         }

@@ -12,6 +12,7 @@ pub mod disk_format;
 pub mod info;
 pub mod logger;
 pub mod logging;
+pub mod overlay_image;
 pub mod plan;
 pub mod qemu;
 pub mod quantity;

@@ -93,7 +93,7 @@ impl VmPlan {
 
         let memory_bytes = match annotations.get(ANNOTATION_MEMORY) {
             Some(value) => {
-                let bytes = parse_memory(value)?;
+                let bytes = parse_memory(value, config.max_memory_bytes)?;
                 if let Some(limit) = memory_limit {
                     let needed = bytes.saturating_add(config.memory_overhead_bytes);
                     if needed > limit {
@@ -126,7 +126,7 @@ impl VmPlan {
                             ),
                         });
                     }
-                    guest
+                    guest.min(config.max_memory_bytes / MEMORY_ALIGN * MEMORY_ALIGN)
                 }
                 None => config.default_memory_bytes,
             },
@@ -202,7 +202,7 @@ fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
     Ok(cpus)
 }
 
-fn parse_memory(value: &str) -> Result<u64, PlanError> {
+fn parse_memory(value: &str, max_memory: u64) -> Result<u64, PlanError> {
     let err = |reason: String| PlanError::Annotation {
         key: ANNOTATION_MEMORY.into(),
         value: value.to_string(),
@@ -212,7 +212,11 @@ fn parse_memory(value: &str) -> Result<u64, PlanError> {
     if bytes < MIN_MEMORY_BYTES {
         return Err(err(format!("below the minimum guest memory {}", format_bytes(MIN_MEMORY_BYTES))));
     }
-    Ok(bytes.div_ceil(MEMORY_ALIGN) * MEMORY_ALIGN)
+    if bytes > max_memory {
+        return Err(err(format!("above max_memory {}", format_bytes(max_memory))));
+    }
+    // QEMU sizes guest RAM in whole MiB.
+    bytes.div_ceil(MEMORY_ALIGN).checked_mul(MEMORY_ALIGN).ok_or_else(|| err("too large".into()))
 }
 
 /// The disk annotation names a path inside the image (or under a configured host
@@ -295,6 +299,16 @@ mod tests {
         assert!(e.contains("vm.containerd.io/memory=\"1Ki\"") && e.contains("minimum"), "{e}");
         let e = plan(json!({"vm.containerd.io/memory": "lots"}), json!({})).unwrap_err().to_string();
         assert!(e.contains("lots"), "{e}");
+        for huge in ["2Ti", "18446744073709551615", "16777216Ti"] {
+            let e = plan(json!({"vm.containerd.io/memory": huge}), json!({})).unwrap_err().to_string();
+            assert!(e.contains(huge) && (e.contains("max_memory") || e.contains("too large")), "{e}");
+        }
+    }
+
+    #[test]
+    fn memory_from_a_huge_limit_is_capped_at_max_memory() {
+        let p = plan(json!({}), json!({"memory": {"limit": i64::MAX}})).unwrap();
+        assert_eq!(p.memory_bytes, 1 << 40);
     }
 
     #[test]
