@@ -90,6 +90,13 @@ impl Qmp {
     /// Must be called within a tokio runtime; spawns two tasks per connection.
     pub async fn connect(path: &Path, deadline: Instant) -> Result<(Qmp, Events), QmpError> {
         let socket = connect_socket(path, deadline).await?;
+        Self::attach(socket, path, deadline).await
+    }
+
+    /// Like [`Qmp::connect`], on a socket already connected to QEMU's monitor: for
+    /// a caller that made QEMU's listening socket itself and connected before QEMU
+    /// started, so nothing waits for the socket to appear. `path` names it in errors.
+    pub async fn attach(socket: UnixStream, path: &Path, deadline: Instant) -> Result<(Qmp, Events), QmpError> {
         let (socket_read, socket_write) = socket.into_split();
         let (pipe_in, pipe_out) = tokio::io::duplex(PIPE_CAPACITY);
         let (events_tx, events_rx) = mpsc::unbounded_channel();

@@ -42,7 +42,10 @@ fn main() {
         println!("containerd-shim-vm-v1:\n  Runtime: {RUNTIME_ID}\n  Version: {VERSION}\n  Revision: {COMMIT}");
         return;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread serves every RPC, QMP session and console of the pod's VMs: the work is
+    // small and waits on I/O, and each extra thread costs memory in every shim. Blocking
+    // work (disk checks, unmounts) goes to spawn_blocking.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("containerd-shim-vm-v1: starting the async runtime: {e}");

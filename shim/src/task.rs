@@ -26,7 +26,7 @@ use tracing::{info, instrument, warn};
 
 use crate::config::Config;
 use crate::console::Stdio;
-use crate::vm::{CreateRequest, Exited, ExitHook, KillError, Vm};
+use crate::vm::{ChangeHook, CreateRequest, KillError, LifecycleError, Vm, VmChange, VmError};
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
@@ -108,19 +108,21 @@ impl TaskService {
         self.events.send(event);
     }
 
-    /// TaskExit goes onto the same queue, from the VM's monitor, before Wait or
-    /// Delete can see the exit: so it always precedes TaskDelete.
-    fn exit_hook(&self) -> ExitHook {
+    /// What the VM's monitor sees goes onto the same queue. TaskExit is sent before Wait
+    /// or Delete can see the exit: so it always precedes TaskDelete.
+    fn change_hook(&self) -> ChangeHook {
         let events = self.events.clone();
-        Box::new(move |id: &str, pid: u32, exited: Exited| {
-            events.send(TaskExit {
+        Box::new(move |id: &str, pid: u32, change: VmChange| match change {
+            VmChange::Paused => events.send(TaskPaused { container_id: id.to_string(), ..Default::default() }),
+            VmChange::Resumed => events.send(TaskResumed { container_id: id.to_string(), ..Default::default() }),
+            VmChange::Exited(exited) => events.send(TaskExit {
                 container_id: id.to_string(),
                 id: id.to_string(),
                 pid,
                 exit_status: exited.status,
                 exited_at: MessageField::some(timestamp(exited.at)),
                 ..Default::default()
-            });
+            }),
         })
     }
 
@@ -141,6 +143,22 @@ async fn publish_events(
             warn!(%topic, "publishing event: {e}");
         }
         pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn lifecycle_error(id: &str, doing: &str, e: LifecycleError) -> ttrpc::Error {
+    match e {
+        LifecycleError::State { actual, .. } => {
+            let state = match actual {
+                Status::CREATED => "created but not started",
+                Status::RUNNING => "running",
+                Status::PAUSED => "paused",
+                Status::STOPPED => "stopped",
+                _ => "in an unknown state",
+            };
+            status(Code::FAILED_PRECONDITION, format!("task {id} is {state}"))
+        }
+        LifecycleError::Qmp(e) => status(Code::UNKNOWN, format!("{doing} the VM: {e}")),
     }
 }
 
@@ -197,10 +215,7 @@ impl Task for TaskService {
             return Err(no_exec());
         }
         let vm = self.vm(&req.id).await?;
-        if vm.status() != Status::CREATED {
-            return Err(status(Code::FAILED_PRECONDITION, format!("task {} is not in the created state", req.id)));
-        }
-        vm.start().await.map_err(|e| status(Code::UNKNOWN, format!("starting the VM: {e}")))?;
+        vm.start().await.map_err(|e| lifecycle_error(&req.id, "starting", e))?;
         self.publish(TaskStart { container_id: req.id.clone(), pid: vm.pid, ..Default::default() });
         Ok(StartResponse { pid: vm.pid, ..Default::default() })
     }
@@ -252,22 +267,18 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
         let vm = self.vm(&req.id).await?;
-        if vm.status() != Status::RUNNING {
-            return Err(status(Code::FAILED_PRECONDITION, format!("task {} is not running", req.id)));
+        if vm.pause().await.map_err(|e| lifecycle_error(&req.id, "pausing", e))? {
+            self.publish(TaskPaused { container_id: req.id, ..Default::default() });
         }
-        vm.pause().await.map_err(|e| status(Code::UNKNOWN, format!("pausing the VM: {e}")))?;
-        self.publish(TaskPaused { container_id: req.id, ..Default::default() });
         Ok(Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
         let vm = self.vm(&req.id).await?;
-        if vm.status() != Status::PAUSED {
-            return Err(status(Code::FAILED_PRECONDITION, format!("task {} is not paused", req.id)));
+        if vm.resume().await.map_err(|e| lifecycle_error(&req.id, "resuming", e))? {
+            self.publish(TaskResumed { container_id: req.id, ..Default::default() });
         }
-        vm.resume().await.map_err(|e| status(Code::UNKNOWN, format!("resuming the VM: {e}")))?;
-        self.publish(TaskResumed { container_id: req.id, ..Default::default() });
         Ok(Empty::new())
     }
 
@@ -376,12 +387,17 @@ impl TaskService {
                 stdio,
                 config: &config,
             },
-            self.exit_hook(),
+            self.change_hook(),
         )
         .await
         .map_err(|e| {
             warn!("create failed: {e}");
-            status(Code::INVALID_ARGUMENT, format!("containerd-shim-vm: {e}"))
+            // The request's fault, or the host's: containerd and its clients tell them apart.
+            let code = match e {
+                VmError::Plan(_) | VmError::Disk(_) | VmError::Invalid(_) => Code::INVALID_ARGUMENT,
+                VmError::Host { .. } | VmError::Cgroup(_) | VmError::Qemu { .. } => Code::UNKNOWN,
+            };
+            status(code, format!("containerd-shim-vm: {e}"))
         })?;
         info!(pid = vm.pid, config = %config.source, "task created");
         Ok(vm)

@@ -15,6 +15,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
+use command_fds::{CommandFdExt, FdMapping};
+
 use crate::accel::{self, Accel};
 use crate::cgroup::VmCgroup;
 use crate::config::{AccelSetting, Config};
@@ -136,6 +138,9 @@ pub struct Vm {
     qmp: Qmp,
     console: Console,
     status: Mutex<Status>,
+    /// Held across a lifecycle request's check of the state and its QMP command, so two
+    /// requests (two Starts, a Pause racing a Resume) cannot both act on one state.
+    lifecycle: tokio::sync::Mutex<()>,
     /// Set as soon as QEMU is reaped: its pid may then belong to another process.
     reaped: AtomicBool,
     /// The status to report instead of QEMU's own (a VM stopped before it started).
@@ -145,26 +150,49 @@ pub struct Vm {
     pumps: Mutex<Option<Pumps>>,
 }
 
-/// Called once when the VM has exited and its console is drained, before Wait and
-/// Delete see the exit, so the task service can publish TaskExit ahead of TaskDelete.
-pub type ExitHook = Box<dyn Fn(&str, u32, Exited) + Send + Sync>;
+/// A change of the VM's state that containerd must hear of, seen by the VM's monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmChange {
+    /// QEMU paused the guest by itself (e.g. a write failed with ENOSPC: QEMU's default
+    /// `werror=enospc` stops the VM until space is freed and it is resumed).
+    Paused,
+    /// QEMU resumed the guest without the shim asking.
+    Resumed,
+    /// Sent once when the VM has exited and its console is drained, before Wait and
+    /// Delete see the exit, so the task service can publish TaskExit ahead of TaskDelete.
+    Exited(Exited),
+}
+
+/// Receives the VM's changes: container id, pid, change.
+pub type ChangeHook = Box<dyn Fn(&str, u32, VmChange) + Send + Sync>;
+
+/// Why a lifecycle request (start, pause, resume) was not carried out.
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    #[error("the VM is {actual:?}, not {expected:?}")]
+    State { expected: Status, actual: Status },
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+}
 
 impl Vm {
     /// Builds the plan, takes the host resources and launches QEMU paused.
     /// On any error everything taken so far is released before returning.
     pub async fn create(
         req: CreateRequest<'_>,
-        on_exit: ExitHook,
+        on_change: ChangeHook,
     ) -> Result<std::sync::Arc<Vm>, VmError> {
         let spec = oci_spec::runtime::Spec::load(req.bundle.join("config.json"))
             .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", req.bundle.display())))?;
         let plan = VmPlan::from_spec(&spec, req.config)?;
         req.stdio.check().map_err(VmError::Invalid)?;
         let mut resources = Resources::default();
-        match Self::launch(&req, &spec, plan, &mut resources, on_exit).await {
+        match Self::launch(&req, &spec, plan, &mut resources, on_change).await {
             Ok(vm) => Ok(vm),
             Err(e) => {
-                resources.release();
+                // Unmounting and removing the cgroup may wait on the kernel: not on the
+                // thread that serves every RPC.
+                let _ = tokio::task::spawn_blocking(move || resources.release()).await;
                 Err(e)
             }
         }
@@ -175,15 +203,10 @@ impl Vm {
         spec: &oci_spec::runtime::Spec,
         plan: VmPlan,
         resources: &mut Resources,
-        on_exit: ExitHook,
+        on_change: ChangeHook,
     ) -> Result<std::sync::Arc<Vm>, VmError> {
         let config = req.config;
-        // `ctr run --rootfs DIR` names an absolute root and passes no mounts.
-        let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
-            Some(path) if path.is_absolute() => path,
-            Some(path) => req.bundle.join(path),
-            None => req.bundle.join("rootfs"),
-        };
+        let rootfs = rootfs_path(spec, req.bundle);
         for mount in req.rootfs_mounts {
             std::fs::create_dir_all(&rootfs).map_err(host(format!("creating {}", rootfs.display())))?;
             containerd_shim::asynchronous::util::mount_rootfs(mount, &rootfs)
@@ -198,7 +221,7 @@ impl Vm {
             tokio::task::spawn_blocking(move || -> Result<_, VmError> {
                 let image = disk::locate(&rootfs, &disk_request, &config.host_disk_dirs)?;
                 check_executable(&config.qemu)?;
-                let overlay = disk::prepare_overlay(&rootfs, &image, &config.qemu_img)?;
+                let overlay = disk::prepare_overlay(&rootfs, &image)?;
                 let accel = resolve_accel(config.accel)?;
                 Ok((image, overlay, accel))
             })
@@ -238,14 +261,25 @@ impl Vm {
             },
             cpus: plan.cpus,
             memory_bytes: plan.memory_bytes,
-            qmp_socket: qmp_socket.clone(),
             console_tty: console.tty_path().to_path_buf(),
             root_disk: RootDisk { image: image.path.clone(), image_format: image.format(), overlay },
         };
         let log_path = state_dir.join(QEMU_LOG);
         let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
         let qemu_err = |reason: String| VmError::Qemu { binary: config.qemu.display().to_string(), reason };
-        let mut child = tokio::process::Command::new(&config.qemu)
+        // The shim makes QEMU's QMP socket and queues its own connection in the backlog
+        // before QEMU exists: QEMU accepts it once its main loop runs, with no polling.
+        let qmp_listener = std::os::unix::net::UnixListener::bind(&qmp_socket)
+            .map_err(host(format!("binding the QMP socket {}", qmp_socket.display())))?;
+        let qmp_client = std::os::unix::net::UnixStream::connect(&qmp_socket)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .and_then(tokio::net::UnixStream::from_std)
+            .map_err(host(format!("connecting to the QMP socket {}", qmp_socket.display())))?;
+        let mut command = tokio::process::Command::new(&config.qemu);
+        command
+            .fd_mappings(vec![FdMapping { parent_fd: qmp_listener.into(), child_fd: crate::qemu::QMP_FD }])
+            .map_err(|e| qemu_err(format!("passing the QMP socket: {e}")))?;
+        let mut child = command
             .args(launch.argv())
             .stdin(ProcessStdio::null())
             .stdout(log.try_clone().map_err(host("duplicating the QEMU log fd"))?)
@@ -254,6 +288,7 @@ impl Vm {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| qemu_err(format!("cannot start: {e}")))?;
+        drop(command); // QEMU alone holds the listening socket now
         let pid = child.id().ok_or_else(|| qemu_err("exited before its pid was read".into()))?;
         resources.qemu_pid = Some(pid);
         info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
@@ -266,7 +301,7 @@ impl Vm {
             }
             let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
             let connected = tokio::select! {
-                connected = Qmp::connect(&qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
+                connected = Qmp::attach(qmp_client, &qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
                 status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
             };
             let (qmp, events) = connected.map_err(|reason| qemu_err(format!("{reason}: {}", log_tail(&log_path))))?;
@@ -303,6 +338,7 @@ impl Vm {
             qmp,
             console,
             status: Mutex::new(Status::CREATED),
+            lifecycle: tokio::sync::Mutex::new(()),
             reaped: AtomicBool::new(false),
             exit_override: Mutex::new(None),
             exited,
@@ -311,7 +347,7 @@ impl Vm {
         });
         let monitor = vm.clone();
         tokio::spawn(
-            async move { monitor.monitor(child, events, exit_tx, on_exit).await }
+            async move { monitor.monitor(child, events, exit_tx, on_change).await }
                 .instrument(tracing::info_span!("vm", id = %req.id)),
         );
         Ok(vm)
@@ -324,9 +360,11 @@ impl Vm {
         mut child: tokio::process::Child,
         mut events: qmp::Events,
         exit_tx: watch::Sender<Option<Exited>>,
-        on_exit: ExitHook,
+        on_change: ChangeHook,
     ) {
         let mut panicked = false;
+        // After SHUTDOWN or a panic QEMU may report STOP on its way out: not a pause.
+        let mut ending = false;
         let mut events_open = true;
         let status = loop {
             tokio::select! {
@@ -335,13 +373,31 @@ impl Vm {
                     Some(VmEvent::GuestPanicked) => {
                         warn!("guest kernel panicked; stopping the VM");
                         panicked = true;
+                        ending = true;
                         if let Err(e) = self.qmp.quit().await {
                             warn!("quit after panic: {e}");
                             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
                         }
                     }
                     Some(VmEvent::Reset { guest, reason }) => info!(guest, %reason, "VM reset"),
-                    Some(VmEvent::Shutdown { guest, reason }) => info!(guest, %reason, "VM shutting down"),
+                    Some(VmEvent::Shutdown { guest, reason }) => {
+                        info!(guest, %reason, "VM shutting down");
+                        ending = true;
+                    }
+                    // While a lifecycle request is under way the change is its own
+                    // (QEMU reports STOP before it answers `stop`): it records it.
+                    Some(VmEvent::Stop) if !ending => {
+                        if self.lifecycle.try_lock().is_ok() && self.advance(Status::RUNNING, Status::PAUSED) {
+                            warn!("QEMU paused the VM by itself (see {QEMU_LOG}); resume it once the cause is fixed");
+                            on_change(&self.id, self.pid, VmChange::Paused);
+                        }
+                    }
+                    Some(VmEvent::Resume) => {
+                        if self.lifecycle.try_lock().is_ok() && self.advance(Status::PAUSED, Status::RUNNING) {
+                            info!("QEMU resumed the VM by itself");
+                            on_change(&self.id, self.pid, VmChange::Resumed);
+                        }
+                    }
                     Some(other) => tracing::debug!(?other, "QMP event"),
                     None => events_open = false,
                 },
@@ -367,7 +423,7 @@ impl Vm {
         let exited = Exited { status: code, at: SystemTime::now() };
         info!(status = code, "VM exited");
         self.set_status(Status::STOPPED);
-        on_exit(&self.id, self.pid, exited);
+        on_change(&self.id, self.pid, VmChange::Exited(exited));
         let _ = exit_tx.send(Some(exited));
     }
 
@@ -378,6 +434,25 @@ impl Vm {
     fn set_status(&self, status: Status) {
         if let Ok(mut s) = self.status.lock() {
             *s = status;
+        }
+    }
+
+    /// Moves the state from `from` to `to`; false, and no change, if it is not `from`
+    /// (so nothing ever leaves STOPPED, which the monitor alone sets).
+    fn advance(&self, from: Status, to: Status) -> bool {
+        match self.status.lock() {
+            Ok(mut s) if *s == from => {
+                *s = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn require(&self, expected: Status) -> Result<(), LifecycleError> {
+        match self.status() {
+            actual if actual == expected => Ok(()),
+            actual => Err(LifecycleError::State { expected, actual }),
         }
     }
 
@@ -398,23 +473,30 @@ impl Vm {
         }
     }
 
-    /// Lets the guest CPUs run.
-    pub async fn start(&self) -> Result<(), qmp::QmpError> {
+    /// Lets the guest CPUs run for the first time.
+    pub async fn start(&self) -> Result<(), LifecycleError> {
+        let _one_at_a_time = self.lifecycle.lock().await;
+        self.require(Status::CREATED)?;
         self.qmp.cont().await?;
-        self.set_status(Status::RUNNING);
+        self.advance(Status::CREATED, Status::RUNNING);
         Ok(())
     }
 
-    pub async fn pause(&self) -> Result<(), qmp::QmpError> {
+    /// Pauses the guest. Returns whether this call made the change, so that one TaskPaused
+    /// is published whether it or the monitor (seeing QEMU's STOP first) got there first.
+    pub async fn pause(&self) -> Result<bool, LifecycleError> {
+        let _one_at_a_time = self.lifecycle.lock().await;
+        self.require(Status::RUNNING)?;
         self.qmp.stop().await?;
-        self.set_status(Status::PAUSED);
-        Ok(())
+        Ok(self.advance(Status::RUNNING, Status::PAUSED))
     }
 
-    pub async fn resume(&self) -> Result<(), qmp::QmpError> {
+    /// Resumes the guest; the return value is as for [`Vm::pause`].
+    pub async fn resume(&self) -> Result<bool, LifecycleError> {
+        let _one_at_a_time = self.lifecycle.lock().await;
+        self.require(Status::PAUSED)?;
         self.qmp.cont().await?;
-        self.set_status(Status::RUNNING);
-        Ok(())
+        Ok(self.advance(Status::PAUSED, Status::RUNNING))
     }
 
     /// SIGTERM/SIGINT ask the guest to power off (ACPI), SIGKILL stops QEMU at once,
@@ -522,13 +604,35 @@ fn check_executable(path: &Path) -> Result<(), VmError> {
     Ok(())
 }
 
-/// The pid of a QEMU still running for the VM whose state dir this is: one whose
-/// command line names the dir's QMP socket (so a reused pid is never taken for it).
+/// Where the image is mounted: the spec's root, relative to the bundle unless absolute
+/// (`ctr run --rootfs DIR` names an absolute root and passes no mounts).
+fn rootfs_path(spec: &oci_spec::runtime::Spec, bundle: &Path) -> PathBuf {
+    match spec.root().as_ref().map(|r| r.path().clone()) {
+        Some(path) if path.is_absolute() => path,
+        Some(path) => bundle.join(path),
+        None => bundle.join("rootfs"),
+    }
+}
+
+/// The pid of a QEMU still running for the VM whose state dir this is: QEMU runs in
+/// its state dir, so a process whose working directory is another (a reused pid) is
+/// never taken for it.
 fn live_qemu(state_dir: &Path) -> Option<i32> {
     let pid = std::fs::read_to_string(state_dir.join(QEMU_PID)).ok()?.trim().parse::<i32>().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let qmp = state_dir.join(QMP_SOCKET);
-    String::from_utf8_lossy(&cmdline).contains(&*qmp.to_string_lossy()).then_some(pid)
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    (cwd == std::fs::canonicalize(state_dir).ok()?).then_some(pid)
+}
+
+/// Waits (briefly) until a killed process that is not our child is gone.
+fn wait_gone(pid: i32, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A state dir left by a VM that is gone (a host crash, a persistent state_dir) is
@@ -572,12 +676,14 @@ pub fn cleanup_bundle(bundle: &Path) -> Option<u32> {
         let dir = PathBuf::from(dir.trim());
         if let Some(pid) = live_qemu(&dir) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5));
             stopped = Some(pid as u32);
         }
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&marker);
     }
-    if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) {
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
+    if let Some(spec) = &spec {
         if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
             let rel = crate::cgroup::relative_path(&path.to_string_lossy());
             let cgroup = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
@@ -588,7 +694,11 @@ pub fn cleanup_bundle(bundle: &Path) -> Option<u32> {
             }
         }
     }
-    let rootfs = bundle.join("rootfs");
-    let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+    // Only a root inside the bundle was mounted by the shim; an absolute one elsewhere
+    // (`ctr run --rootfs DIR`) is the user's own directory, and its mounts are theirs.
+    let rootfs = spec.as_ref().map(|s| rootfs_path(s, bundle)).unwrap_or_else(|| bundle.join("rootfs"));
+    if rootfs.starts_with(bundle) {
+        let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+    }
     stopped
 }

@@ -88,14 +88,17 @@ impl QemuArg for Memory {
     }
 }
 
-/// The QMP control socket: a unix socket QEMU listens on in the VM's private state dir.
+/// The QMP control socket: a unix socket in the VM's private state dir that the shim
+/// binds and listens on, handed to QEMU as descriptor `fd`. The shim's own connection
+/// is queued before QEMU starts, so nobody polls for the socket to appear; the path
+/// stays for whoever connects later.
 pub struct QmpSocket {
-    pub path: PathBuf,
+    pub fd: i32,
 }
 
 impl QemuArg for QmpSocket {
     fn push_args(&self, argv: &mut Vec<OsString>) {
-        push(argv, "-chardev", format!("socket,id=qmp,path={},server=on,wait=off", path_value(&self.path)));
+        push(argv, "-chardev", format!("socket,id=qmp,fd={},server=on,wait=off", self.fd));
         push(argv, "-mon", "chardev=qmp,mode=control");
     }
 }
@@ -183,8 +186,10 @@ mod tests {
     #[test]
     fn commas_are_doubled() {
         assert_eq!(escape("a,b"), "a,,b");
-        let qmp = render(&QmpSocket { path: "/run/x,y/qmp.sock".into() });
-        assert_eq!(qmp[1], "socket,id=qmp,path=/run/x,,y/qmp.sock,server=on,wait=off");
+        let console = render(&SerialConsole { tty: "/dev/x,y".into() });
+        assert_eq!(console[1], "serial,id=console,path=/dev/x,,y");
+        let qmp = render(&QmpSocket { fd: 3 });
+        assert_eq!(qmp[1], "socket,id=qmp,fd=3,server=on,wait=off");
         let base = render(&BaseFlags { name: "evil,id=x" });
         assert!(base.contains(&"guest=evil,,id=x,debug-threads=on".to_string()));
     }

@@ -5,6 +5,9 @@ pub mod args;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// The descriptor QEMU finds its listening QMP socket on.
+pub const QMP_FD: i32 = 3;
+
 use args::{BaseFlags, Machine, Memory, PanicDevice, QemuArg, QmpSocket, RootDisk, SerialConsole, Smp};
 
 /// Everything QEMU needs to start one VM.
@@ -13,7 +16,6 @@ pub struct LaunchSpec {
     pub machine: Machine,
     pub cpus: u32,
     pub memory_bytes: u64,
-    pub qmp_socket: PathBuf,
     pub console_tty: PathBuf,
     pub root_disk: RootDisk,
 }
@@ -26,7 +28,7 @@ impl LaunchSpec {
             &self.machine,
             &Smp { cpus: self.cpus },
             &Memory { bytes: self.memory_bytes },
-            &QmpSocket { path: self.qmp_socket.clone() },
+            &QmpSocket { fd: QMP_FD },
             &SerialConsole { tty: self.console_tty.clone() },
             &PanicDevice,
             &self.root_disk,
@@ -53,7 +55,6 @@ mod tests {
             machine: Machine { kind: MachineType::Q35, accel: Accel::Tcg, tcg_translation_cache_mib: 64 },
             cpus: 2,
             memory_bytes: 256 << 20,
-            qmp_socket: "/run/s/qmp.sock".into(),
             console_tty: "/dev/pts/7".into(),
             root_disk: RootDisk { image: "/r/disk/x.qcow2".into(), image_format: ImageFormat::Qcow2, overlay: "/r/o.qcow2".into() },
         };
