@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs containerd-shim-vm on this host: the shim binary where containerd finds
 # runtime shims (PATH), and the default config unless one exists already.
-# Usage: packaging/install.sh [PATH_TO_BINARY]   (default: target/release/containerd-shim-vm-v1)
+# Usage: packaging/install.sh [PATH_TO_BINARY]   (default: build it with build-shim.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-binary=${1:-$here/../target/release/containerd-shim-vm-v1}
-[ -x "$binary" ] || { echo "install.sh: no shim binary at $binary; run cargo build --release first" >&2; exit 1; }
+binary=${1:-$(bash "$here/build-shim.sh")}
+[ -x "$binary" ] || { echo "install.sh: no shim binary at $binary" >&2; exit 1; }
 install -D -m 0755 "$binary" /usr/local/bin/containerd-shim-vm-v1
 if [ ! -e /etc/containerd-shim-vm/config.toml ]; then
   install -D -m 0644 "$here/config.toml" /etc/containerd-shim-vm/config.toml

@@ -8,7 +8,7 @@
 # What it does:
 #  1. installs what it needs (integration/scripts/install-deps.sh, then libvirt and strace),
 #     unless SKIP_INSTALL=1;
-#  2. builds the shim and the bench binary (cargo, release profile, CARGO_TARGET_DIR);
+#  2. builds the bench binary and the shim as it ships (packaging/build-shim.sh);
 #  3. starts a private libvirtd + virtlogd (see below);
 #  4. runs target/release/bench, which starts a private containerd (integration's rig) and
 #     measures (a) control-plane start, (b) launch to first console line, (c) shim memory;
@@ -50,9 +50,12 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 # --- 2. build ----------------------------------------------------------------------------------
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p containerd-shim-vm --bin containerd-shim-vm-v1
 cargo build --release -q -p integration --bin bench
-export SHIM_VM_BIN_DIR=${SHIM_VM_BIN_DIR:-$CARGO_TARGET_DIR/release}
+# The shim as it ships (packaging/build-shim.sh), unless SHIM_VM_BIN_DIR names another.
+if [ -z "${SHIM_VM_BIN_DIR:-}" ]; then
+    shim=$(bash packaging/build-shim.sh)
+    export SHIM_VM_BIN_DIR=${shim%/*}
+fi
 
 # --- 3. scratch directory and cleanup ----------------------------------------------------------
 BENCH_DIR=$(mktemp -d /tmp/vmbench.XXXXXX)

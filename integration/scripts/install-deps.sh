@@ -13,4 +13,4 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
   containerd runc containernetworking-plugins \
   busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio kmod \
   linux-image-cloud-amd64 \
-  protobuf-compiler iproute2 procps ca-certificates git
+  protobuf-compiler iproute2 procps ca-certificates git python3 libc6-dev

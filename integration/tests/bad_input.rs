@@ -51,11 +51,28 @@ fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
         Image::new("example.org/bad/truncated:1").entry(Entry::bytes("/disk/trunc.qcow2", tiny[..72].to_vec())),
         Image::new("example.org/bad/corrupt:1").entry(Entry::bytes("/disk/corrupt.qcow2", corrupt)),
         Image::new("example.org/bad/text:1").entry(Entry::bytes("/disk/notes.txt", "this is not a disk\n")),
+        // A whole number of sectors, so only its content tells it from a raw disk.
+        Image::new("example.org/bad/text-4k:1").entry(Entry::bytes("/disk/readme.img", "not a disk, just text\n".repeat(200).into_bytes()[..4096].to_vec())),
         Image::new("example.org/bad/gzip:1").entry(Entry::bytes("/disk/disk.img.gz", gzip)),
         Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", "/etc/passwd")),
         Image::new("example.org/bad/fifo:1").entry(Entry::fifo("/disk/pipe.qcow2")),
     ])
 }
+
+/// Stands in for QEMU 7.1: serves QMP on the listening socket it is handed as fd 3 (as
+/// the shim hands it to QEMU), answering every command with an empty success.
+const OLD_QEMU: &str = r#"#!/usr/bin/env python3
+import json, socket
+conn, _ = socket.socket(fileno=3).accept()
+conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 1, "micro": 0}, "package": ""}, "capabilities": []}}\r\n')
+for line in conn.makefile("rb"):
+    request = json.loads(line)
+    answer = [] if request.get("execute") == "query-commands" else {}
+    reply = {"return": answer}
+    if "id" in request:
+        reply["id"] = request["id"]
+    conn.sendall(json.dumps(reply).encode() + b"\r\n")
+"#;
 
 fn expect_refused(env: &VmEnv, ns: &Namespace<'_>, c: &Case) -> Result<()> {
     let mut args: Vec<&str> = vec!["--rm"];
@@ -86,6 +103,12 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
     std::fs::write(&missing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/nonexistent/qemu-system-x86_64\"\n", env.state_dir.display()))?;
     let failing_qemu = dir.path().join("failing-qemu.toml");
     std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
+    // A QEMU that speaks QMP but says it is 7.1: refused by version, not by accident.
+    let old_qemu = dir.path().join("qemu-7.1");
+    std::fs::write(&old_qemu, OLD_QEMU)?;
+    std::fs::set_permissions(&old_qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let old_qemu_config = dir.path().join("old-qemu.toml");
+    std::fs::write(&old_qemu_config, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\n", env.state_dir.display(), old_qemu.display()))?;
     let bad_config = dir.path().join("bad-config.toml");
     std::fs::write(&bad_config, "accel = \"xen\"\n")?;
     let cfg = |path: &Path| path.display().to_string();
@@ -97,7 +120,8 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case("backing", "example.org/bad/backing:1", &[], &["backing.qcow2", "backing file", "/etc/shadow"]),
         case("truncated", "example.org/bad/truncated:1", &[], &["trunc.qcow2"]),
         case("corrupt", "example.org/bad/corrupt:1", &[], &["corrupt.qcow2", "cluster"]),
-        case("text", "example.org/bad/text:1", &[], &["notes.txt"]),
+        case("text", "example.org/bad/text:1", &[], &["notes.txt", "not a multiple of 512"]),
+        case("text-4k", "example.org/bad/text-4k:1", &[], &["readme.img", "neither qcow2 nor a bootable raw disk", "text"]),
         case("gzip", "example.org/bad/gzip:1", &[], &["disk.img.gz", "gzip"]),
         case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2"]),
         // must fail at once, not block the shim opening a pipe nobody writes
@@ -105,6 +129,7 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
         case("cpus-0", TINY, &["--annotation", "vm.containerd.io/cpus=0"], &["vm.containerd.io/cpus", "\"0\""]),
         case("memory-1ki", TINY, &["--annotation", "vm.containerd.io/memory=1Ki"], &["vm.containerd.io/memory", "1Ki", "minimum"]),
+        case("memory-2ti", TINY, &["--annotation", "vm.containerd.io/memory=2Ti"], &["vm.containerd.io/memory", "2Ti", "max_memory"]),
         case(
             "memory-over-limit",
             TINY,
@@ -115,6 +140,7 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case("disk-host-path", TINY, &["--annotation", "vm.containerd.io/disk=/etc/passwd"], &["vm.containerd.io/disk", "/etc/passwd"]),
         case("qemu-missing", TINY, &["--runtime-config-path", &cfg(&missing_qemu)], &["/nonexistent/qemu-system-x86_64"]),
         case("qemu-fails", TINY, &["--runtime-config-path", &cfg(&failing_qemu)], &["/bin/false", "exited at once"]),
+        case("qemu-too-old", TINY, &["--runtime-config-path", &cfg(&old_qemu_config)], &["qemu-7.1", "version 7.1.0", "needs QEMU 7.2"]),
         case("bad-config", TINY, &["--runtime-config-path", &cfg(&bad_config)], &[&cfg(&bad_config), "xen"]),
     ];
     let mut failures = Vec::new();

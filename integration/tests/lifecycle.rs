@@ -58,6 +58,13 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     ensure!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "metrics: {metrics}");
     let ps = ns.ctr_ok(["task", "ps", "vm2"])?;
     ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
+    // QEMU itself runs in the cgroup the spec names (ctr's default: /<namespace>/<id>).
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let wanted = format!("/{}/vm2", ns.name());
+    ensure!(cgroups.lines().any(|l| l.ends_with(&wanted)), "QEMU is not in {wanted}: {cgroups}");
+    let exec = ns.ctr(["task", "exec", "--exec-id", "e1", "vm2", "/bin/sh"])?;
+    let exec_err = String::from_utf8_lossy(&exec.stderr);
+    ensure!(!exec.status.success() && exec_err.contains("exec is not supported yet"), "ctr task exec: {exec_err}");
 
     ns.ctr_ok(["task", "pause", "vm2"])?;
     wait_status(&ns, "vm2", "PAUSED", Duration::from_secs(10))?;
@@ -180,7 +187,8 @@ fn a_task_started_again_keeps_its_disk_and_removing_the_container_drops_it() -> 
     let log_uri = format!("file://{}", log.display());
     ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
-    ns.ctr_ok(["task", "kill", "vm6"])?;
+    // SIGINT, like SIGTERM, is the ACPI power button.
+    ns.ctr_ok(["task", "kill", "-s", "SIGINT", "vm6"])?;
     wait_status(&ns, "vm6", "STOPPED", EXIT_TIMEOUT)?;
     ensure!(delete_task(&ns, "vm6")? == 0);
     env.assert_gone(&ns, "vm6")?;
