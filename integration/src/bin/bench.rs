@@ -374,21 +374,18 @@ impl<'r> Bench<'r> {
         cmd
     }
 
+    /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG tiny ID`.
+    fn vm_run_command(&self, id: &str, log: &Path) -> Command {
+        let mut cmd = self.ctr();
+        cmd.args(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display()), TINY, id]);
+        cmd
+    }
+
     /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG tiny ID`: timed until
     /// ctr returns, then until the boot marker appears in LOG. Returns QEMU's argv too.
     fn shim_run(&self, id: &str) -> Result<(Launch, Vec<String>)> {
         let log = self.work.join(format!("{id}.console"));
-        let mut cmd = self.ctr();
-        cmd.args([
-            "run",
-            "-d",
-            "--runtime",
-            VM_RUNTIME,
-            "--log-uri",
-            &format!("file://{}", log.display()),
-            TINY,
-            id,
-        ]);
+        let mut cmd = self.vm_run_command(id, &log);
         let t0 = Instant::now();
         run_ok(&mut cmd).context("ctr run -d (VM)")?;
         let start = t0.elapsed();
@@ -831,17 +828,7 @@ fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let id = format!("prof-{r}");
         let log_before = rig.log().len();
         let log = bench.work.join(format!("{id}.console"));
-        let mut cmd = pbench.ctr();
-        cmd.args([
-            "run",
-            "-d",
-            "--runtime",
-            VM_RUNTIME,
-            "--log-uri",
-            &format!("file://{}", log.display()),
-            TINY,
-            &id,
-        ]);
+        let mut cmd = pbench.vm_run_command(&id, &log);
         let t0_epoch = now_epoch();
         let t0 = Instant::now();
         let ran = run_ok(&mut cmd);
