@@ -45,6 +45,9 @@ struct RawConfig {
     accel: AccelSetting,
     state_dir: PathBuf,
     qemu: PathBuf,
+    /// No longer used (the shim writes its overlay itself); accepted so that configs
+    /// written for earlier releases keep working.
+    qemu_img: Option<PathBuf>,
     machine: MachineType,
     default_cpus: u32,
     max_cpus: u32,
@@ -61,6 +64,7 @@ impl Default for RawConfig {
             accel: AccelSetting::Auto,
             state_dir: PathBuf::from("/run/containerd-shim-vm"),
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            qemu_img: None,
             machine: MachineType::Q35,
             default_cpus: 1,
             max_cpus: 240,
@@ -161,6 +165,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if let Some(dir) = raw.host_disk_dirs.iter().find(|d| !d.is_absolute()) {
         return Err(invalid("host_disk_dirs", dir.display().to_string(), "must be absolute paths".into()));
     }
+    if raw.qemu_img.is_some() {
+        tracing::warn!(config = %path.display(), "config key qemu_img is no longer used and is ignored");
+    }
     let default_memory_bytes = bytes("default_memory", &raw.default_memory)?;
     if default_memory_bytes < crate::plan::MIN_MEMORY_BYTES {
         return Err(invalid(
@@ -229,6 +236,7 @@ mod tests {
         assert!(e.contains("state_dir") && e.contains("absolute"), "{e}");
         let e = Config::parse("max_memory = \"256Mi\"", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("max_memory") && e.contains("256Mi") && e.contains("default_memory"), "{e}");
+        assert!(Config::parse("qemu_img = \"/usr/bin/qemu-img\"", Path::new("/c.toml")).is_ok(), "an earlier release's key");
         let e = Config::parse("bogus = 1", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }
