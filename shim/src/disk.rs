@@ -160,7 +160,8 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskE
         Ok(_) => {
             // Refuses a symlink or anything but a regular qcow2 without data file.
             let info = disk_format::inspect_overlay(&overlay)?;
-            if info.format != DiskFormat::Qcow2 || info.virtual_size != disk.info.virtual_size {
+            // The overlay's size is the image's rounded up to whole sectors, as qcow2 keeps it.
+            if info.format != DiskFormat::Qcow2 || info.virtual_size != disk.info.virtual_size.next_multiple_of(512) {
                 return Err(overlay_err(overlay, format!(
                     "exists but does not match the image disk {} ({} bytes); remove the container to start from a fresh disk",
                     disk.path.display(), disk.info.virtual_size
@@ -187,8 +188,13 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskE
                     Mode::from_bits_truncate(0o600),
                 )?;
                 let mut file = File::from(fd);
-                std::io::Write::write_all(&mut file, &bytes).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                nix::fcntl::renameat(&dir, partial.as_str(), &dir, name.as_str())
+                let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+                std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
+                // On disk before it has its name, and the name on disk too: after a host
+                // crash the overlay is whole or absent, never empty.
+                file.sync_all().map_err(io)?;
+                nix::fcntl::renameat(&dir, partial.as_str(), &dir, name.as_str())?;
+                nix::unistd::fsync(&dir)
             })();
             if let Err(e) = written {
                 let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
