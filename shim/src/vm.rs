@@ -249,7 +249,12 @@ impl Vm {
         resources.bundle_marker = Some(marker);
 
         let mut console = Console::open().map_err(host("opening the console pty"))?;
-        let cgroup = plan.cgroup.as_ref().map(VmCgroup::create).transpose()?;
+        // cgroup writes can wait on the kernel (v1 takes a global lock to move a task):
+        // off the thread that serves every RPC.
+        let cgroup_plan = plan.cgroup.clone();
+        let cgroup = tokio::task::spawn_blocking(move || cgroup_plan.as_ref().map(VmCgroup::create).transpose())
+            .await
+            .map_err(|e| VmError::Invalid(format!("creating the cgroup: {e}")))??;
         resources.cgroup = cgroup;
 
         let launch = LaunchSpec {
@@ -296,13 +301,28 @@ impl Vm {
         // Join the cgroup, reach QMP, check the version and wire the console; on any
         // failure QEMU is killed and reaped here, and its pid forgotten before release.
         let wired: Result<_, VmError> = async {
-            if let Some(cgroup) = &resources.cgroup {
-                cgroup.add_process(pid)?;
+            if let Some(cgroup) = resources.cgroup.take() {
+                let (cgroup, joined) = tokio::task::spawn_blocking(move || {
+                    let joined = cgroup.add_process(pid);
+                    (cgroup, joined)
+                })
+                .await
+                .map_err(|e| VmError::Invalid(format!("moving QEMU into its cgroup: {e}")))?;
+                resources.cgroup = Some(cgroup);
+                joined?;
             }
             let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
             let connected = tokio::select! {
                 connected = Qmp::attach(qmp_client, &qmp_socket, deadline) => connected.map_err(|e| e.to_string()),
                 status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+            };
+            let connected = match connected {
+                Ok(connected) => Ok(connected),
+                // QEMU dying drops the queued connection as it exits: say it exited.
+                Err(reason) => match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                    Ok(Ok(status)) => Err(format!("exited at once ({status})")),
+                    _ => Err(reason),
+                },
             };
             let (qmp, events) = connected.map_err(|reason| qemu_err(format!("{reason}: {}", log_tail(&log_path))))?;
             let version = qmp.version();
@@ -384,16 +404,20 @@ impl Vm {
                         info!(guest, %reason, "VM shutting down");
                         ending = true;
                     }
-                    // While a lifecycle request is under way the change is its own
-                    // (QEMU reports STOP before it answers `stop`): it records it.
+                    // A lifecycle request under way records its own change (QEMU reports STOP
+                    // before it answers `stop`): wait for it, then apply what QEMU says, so
+                    // that a STOP right after our `cont` (a write failing again) is not lost.
+                    // Whoever changes the state first publishes the change, once.
                     Some(VmEvent::Stop) if !ending => {
-                        if self.lifecycle.try_lock().is_ok() && self.advance(Status::RUNNING, Status::PAUSED) {
+                        let _after_request = self.lifecycle.lock().await;
+                        if self.advance(Status::RUNNING, Status::PAUSED) {
                             warn!("QEMU paused the VM by itself (see {QEMU_LOG}); resume it once the cause is fixed");
                             on_change(&self.id, self.pid, VmChange::Paused);
                         }
                     }
                     Some(VmEvent::Resume) => {
-                        if self.lifecycle.try_lock().is_ok() && self.advance(Status::PAUSED, Status::RUNNING) {
+                        let _after_request = self.lifecycle.lock().await;
+                        if self.advance(Status::PAUSED, Status::RUNNING) {
                             info!("QEMU resumed the VM by itself");
                             on_change(&self.id, self.pid, VmChange::Resumed);
                         }
@@ -507,8 +531,15 @@ impl Vm {
         }
         let sig = Signal::try_from(signal as i32).map_err(|_| KillError::Unsupported(signal))?;
         let pid = Pid::from_raw(self.pid as i32);
+        if sig == Signal::SIGKILL {
+            return kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string()));
+        }
+        // The other signals depend on the state: not while a Start is changing it.
+        let _one_at_a_time = self.lifecycle.lock().await;
+        if self.reaped.load(Ordering::SeqCst) || self.exited().is_some() {
+            return Err(KillError::Exited);
+        }
         match sig {
-            Signal::SIGKILL => kill(pid, Signal::SIGKILL).map_err(|e| KillError::Failed(e.to_string())),
             // A guest that never ran cannot power off: stop it, reporting the signal as runc would.
             _ if self.status() == Status::CREATED && matches!(sig, Signal::SIGTERM | Signal::SIGINT) => {
                 if let Ok(mut o) = self.exit_override.lock() {
@@ -543,10 +574,12 @@ impl Vm {
         Some(containerd_shim::cgroup::collect_metrics(cgroup.cgroup()).map_err(|e| e.to_string()))
     }
 
-    /// Releases every host resource; QEMU is killed if it still runs.
+    /// Releases every host resource; QEMU is killed if it still runs. The resources are
+    /// taken out first, so Stats (which reads the cgroup) never waits on the release.
     pub fn release(&self) {
-        if let Ok(mut r) = self.resources.lock() {
-            r.release();
+        let taken = self.resources.lock().map(|mut r| std::mem::take(&mut *r));
+        if let Ok(mut resources) = taken {
+            resources.release();
         }
     }
 }
@@ -674,31 +707,35 @@ pub fn cleanup_bundle(bundle: &Path) -> Option<u32> {
     let mut stopped = None;
     if let Ok(dir) = std::fs::read_to_string(&marker) {
         let dir = PathBuf::from(dir.trim());
-        if let Some(pid) = live_qemu(&dir) {
+        stopped = live_qemu(&dir);
+        if let Some(pid) = stopped {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            wait_gone(pid, Duration::from_secs(5));
-            stopped = Some(pid as u32);
         }
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&marker);
     }
+    // containerd gives this action 5 s (io.containerd.timeout.shim.cleanup): the instant
+    // steps go first, and the waits for the dying QEMU are bounded to fit.
     let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
-    if let Some(spec) = &spec {
-        if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
-            let rel = crate::cgroup::relative_path(&path.to_string_lossy());
-            let cgroup = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
-            // A killed QEMU leaves the cgroup a moment later.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while cgroup.exists() && cgroup.delete().is_err() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
     // Only a root inside the bundle was mounted by the shim; an absolute one elsewhere
     // (`ctr run --rootfs DIR`) is the user's own directory, and its mounts are theirs.
     let rootfs = spec.as_ref().map(|s| rootfs_path(s, bundle)).unwrap_or_else(|| bundle.join("rootfs"));
     if rootfs.starts_with(bundle) {
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
     }
-    stopped
+    if let Some(pid) = stopped {
+        wait_gone(pid, Duration::from_millis(1500));
+    }
+    if let Some(spec) = &spec {
+        if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
+            let rel = crate::cgroup::relative_path(&path.to_string_lossy());
+            let cgroup = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
+            // A killed QEMU leaves the cgroup a moment later.
+            let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+            while cgroup.exists() && cgroup.delete().is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    stopped.map(|pid| pid as u32)
 }
