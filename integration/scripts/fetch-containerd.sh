@@ -14,6 +14,10 @@ case "$series" in
 esac
 cache=${SHIM_VM_CACHE:-/var/tmp/containerd-shim-vm/cache}/containerd
 out=$cache/$series
+mkdir -p "$cache"
+# Clones share the cache: one fetch at a time.
+exec 9>"$cache/.lock"
+flock 9
 if [ -x "$out/usr/bin/containerd" ]; then
   echo "$out/usr/bin"
   exit 0

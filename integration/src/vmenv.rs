@@ -97,6 +97,50 @@ impl VmEnv {
     }
 
     /// `ctr run` arguments for a VM: the runtime, then `extra`, then image and id.
+    /// Writes a stand-in for QEMU to `dir`, and a shim config beside it that names it;
+    /// returns the config's path (for `ctr run --runtime-config-path`). The stand-in serves
+    /// QMP on the listening socket the shim hands QEMU as fd 3, greets as QEMU `version`,
+    /// answers every command with an empty success and reports RESUME/STOP for `cont` and
+    /// `stop` as QEMU does. With `pauses_itself`, it stops again right after the first
+    /// `cont`, as QEMU does when a guest write fails for lack of host disk space.
+    pub fn fake_qemu_config(&self, dir: &Path, version: (u32, u32, u32), pauses_itself: bool) -> Result<PathBuf> {
+        let (major, minor, micro) = version;
+        let script = dir.join(format!("qemu-{major}.{minor}"));
+        let pauses = if pauses_itself { "True" } else { "False" };
+        std::fs::write(&script, format!(r#"#!/usr/bin/env python3
+import json, socket, sys
+conn, _ = socket.socket(fileno=3).accept()
+def send(message):
+    conn.sendall(json.dumps(message).encode() + b"\r\n")
+def event(name):
+    send({{"event": name, "data": {{}}, "timestamp": {{"seconds": 0, "microseconds": 0}}}})
+send({{"QMP": {{"version": {{"qemu": {{"major": {major}, "minor": {minor}, "micro": {micro}}}, "package": ""}}, "capabilities": []}}}})
+conts = 0
+for line in conn.makefile("rb"):
+    request = json.loads(line)
+    command = request.get("execute")
+    if command in ("cont", "stop"):
+        event("RESUME" if command == "cont" else "STOP")
+    reply = {{"return": [] if command == "query-commands" else {{}}}}
+    if "id" in request:
+        reply["id"] = request["id"]
+    send(reply)
+    if command == "cont":
+        conts += 1
+        if conts == 1 and {pauses}:
+            event("STOP")
+    if command == "quit":
+        sys.exit(0)
+"#))?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let config = dir.join(format!("qemu-{major}.{minor}.toml"));
+        std::fs::write(
+            &config,
+            format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\n", self.state_dir.display(), script.display()),
+        )?;
+        Ok(config)
+    }
+
     pub fn run_args<'a>(&self, extra: &[&'a str], image: &'a str, id: &'a str) -> Vec<String> {
         let mut args = vec!["run".to_string(), "--runtime".into(), VM_RUNTIME.into()];
         args.extend(extra.iter().map(|s| s.to_string()));

@@ -59,21 +59,6 @@ fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
     ])
 }
 
-/// Stands in for QEMU 7.1: serves QMP on the listening socket it is handed as fd 3 (as
-/// the shim hands it to QEMU), answering every command with an empty success.
-const OLD_QEMU: &str = r#"#!/usr/bin/env python3
-import json, socket
-conn, _ = socket.socket(fileno=3).accept()
-conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 1, "micro": 0}, "package": ""}, "capabilities": []}}\r\n')
-for line in conn.makefile("rb"):
-    request = json.loads(line)
-    answer = [] if request.get("execute") == "query-commands" else {}
-    reply = {"return": answer}
-    if "id" in request:
-        reply["id"] = request["id"]
-    conn.sendall(json.dumps(reply).encode() + b"\r\n")
-"#;
-
 fn expect_refused(env: &VmEnv, ns: &Namespace<'_>, c: &Case) -> Result<()> {
     let mut args: Vec<&str> = vec!["--rm"];
     args.extend(c.args.iter().map(String::as_str));
@@ -104,11 +89,7 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
     let failing_qemu = dir.path().join("failing-qemu.toml");
     std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
     // A QEMU that speaks QMP but says it is 7.1: refused by version, not by accident.
-    let old_qemu = dir.path().join("qemu-7.1");
-    std::fs::write(&old_qemu, OLD_QEMU)?;
-    std::fs::set_permissions(&old_qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let old_qemu_config = dir.path().join("old-qemu.toml");
-    std::fs::write(&old_qemu_config, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\n", env.state_dir.display(), old_qemu.display()))?;
+    let old_qemu_config = env.fake_qemu_config(dir.path(), (7, 1, 0), false)?;
     let bad_config = dir.path().join("bad-config.toml");
     std::fs::write(&bad_config, "accel = \"xen\"\n")?;
     let cfg = |path: &Path| path.display().to_string();
@@ -181,10 +162,17 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
     let fds = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     let before = fds(shims[0]);
 
+    // Failures after the QMP socket is made and QEMU started must leak nothing either.
+    let failing_qemu = dir.path().join("failing-qemu.toml");
+    std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
+    let failing_qemu = failing_qemu.display().to_string();
+    let old_qemu = env.fake_qemu_config(dir.path(), (7, 1, 0), false)?.display().to_string();
     for (id, image, extra) in [
         ("refused-1", "example.org/bad/backing:1", vec![]),
         ("refused-2", TINY, vec!["--annotation", "vm.containerd.io/cpus=abc"]),
         ("refused-3", "example.org/bad/backing:1", vec![]),
+        ("refused-4", TINY, vec!["--runtime-config-path", failing_qemu.as_str()]),
+        ("refused-5", TINY, vec!["--runtime-config-path", old_qemu.as_str()]),
     ] {
         let mut args = vec!["--rm"];
         args.extend(pod);

@@ -313,3 +313,34 @@ fn console_reaches_a_logging_binary() -> Result<()> {
     ensure!(leftover == 0, "the logging binary outlived its task");
     Ok(())
 }
+
+/// QEMU pauses a guest by itself when a write fails for lack of host disk space (its
+/// default werror=enospc): the task must say PAUSED, containerd must hear it once, and
+/// `ctr task resume` must undo it. A stand-in QEMU does the pausing.
+#[test]
+fn a_pause_qemu_makes_by_itself_is_reported_once_and_resume_undoes_it() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("selfpause")?;
+    let dir = tempfile::tempdir()?;
+    let config = env.fake_qemu_config(dir.path(), (7, 2, 0), true)?;
+    let config = config.display().to_string();
+    let mut events = ns.events()?;
+    ns.ctr_ok(env.run_args(&["-d", "--runtime-config-path", &config], TINY, "vm9"))?;
+    wait_status(&ns, "vm9", "PAUSED", Duration::from_secs(30))?;
+    ns.ctr_ok(["task", "resume", "vm9"])?;
+    wait_status(&ns, "vm9", "RUNNING", Duration::from_secs(10))?;
+    let mut topics = Vec::new();
+    while topics.last().map(String::as_str) != Some("/tasks/resumed") {
+        topics.push(events.next(Duration::from_secs(10)).with_context(|| format!("events so far: {topics:?}"))?.topic);
+    }
+    let paused = topics.iter().filter(|t| *t == "/tasks/paused").count();
+    ensure!(paused == 1, "expected one /tasks/paused before /tasks/resumed: {topics:?}");
+    let start = topics.iter().position(|t| t == "/tasks/start");
+    let pause = topics.iter().position(|t| t == "/tasks/paused");
+    ensure!(matches!((start, pause), (Some(s), Some(p)) if s < p), "start must precede the pause: {topics:?}");
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "vm9"])?;
+    wait_status(&ns, "vm9", "STOPPED", EXIT_TIMEOUT)?;
+    ensure!(delete_task(&ns, "vm9")? == 137);
+    ns.ctr_ok(["container", "rm", "vm9"])?;
+    env.assert_gone(&ns, "vm9")
+}
