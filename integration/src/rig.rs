@@ -17,8 +17,9 @@
 //! post-mortem. While a test panics, the tail of containerd's log is printed.
 //!
 //! Notes on this containerd 1.6 setup:
-//! * The CRI plugin is disabled: tests use `ctr`, and CRI would want CNI and its own images.
-//!   (`restrict_oom_score_adj` is a CRI option, so it has nothing to act on here.)
+//! * The CRI plugin is disabled unless [`RigConfig::cri`] asks for it: tests use `ctr`, and
+//!   CRI would want CNI and its own images. `restrict_oom_score_adj = true` is set either
+//!   way, so a CRI here never tries to lower an OOM score (that needs CAP_SYS_RESOURCE).
 //! * `oom_score = 0` leaves containerd's own oom_score_adj alone: lowering it needs
 //!   CAP_SYS_RESOURCE. Shims started by containerd set their own score to containerd's + 1,
 //!   which only raises it and needs no capability.
@@ -42,7 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::containerd_config::{ConfigVersion, ContainerdConfig};
+use crate::containerd_config::{ConfigVersion, ContainerdConfig, VmRuntime};
 
 /// The environment variable through which the VM shim finds its config file.
 pub const SHIM_CONFIG_ENV: &str = "CONTAINERD_SHIM_VM_CONFIG";
@@ -108,6 +109,9 @@ pub struct RigConfig {
     pub start_timeout: Duration,
     /// How long one [`Rig::ctr`] call may take before it is killed.
     pub ctr_timeout: Duration,
+    /// Run containerd's CRI plugin, with the VM runtime registered under the handler
+    /// `vm` as packaging does (but with the rig's shim config).
+    pub cri: bool,
 }
 
 impl RigConfig {
@@ -125,6 +129,7 @@ impl RigConfig {
             log_level: std::env::var("RIG_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "debug".into()),
             start_timeout: Duration::from_secs(30),
             ctr_timeout: Duration::from_secs(180),
+            cri: false,
         }
     }
 }
@@ -236,9 +241,10 @@ impl Rig {
             debug_level: Some(config.log_level.clone()),
             oom_score: Some(0),
             opt_dir: Some(self.dir.join("opt")),
-            // Tests drive containerd with ctr; CRI (and its CNI needs) is not used. These
-            // snapshotters cannot work on this host and only add noise to the log.
-            disable_cri: true,
+            // Most tests drive containerd with ctr and leave CRI (and its CNI needs) out.
+            disable_cri: !config.cri,
+            restrict_oom_score_adj: true,
+            // These snapshotters cannot work on this host and only add noise to the log.
             disabled_plugins: [
                 "io.containerd.snapshotter.v1.aufs",
                 "io.containerd.snapshotter.v1.btrfs",
@@ -247,7 +253,7 @@ impl Rig {
             ]
             .map(String::from)
             .to_vec(),
-            vm_runtime: None,
+            vm_runtime: config.cri.then(|| VmRuntime { config_path: Some(self.shim_config_path.clone()), ..VmRuntime::packaged() }),
         };
         let mut text = description.render(self.config_version);
         text.push_str(&config.extra_config);

@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Context, Result};
 use integration::containerd_config::ConfigVersion;
-use integration::rig::{Rig, Release};
+use integration::rig::{Release, Rig, RigConfig};
 use integration::workspace_root;
 
 #[test]
@@ -30,6 +30,44 @@ fn packaged_config_snippet_is_read_by_this_containerd() -> Result<()> {
     );
     ensure!(dump.contains("/etc/containerd-shim-vm/config.toml"), "{release}: ConfigPath lost in\n{dump}");
     Ok(())
+}
+
+/// CRI of this release loads with the VM runtime registered as packaging registers it:
+/// every CRI plugin reports ok, and CRI's own account of its config names the handler
+/// `vm` with its runtime type, annotations and ConfigPath.
+#[test]
+fn cri_loads_the_vm_runtime_handler() -> Result<()> {
+    let mut config = RigConfig::from_env();
+    config.cri = true;
+    config.log_level = "info".into();
+    let rig = Rig::start_with(config)?;
+    let release = rig.release().clone();
+    let plugins = rig.ctr_ok(["plugins", "ls"])?;
+    let cri: Vec<&str> = plugins.lines().filter(|l| l.contains("io.containerd.cri.") || l.contains(" cri ")).collect();
+    ensure!(!cri.is_empty(), "{release}: no CRI plugin listed:\n{plugins}");
+    for line in &cri {
+        ensure!(line.split_whitespace().last() == Some("ok"), "{release}: CRI plugin not ok: {line}\n{}", rig.log());
+    }
+    let config_path = rig.shim_config_path().display().to_string();
+    // 1.x prints its config with Go's %+v, 2.x as JSON.
+    let expected = if release.major >= 2 {
+        ["\\\"vm\\\":{\\\"runtimeType\\\":\\\"io.containerd.vm.v1\\\"".to_string(), "vm.containerd.io/.*".into(), format!("\\\"ConfigPath\\\":\\\"{config_path}\\\"")]
+    } else {
+        ["vm:{Type:io.containerd.vm.v1".to_string(), "PodAnnotations:[vm.containerd.io/.*]".into(), format!("ConfigPath:{config_path}")]
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = rig.log();
+        let started = log.lines().find(|l| l.contains("Start cri plugin with config") || l.contains("starting cri plugin"));
+        if let Some(line) = started {
+            for e in &expected {
+                ensure!(line.contains(e.as_str()), "{release}: CRI's config lacks {e}: {line}");
+            }
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "{release}: CRI never logged its config:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
