@@ -29,7 +29,7 @@
 # this script, in the foreground mode, so that it can stop and reap them.)
 #
 # Environment: RUNS, WARMUP, SETTLE_MS, INSTANCES, PROFILE, PROFILE_RUNS, WELL_UNDER (see the
-# top of integration/src/bin/bench.rs), SKIP_INSTALL=1, NO_LIBVIRT=1 (no libvirt column),
+# top of integration/src/bin/bench/main.rs), SKIP_INSTALL=1, NO_LIBVIRT=1 (no libvirt column),
 # BENCH_RESULTS=FILE (a copy of the report, markdown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
