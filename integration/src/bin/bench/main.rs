@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use integration::images::{busybox_image, tiny_images, BUSYBOX, TINY};
-use integration::rig::{Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
+use integration::rig::{Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
 use integration::vmenv::{task_status, PROMPT};
 
 use crate::launch::{
@@ -60,6 +60,34 @@ fn env_num(name: &str, default: usize) -> Result<usize> {
 }
 
 // ------------------------------------------------------------------------------------------
+
+/// VmRSS, Pss and RssAnon (MiB) of one kind of shim, a process per running task.
+#[derive(Default)]
+struct ShimMemory {
+    rss: Series,
+    pss: Series,
+    anon: Series,
+}
+
+impl ShimMemory {
+    /// Records the shim `pid`'s figures; returns the pid.
+    fn record(&mut self, pid: u32) -> Result<u32> {
+        let status = |key: &str| proc_status_kib(pid, key).ok_or_else(|| anyhow!("{key} of {pid}"));
+        self.rss.push(status("VmRSS:")? / 1024.0);
+        self.pss.push(proc_pss_kib(pid).ok_or_else(|| anyhow!("Pss of {pid}"))? / 1024.0);
+        self.anon.push(status("RssAnon:")? / 1024.0);
+        Ok(pid)
+    }
+}
+
+/// The pid of task `id`, which must be running.
+fn running_task_pid(ns: &Namespace<'_>, id: &str) -> Result<u32> {
+    let (pid, status) = task_status(ns, id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
+    if status != "RUNNING" {
+        bail!("{id} is {status}");
+    }
+    Ok(pid)
+}
 
 fn main() {
     // SIGINT/SIGTERM: stop at the next poll and clean up (rig, VMs, domains) on the way out.
@@ -258,13 +286,9 @@ fn run() -> Result<()> {
 
     // Memory: INSTANCES VMs and INSTANCES runc containers, all running at once.
     eprintln!("bench: memory: {instances} VMs and {instances} runc containers");
-    let mut shim_rss = Series::default();
-    let mut shim_pss = Series::default();
+    let mut vm_shims = ShimMemory::default();
+    let mut runc_shims = ShimMemory::default();
     let mut qemu_rss = Series::default();
-    let mut runc_rss = Series::default();
-    let mut runc_pss = Series::default();
-    let mut shim_anon = Series::default();
-    let mut runc_anon = Series::default();
     let mut runc_start = Series::default();
     let mut started: Vec<String> = Vec::new();
     let mem_result = (|| -> Result<()> {
@@ -316,21 +340,8 @@ fn run() -> Result<()> {
         let mut shim_pids = Vec::new();
         for k in 0..instances {
             let id = format!("mem-vm-{k}");
-            let (qemu, status) =
-                task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
-            if status != "RUNNING" {
-                bail!("{id} is {status}");
-            }
-            let shim = shim_pid(&rig, VM_SHIM_BINARY, &id)?;
-            shim_pids.push(shim);
-            shim_rss.push(
-                proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0,
-            );
-            shim_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
-            shim_anon.push(
-                proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))?
-                    / 1024.0,
-            );
+            let qemu = running_task_pid(&bench.ns, &id)?;
+            shim_pids.push(vm_shims.record(shim_pid(&rig, VM_SHIM_BINARY, &id)?)?);
             qemu_rss.push(
                 proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0,
             );
@@ -338,21 +349,8 @@ fn run() -> Result<()> {
         let mut runc_pids = Vec::new();
         for k in 0..instances {
             let id = format!("mem-runc-{k}");
-            let (_, status) =
-                task_status(&bench.ns, &id)?.ok_or_else(|| anyhow!("{id} not listed"))?;
-            if status != "RUNNING" {
-                bail!("{id} is {status}");
-            }
-            let shim = shim_pid(&rig, RUNC_SHIM_BINARY, &id)?;
-            runc_pids.push(shim);
-            runc_rss.push(
-                proc_status_kib(shim, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {shim}"))? / 1024.0,
-            );
-            runc_pss.push(proc_pss_kib(shim).ok_or_else(|| anyhow!("Pss of {shim}"))? / 1024.0);
-            runc_anon.push(
-                proc_status_kib(shim, "RssAnon:").ok_or_else(|| anyhow!("RssAnon of {shim}"))?
-                    / 1024.0,
-            );
+            running_task_pid(&bench.ns, &id)?;
+            runc_pids.push(runc_shims.record(shim_pid(&rig, RUNC_SHIM_BINARY, &id)?)?);
         }
         shim_pids.sort();
         shim_pids.dedup();
@@ -443,28 +441,28 @@ fn run() -> Result<()> {
     report.row(
         "(c) containerd-shim-vm-v1 VmRSS, per running VM",
         "MiB",
-        &shim_rss,
+        &vm_shims.rss,
     );
     report.row(
         "(c) containerd-shim-runc-v2 VmRSS, per running container",
         "MiB",
-        &runc_rss,
+        &runc_shims.rss,
     );
-    report.row("(c) containerd-shim-vm-v1 Pss (context)", "MiB", &shim_pss);
+    report.row("(c) containerd-shim-vm-v1 Pss (context)", "MiB", &vm_shims.pss);
     report.row(
         "(c) containerd-shim-runc-v2 Pss (context)",
         "MiB",
-        &runc_pss,
+        &runc_shims.pss,
     );
     report.row(
         "(c) containerd-shim-vm-v1 RssAnon, private (context)",
         "MiB",
-        &shim_anon,
+        &vm_shims.anon,
     );
     report.row(
         "(c) containerd-shim-runc-v2 RssAnon, private (context)",
         "MiB",
-        &runc_anon,
+        &runc_shims.anon,
     );
     report.row("(c) QEMU VmRSS of the VM (context)", "MiB", &qemu_rss);
     report.row(
@@ -486,7 +484,7 @@ fn run() -> Result<()> {
     let r_bare = ratio(shim_start.median(), bare_start.median());
     let r_lv = ratio(shim_start.median(), lv_start.median());
     let r_console = ratio(shim_console.median(), bare_console.median());
-    let r_rss = ratio(shim_rss.median(), runc_rss.median());
+    let r_rss = ratio(vm_shims.rss.median(), runc_shims.rss.median());
 
     let mut text = String::new();
     writeln!(text, "RUNS={runs} (WARMUP={warmup}) INSTANCES={instances}; {cores} cores; {qemu_version}; {containerd_version}; libvirtd {libvirt_version}")?;
@@ -553,7 +551,7 @@ fn run() -> Result<()> {
         fmt_opt(l, 1),
         fmt_opt(l.map(|l| well_under * l), 1)
     )?;
-    let (sr, rr) = (shim_rss.median(), runc_rss.median());
+    let (sr, rr) = (vm_shims.rss.median(), runc_shims.rss.median());
     writeln!(
         text,
         "- {}: shim RSS {} MiB ≤ 0.5 × runc shim RSS {} MiB = {} MiB",
