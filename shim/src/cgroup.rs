@@ -96,11 +96,25 @@ impl VmCgroup {
         &self.cgroup
     }
 
-    /// Removes the cgroup; QEMU must be gone (an empty cgroup is the only kind the kernel removes).
-    pub fn remove(&self) -> Result<(), CgroupError> {
-        self.cgroup
-            .delete()
-            .map_err(|source| CgroupError { path: self.path.clone(), action: "remove", source })
+    /// The cgroup a spec's `cgroupsPath` names, if it exists (for cleaning up after a
+    /// shim that is gone).
+    pub fn existing(cgroups_path: &str) -> Option<VmCgroup> {
+        let path = relative_path(cgroups_path);
+        let cgroup = Cgroup::load(hierarchies::auto(), path.as_str());
+        cgroup.exists().then_some(VmCgroup { cgroup, path })
+    }
+
+    /// Removes the cgroup, retrying until `timeout`: a killed QEMU leaves it a moment
+    /// after it is reaped, and only an empty cgroup can be removed.
+    pub fn remove_when_empty(&self, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.cgroup.delete() {
+                Ok(()) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(source) => return Err(CgroupError { path: self.path.clone(), action: "remove", source }),
+            }
+        }
     }
 }
 

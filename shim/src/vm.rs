@@ -85,7 +85,7 @@ impl Resources {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         if let Some(cgroup) = self.cgroup.take() {
-            if let Err(e) = remove_cgroup_when_empty(&cgroup) {
+            if let Err(e) = cgroup.remove_when_empty(Duration::from_secs(2)) {
                 warn!("{e}");
             }
         }
@@ -103,18 +103,6 @@ impl Resources {
             if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
                 warn!("unmounting {}: {e}", rootfs.display());
             }
-        }
-    }
-}
-
-/// A killed QEMU leaves its cgroup a moment after it is reaped; retry briefly.
-fn remove_cgroup_when_empty(cgroup: &VmCgroup) -> Result<(), crate::cgroup::CgroupError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        match cgroup.remove() {
-            Ok(()) => return Ok(()),
-            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e),
         }
     }
 }
@@ -728,12 +716,8 @@ pub fn cleanup_bundle(bundle: &Path) -> Option<u32> {
     }
     if let Some(spec) = &spec {
         if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
-            let rel = crate::cgroup::relative_path(&path.to_string_lossy());
-            let cgroup = cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), rel);
-            // A killed QEMU leaves the cgroup a moment later.
-            let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-            while cgroup.exists() && cgroup.delete().is_err() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(cgroup) = VmCgroup::existing(&path.to_string_lossy()) {
+                let _ = cgroup.remove_when_empty(Duration::from_millis(1500));
             }
         }
     }
