@@ -10,7 +10,7 @@ source integration/scripts/prepare.sh
 prepare test.sh --tests
 # VMs boot under software emulation on small machines: two tests at a time.
 threads=${TEST_THREADS:-2}
-# A hang guard per suite run, not a target: one run takes 4-6 minutes here. timeout
+# A hang guard per suite run, not a target: one run takes 1-2 minutes here. timeout
 # signals its whole process group (cargo, the tests, their containerd and QEMU).
 suite_timeout=${SUITE_TIMEOUT:-20m}
 
