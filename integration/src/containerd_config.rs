@@ -17,7 +17,11 @@ pub enum ConfigVersion {
 impl ConfigVersion {
     /// The format a containerd release reads natively.
     pub fn for_release(major: u32) -> ConfigVersion {
-        if major >= 2 { ConfigVersion::V3 } else { ConfigVersion::V2 }
+        if major >= 2 {
+            ConfigVersion::V3
+        } else {
+            ConfigVersion::V2
+        }
     }
 
     /// From `CONTAINERD_CONFIG_VERSION` ("2" or "3").
@@ -48,7 +52,9 @@ impl ConfigVersion {
     fn cri_plugins(self) -> &'static [&'static str] {
         match self {
             ConfigVersion::V2 => &["io.containerd.grpc.v1.cri"],
-            ConfigVersion::V3 => &["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"],
+            ConfigVersion::V3 => {
+                &["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
+            }
         }
     }
 }

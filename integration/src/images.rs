@@ -44,8 +44,7 @@ pub fn build_tiny() -> Result<TinyDisks> {
 
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let lock_path = dir.join(".lock");
-    let lock_file =
-        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    let lock_file = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", lock_path.display()))?;
@@ -65,11 +64,8 @@ pub fn build_tiny() -> Result<TinyDisks> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let disks = TinyDisks {
-        qcow2: dir.join("tiny.qcow2"),
-        raw: dir.join("tiny.raw"),
-        part_qcow2: dir.join("tiny-part.qcow2"),
-    };
+    let disks =
+        TinyDisks { qcow2: dir.join("tiny.qcow2"), raw: dir.join("tiny.raw"), part_qcow2: dir.join("tiny-part.qcow2") };
     for p in [&disks.qcow2, &disks.raw, &disks.part_qcow2] {
         if !p.is_file() {
             bail!("{} did not produce {}", script.display(), p.display());
@@ -145,12 +141,6 @@ pub fn busybox_image(out_dir: &Path) -> Result<ImageArchive> {
     image.config.env = vec!["PATH=/bin".into()];
     image.config.cmd = vec!["sh".into()];
     let archive = out_dir.join("busybox.tar");
-    image
-        .write_archive(&archive)
-        .with_context(|| format!("writing {}", archive.display()))?;
-    Ok(ImageArchive {
-        name: BUSYBOX.to_string(),
-        archive,
-        disk: None,
-    })
+    image.write_archive(&archive).with_context(|| format!("writing {}", archive.display()))?;
+    Ok(ImageArchive { name: BUSYBOX.to_string(), archive, disk: None })
 }

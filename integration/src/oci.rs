@@ -90,13 +90,7 @@ impl Entry {
         Entry::new(path, Source::Fifo, 0o644)
     }
     fn new(path: &str, source: Source, mode: u32) -> Entry {
-        Entry {
-            path: path.to_string(),
-            source,
-            uid: 0,
-            gid: 0,
-            mode,
-        }
+        Entry { path: path.to_string(), source, uid: 0, gid: 0, mode }
     }
     pub fn owner(mut self, uid: u64, gid: u64) -> Entry {
         self.uid = uid;
@@ -139,11 +133,7 @@ pub struct Written {
 
 impl Image {
     pub fn new(name: &str) -> Image {
-        Image {
-            name: name.to_string(),
-            entries: Vec::new(),
-            config: RunConfig::default(),
-        }
+        Image { name: name.to_string(), entries: Vec::new(), config: RunConfig::default() }
     }
 
     pub fn entry(mut self, entry: Entry) -> Image {
@@ -174,15 +164,12 @@ impl Image {
             .with_context(|| format!("creating a temporary layer file in {}", dir.display()))?;
         let (layer_digest, layer_size) = {
             let mut hw = HashingWriter::new(BufWriter::new(&mut layer));
-            self.write_layer(&mut hw)
-                .with_context(|| format!("writing the layer of {}", self.name))?;
+            self.write_layer(&mut hw).with_context(|| format!("writing the layer of {}", self.name))?;
             let (digest, size, mut inner) = hw.finish();
             inner.flush().context("writing the layer")?;
             (digest, size)
         };
-        layer
-            .seek(SeekFrom::Start(0))
-            .context("rewinding the layer")?;
+        layer.seek(SeekFrom::Start(0)).context("rewinding the layer")?;
 
         let config = serde_json::to_vec(&self.config_json(&layer_digest))?;
         let config_digest = sha256_digest(&config);
@@ -219,22 +206,12 @@ impl Image {
             append_bytes(&mut ar, &blob_path(&config_digest), &config)?;
             append_bytes(&mut ar, &blob_path(&manifest_digest), &manifest)?;
             let mut h = file_header(layer_size, 0, 0, 0o644);
-            ar.append_data(&mut h, blob_path(&layer_digest), &mut layer)
-                .context("copying the layer")?;
-            ar.into_inner()
-                .context("finishing the archive")?
-                .flush()
-                .context("writing the archive")?;
+            ar.append_data(&mut h, blob_path(&layer_digest), &mut layer).context("copying the layer")?;
+            ar.into_inner().context("finishing the archive")?.flush().context("writing the archive")?;
         }
-        tmp.persist(out)
-            .with_context(|| format!("renaming the archive to {}", out.display()))?;
+        tmp.persist(out).with_context(|| format!("renaming the archive to {}", out.display()))?;
 
-        Ok(Written {
-            manifest: manifest_digest,
-            config: config_digest,
-            layer: layer_digest,
-            layer_size,
-        })
+        Ok(Written { manifest: manifest_digest, config: config_digest, layer: layer_digest, layer_size })
     }
 
     /// The layer: every entry, after any parent directories not listed (root-owned, 0755).
@@ -251,18 +228,8 @@ impl Image {
             let rel = relative(&e.path)?;
             // Implicit parents, the way `COPY` makes them.
             let mut parent = String::new();
-            for comp in rel
-                .split('/')
-                .collect::<Vec<_>>()
-                .split_last()
-                .map(|(_, p)| p)
-                .unwrap_or(&[])
-            {
-                parent = if parent.is_empty() {
-                    comp.to_string()
-                } else {
-                    format!("{parent}/{comp}")
-                };
+            for comp in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p).unwrap_or(&[]) {
+                parent = if parent.is_empty() { comp.to_string() } else { format!("{parent}/{comp}") };
                 if !listed_dirs.contains(&parent) && dirs_done.insert(parent.clone()) {
                     append_dir(&mut ar, &format!("{parent}/"), 0, 0, 0o755)?;
                 }
@@ -275,16 +242,11 @@ impl Image {
                 }
                 Source::Bytes(data) => {
                     let mut h = file_header(data.len() as u64, e.uid, e.gid, e.mode);
-                    ar.append_data(&mut h, &rel, data.as_slice())
-                        .with_context(|| format!("adding {}", e.path))?;
+                    ar.append_data(&mut h, &rel, data.as_slice()).with_context(|| format!("adding {}", e.path))?;
                 }
                 Source::HostFile(host) => {
-                    let f =
-                        File::open(host).with_context(|| format!("opening {}", host.display()))?;
-                    let len = f
-                        .metadata()
-                        .with_context(|| format!("stat {}", host.display()))?
-                        .len();
+                    let f = File::open(host).with_context(|| format!("opening {}", host.display()))?;
+                    let len = f.metadata().with_context(|| format!("stat {}", host.display()))?.len();
                     let mut h = file_header(len, e.uid, e.gid, e.mode);
                     // `take` guards against the file growing while it is copied.
                     ar.append_data(&mut h, &rel, f.take(len))
@@ -301,8 +263,7 @@ impl Image {
                     let mut h = tar::Header::new_gnu();
                     h.set_entry_type(tar::EntryType::Symlink);
                     set_common(&mut h, 0, e.uid, e.gid, e.mode);
-                    ar.append_link(&mut h, &rel, target)
-                        .with_context(|| format!("adding link {}", e.path))?;
+                    ar.append_link(&mut h, &rel, target).with_context(|| format!("adding link {}", e.path))?;
                 }
             }
         }
@@ -344,11 +305,7 @@ impl Image {
 /// 107:107 (qemu) and read-only (0444).
 pub fn container_disk(name: &str, disk: &Path, disk_name: &str) -> Image {
     Image::new(name)
-        .entry(
-            Entry::dir(CONTAINER_DISK_DIR)
-                .owner(CONTAINER_DISK_UID, CONTAINER_DISK_UID)
-                .mode(0o555),
-        )
+        .entry(Entry::dir(CONTAINER_DISK_DIR).owner(CONTAINER_DISK_UID, CONTAINER_DISK_UID).mode(0o555))
         .entry(
             Entry::host_file(&format!("{CONTAINER_DISK_DIR}/{disk_name}"), disk)
                 .owner(CONTAINER_DISK_UID, CONTAINER_DISK_UID)
@@ -369,11 +326,7 @@ pub fn blob_path(digest: &str) -> String {
 /// `/a/b` → `a/b`; rejects empty paths and `..`.
 fn relative(path: &str) -> Result<String> {
     let rel = path.trim_start_matches('/').trim_end_matches('/');
-    if rel.is_empty()
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         bail!("bad path in image: {path:?}");
     }
     Ok(rel.to_string())
@@ -396,22 +349,14 @@ fn file_header(size: u64, uid: u64, gid: u64, mode: u32) -> tar::Header {
 
 fn append_bytes<W: Write>(ar: &mut tar::Builder<W>, path: &str, data: &[u8]) -> Result<()> {
     let mut h = file_header(data.len() as u64, 0, 0, 0o644);
-    ar.append_data(&mut h, path, data)
-        .with_context(|| format!("adding {path}"))
+    ar.append_data(&mut h, path, data).with_context(|| format!("adding {path}"))
 }
 
-fn append_dir<W: Write>(
-    ar: &mut tar::Builder<W>,
-    path: &str,
-    uid: u64,
-    gid: u64,
-    mode: u32,
-) -> Result<()> {
+fn append_dir<W: Write>(ar: &mut tar::Builder<W>, path: &str, uid: u64, gid: u64, mode: u32) -> Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
     set_common(&mut h, 0, uid, gid, mode);
-    ar.append_data(&mut h, path, io::empty())
-        .with_context(|| format!("adding {path}"))
+    ar.append_data(&mut h, path, io::empty()).with_context(|| format!("adding {path}"))
 }
 
 /// Passes writes through while computing their SHA-256 and length.
@@ -423,18 +368,10 @@ struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), len: 0 }
     }
     fn finish(self) -> (String, u64, W) {
-        (
-            format!("sha256:{}", hex::encode(self.hasher.finalize())),
-            self.len,
-            self.inner,
-        )
+        (format!("sha256:{}", hex::encode(self.hasher.finalize())), self.len, self.inner)
     }
 }
 
@@ -471,8 +408,7 @@ mod tests {
     }
 
     fn json_of(files: &HashMap<String, Vec<u8>>, path: &str) -> Value {
-        serde_json::from_slice(files.get(path).unwrap_or_else(|| panic!("{path} missing")))
-            .expect("valid JSON")
+        serde_json::from_slice(files.get(path).unwrap_or_else(|| panic!("{path} missing"))).expect("valid JSON")
     }
 
     #[test]
@@ -481,8 +417,7 @@ mod tests {
         let disk = dir.path().join("tiny.qcow2");
         std::fs::write(&disk, b"QFI\xfb pretend disk")?;
         let out = dir.path().join("out/tiny.tar");
-        let written =
-            container_disk("example.org/disks/tiny:1", &disk, "tiny.qcow2").write_archive(&out)?;
+        let written = container_disk("example.org/disks/tiny:1", &disk, "tiny.qcow2").write_archive(&out)?;
 
         let outer = members(&std::fs::read(&out)?)?;
         let names: Vec<&str> = outer.iter().map(|(p, _, _)| p.as_str()).collect();
@@ -506,10 +441,7 @@ mod tests {
                 assert_eq!(sha256_digest(data), format!("sha256:{hex}"), "{path}");
             }
         }
-        assert_eq!(
-            json_of(&files, "oci-layout"),
-            json!({"imageLayoutVersion": "1.0.0"})
-        );
+        assert_eq!(json_of(&files, "oci-layout"), json!({"imageLayoutVersion": "1.0.0"}));
 
         let index = json_of(&files, "index.json");
         assert_eq!(index["schemaVersion"], 2);
@@ -518,15 +450,9 @@ mod tests {
         assert_eq!(m["digest"], written.manifest);
         assert_eq!(m["mediaType"], MEDIA_TYPE_MANIFEST);
         assert_eq!(m["size"], files[&blob_path(&written.manifest)].len());
-        assert_eq!(
-            m["annotations"][ANNOTATION_CONTAINERD_NAME],
-            "example.org/disks/tiny:1"
-        );
+        assert_eq!(m["annotations"][ANNOTATION_CONTAINERD_NAME], "example.org/disks/tiny:1");
         assert_eq!(m["annotations"][ANNOTATION_REF_NAME], "1");
-        assert_eq!(
-            m["platform"],
-            json!({"architecture": "amd64", "os": "linux"})
-        );
+        assert_eq!(m["platform"], json!({"architecture": "amd64", "os": "linux"}));
 
         let manifest = json_of(&files, &blob_path(&written.manifest));
         assert_eq!(manifest["config"]["digest"], written.config);
@@ -561,32 +487,19 @@ mod tests {
         let mut image = Image::new("example.org/test/busybox")
             .entry(Entry::bytes("/bin/busybox", b"ELF".to_vec()).mode(0o755))
             .entry(Entry::symlink("/bin/sh", "busybox"))
-            .entry(
-                Entry::bytes("/etc/deep/dir/file", "x")
-                    .owner(1, 2)
-                    .mode(0o600),
-            );
+            .entry(Entry::bytes("/etc/deep/dir/file", "x").owner(1, 2).mode(0o600));
         image.config.cmd = vec!["sh".into()];
         image.config.env = vec!["PATH=/bin".into()];
         let out = dir.path().join("bb.tar");
         let written = image.write_archive(&out)?;
         assert_eq!(image.tag(), "latest");
 
-        let files: HashMap<String, Vec<u8>> = members(&std::fs::read(&out)?)?
-            .into_iter()
-            .map(|(p, _, d)| (p, d))
-            .collect();
+        let files: HashMap<String, Vec<u8>> =
+            members(&std::fs::read(&out)?)?.into_iter().map(|(p, _, d)| (p, d)).collect();
         let layer = members(&files[&blob_path(&written.layer)])?;
         let summary: Vec<(String, tar::EntryType, u64, u32)> = layer
             .iter()
-            .map(|(p, h, _)| {
-                (
-                    p.clone(),
-                    h.entry_type(),
-                    h.uid().unwrap_or(9999),
-                    h.mode().unwrap_or(0),
-                )
-            })
+            .map(|(p, h, _)| (p.clone(), h.entry_type(), h.uid().unwrap_or(9999), h.mode().unwrap_or(0)))
             .collect();
         use tar::EntryType::{Directory as D, Regular as R, Symlink as L};
         assert_eq!(
@@ -601,19 +514,13 @@ mod tests {
                 ("etc/deep/dir/file".to_string(), R, 1, 0o600),
             ]
         );
-        assert_eq!(
-            layer[2].1.link_name()?.as_deref(),
-            Some(Path::new("busybox"))
-        );
+        assert_eq!(layer[2].1.link_name()?.as_deref(), Some(Path::new("busybox")));
 
         let config = json_of(&files, &blob_path(&written.config));
         assert_eq!(config["config"]["Cmd"], json!(["sh"]));
         assert_eq!(config["config"]["Env"], json!(["PATH=/bin"]));
         let index = json_of(&files, "index.json");
-        assert_eq!(
-            index["manifests"][0]["annotations"][ANNOTATION_REF_NAME],
-            "latest"
-        );
+        assert_eq!(index["manifests"][0]["annotations"][ANNOTATION_REF_NAME], "latest");
         Ok(())
     }
 
@@ -624,10 +531,7 @@ mod tests {
         let a = image.write_archive(&dir.path().join("a.tar"))?;
         let b = image.write_archive(&dir.path().join("b.tar"))?;
         assert_eq!(a, b);
-        assert_eq!(
-            std::fs::read(dir.path().join("a.tar"))?,
-            std::fs::read(dir.path().join("b.tar"))?
-        );
+        assert_eq!(std::fs::read(dir.path().join("a.tar"))?, std::fs::read(dir.path().join("b.tar"))?);
         Ok(())
     }
 
@@ -636,9 +540,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("bad.tar");
         for p in ["", "/", "/a/../b", "a//b"] {
-            let result = Image::new("x:1")
-                .entry(Entry::bytes(p, ""))
-                .write_archive(&out);
+            let result = Image::new("x:1").entry(Entry::bytes(p, "")).write_archive(&out);
             assert!(result.is_err(), "{p:?} accepted");
             assert!(!out.exists(), "archive left behind for {p:?}");
         }
@@ -652,9 +554,6 @@ mod tests {
             .entry(Entry::host_file("/f", "/nonexistent/host/file"))
             .write_archive(&dir.path().join("x.tar"))
             .expect_err("must fail");
-        assert!(
-            format!("{err:#}").contains("/nonexistent/host/file"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("/nonexistent/host/file"), "{err:#}");
     }
 }

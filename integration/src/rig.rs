@@ -195,25 +195,20 @@ impl Rig {
         // containerd also listens on "<address>.ttrpc"; sun_path holds 108 bytes with the NUL.
         let longest = rig.address.as_os_str().len() + ".ttrpc".len();
         if longest >= 108 {
-            bail!(
-                "socket path {} is too long for a unix socket",
-                rig.address.display()
-            );
+            bail!("socket path {} is too long for a unix socket", rig.address.display());
         }
 
         std::fs::write(&rig.config_path, rig.containerd_config(&config))
             .with_context(|| format!("writing {}", rig.config_path.display()))?;
 
-        let mut path = std::env::join_paths(
-            std::iter::once(config.shim_bin_dir.clone()).chain(config.containerd_bin_dir.clone()),
-        )
-        .context("building PATH")?;
+        let mut path =
+            std::env::join_paths(std::iter::once(config.shim_bin_dir.clone()).chain(config.containerd_bin_dir.clone()))
+                .context("building PATH")?;
         if let Some(old) = std::env::var_os("PATH") {
             path.push(":");
             path.push(old);
         }
-        let log = File::create(&rig.log_path)
-            .with_context(|| format!("creating {}", rig.log_path.display()))?;
+        let log = File::create(&rig.log_path).with_context(|| format!("creating {}", rig.log_path.display()))?;
         let log2 = log.try_clone().context("duplicating the log file")?;
         let child = Command::new(&containerd_bin)
             .arg("--config")
@@ -253,7 +248,9 @@ impl Rig {
             ]
             .map(String::from)
             .to_vec(),
-            vm_runtime: config.cri.then(|| VmRuntime { config_path: Some(self.shim_config_path.clone()), ..VmRuntime::packaged() }),
+            vm_runtime: config
+                .cri
+                .then(|| VmRuntime { config_path: Some(self.shim_config_path.clone()), ..VmRuntime::packaged() }),
         };
         let mut text = description.render(self.config_version);
         text.push_str(&config.extra_config);
@@ -266,19 +263,13 @@ impl Rig {
         loop {
             if let Some(child) = self.containerd.as_mut() {
                 if let Some(status) = child.try_wait().context("checking on containerd")? {
-                    bail!(
-                        "containerd exited ({status}) while starting; log:\n{}",
-                        self.log_tail(40)
-                    );
+                    bail!("containerd exited ({status}) while starting; log:\n{}", self.log_tail(40));
                 }
             }
             let mut version = self.ctr_command();
             version.arg("version");
             let left = deadline.saturating_duration_since(Instant::now());
-            match run_with_timeout(
-                version,
-                left.clamp(Duration::from_secs(1), Duration::from_secs(5)),
-            ) {
+            match run_with_timeout(version, left.clamp(Duration::from_secs(1), Duration::from_secs(5))) {
                 Ok(out) if out.status.success() => return Ok(()),
                 Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 Err(e) => last = format!("{e:#}"),
@@ -305,11 +296,7 @@ impl Rig {
     }
 
     pub fn tag(&self) -> String {
-        let name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         name.trim_start_matches("ctrd-").to_string()
     }
 
@@ -348,9 +335,7 @@ impl Rig {
     }
     /// containerd's log so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
     /// The last `lines` lines of containerd's log.
     pub fn log_tail(&self, lines: usize) -> String {
@@ -417,29 +402,19 @@ impl Rig {
     /// Start capturing `ctr events` (all namespaces). Returns once the subscription is known
     /// to be live, so every event after this call is seen.
     pub fn events(&self) -> Result<Events<'_>> {
-        let mut events = Events {
-            proc: self.spawn(["events"])?,
-            namespace: None,
-        };
+        let mut events = Events { proc: self.spawn(["events"])?, namespace: None };
         // No readiness signal exists: create throw-away namespaces until one shows up.
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut n = 0;
         loop {
-            let probe = format!(
-                "rig-events-probe-{}",
-                self.next_ns.fetch_add(1, Ordering::Relaxed)
-            );
+            let probe = format!("rig-events-probe-{}", self.next_ns.fetch_add(1, Ordering::Relaxed));
             self.ctr_ok(["namespaces", "create", &probe])?;
-            let seen = events
-                .proc
-                .wait_for_line(&probe, Duration::from_millis(500));
+            let seen = events.proc.wait_for_line(&probe, Duration::from_millis(500));
             self.ctr_ok(["namespaces", "remove", &probe])?;
             match seen {
                 Ok(_) => return Ok(events),
                 Err(_) if Instant::now() < deadline => n += 1,
-                Err(e) => {
-                    return Err(e.context(format!("`ctr events` never showed a probe ({n} tried)")))
-                }
+                Err(e) => return Err(e.context(format!("`ctr events` never showed a probe ({n} tried)"))),
             }
         }
     }
@@ -449,31 +424,16 @@ impl Rig {
         if let Ok(mut seen) = self.namespaces.lock() {
             seen.insert(name.to_string());
         }
-        Namespace {
-            rig: self,
-            name: name.to_string(),
-        }
+        Namespace { rig: self, name: name.to_string() }
     }
 
     /// A fresh namespace for one test: `hint` (e.g. the test's name), this rig's tag and a
     /// number. Unique across rigs too, which matters because runc puts containers in the
     /// host-wide cgroups `/<namespace>/<id>`.
     pub fn namespace(&self, hint: &str) -> Namespace<'_> {
-        let mut name: String = hint
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        name = name
-            .split('-')
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("-");
+        let mut name: String =
+            hint.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        name = name.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
         name.truncate(60);
         let name = name.trim_matches('-');
         let n = self.next_ns.fetch_add(1, Ordering::Relaxed);
@@ -516,11 +476,7 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!(
-                "rig: containerd log ({}), last lines:\n{}",
-                self.log_path.display(),
-                self.log_tail(60)
-            );
+            eprintln!("rig: containerd log ({}), last lines:\n{}", self.log_path.display(), self.log_tail(60));
         }
         if self.containerd.is_some() {
             if let Err(e) = self.clean_all() {
@@ -539,11 +495,7 @@ impl Drop for Rig {
                 eprintln!("rig: umount {}: {e}", m.display());
             }
         }
-        let namespaces = self
-            .namespaces
-            .lock()
-            .map(|n| n.clone())
-            .unwrap_or_default();
+        let namespaces = self.namespaces.lock().map(|n| n.clone()).unwrap_or_default();
         remove_namespace_leftovers(&namespaces);
         if std::env::var_os("RIG_KEEP").is_some_and(|v| !v.is_empty() && v != "0") {
             eprintln!("rig: RIG_KEEP is set; keeping {}", self.dir.display());
@@ -594,18 +546,8 @@ impl<'r> Namespace<'r> {
     }
     /// `ctr -n <ns> images import <archive>`.
     pub fn import(&self, archive: &Path) -> Result<String> {
-        self.ctr_ok([
-            OsStr::new("images"),
-            OsStr::new("import"),
-            archive.as_os_str(),
-        ])
-        .with_context(|| {
-            format!(
-                "importing {} into namespace {}",
-                archive.display(),
-                self.name
-            )
-        })
+        self.ctr_ok([OsStr::new("images"), OsStr::new("import"), archive.as_os_str()])
+            .with_context(|| format!("importing {} into namespace {}", archive.display(), self.name))
     }
     /// Names of the images in this namespace.
     pub fn images(&self) -> Result<Vec<String>> {
@@ -676,9 +618,7 @@ impl<'r> Spawned<'r> {
     /// incrementally read stdio as [`Rig::spawn`].
     pub fn from_command(mut cmd: Command) -> Result<Spawned<'r>> {
         let what = format!("{cmd:?}");
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         let stdin = child.stdin.take();
         let (mut out, mut err) = take_output_pipes(&mut child)?;
@@ -723,10 +663,7 @@ impl<'r> Spawned<'r> {
 
     /// Write `text` to the process's stdin (add `\n` yourself for a line).
     pub fn send(&mut self, text: &str) -> Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| anyhow!("stdin of {} is closed", self.what))?;
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin of {} is closed", self.what))?;
         stdin
             .write_all(text.as_bytes())
             .and_then(|_| stdin.flush())
@@ -748,9 +685,7 @@ impl<'r> Spawned<'r> {
                 mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
                 mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             }),
-            Some(d) => self
-                .stdout_rx
-                .recv_timeout(d.saturating_duration_since(Instant::now())),
+            Some(d) => self.stdout_rx.recv_timeout(d.saturating_duration_since(Instant::now())),
         };
         match first {
             Ok(chunk) => self.stdout.extend_from_slice(&chunk),
@@ -783,10 +718,7 @@ impl<'r> Spawned<'r> {
                 bail!("{pattern:?} not seen within {timeout:?}{}", self.describe());
             }
             if !self.pump(Some(deadline)) {
-                bail!(
-                    "{pattern:?} not seen before the output ended{}",
-                    self.describe()
-                );
+                bail!("{pattern:?} not seen before the output ended{}", self.describe());
             }
         }
     }
@@ -797,24 +729,17 @@ impl<'r> Spawned<'r> {
         let deadline = Instant::now() + timeout;
         loop {
             while let Some(nl) = self.stdout[self.cursor..].iter().position(|&b| b == b'\n') {
-                let line = String::from_utf8_lossy(&self.stdout[self.cursor..self.cursor + nl])
-                    .into_owned();
+                let line = String::from_utf8_lossy(&self.stdout[self.cursor..self.cursor + nl]).into_owned();
                 self.cursor += nl + 1;
                 if line.contains(pattern) {
                     return Ok(line);
                 }
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "no line with {pattern:?} within {timeout:?}{}",
-                    self.describe()
-                );
+                bail!("no line with {pattern:?} within {timeout:?}{}", self.describe());
             }
             if !self.pump(Some(deadline)) {
-                bail!(
-                    "no line with {pattern:?} before the output ended{}",
-                    self.describe()
-                );
+                bail!("no line with {pattern:?} before the output ended{}", self.describe());
             }
         }
     }
@@ -827,10 +752,7 @@ impl<'r> Spawned<'r> {
 
     /// All stderr received so far.
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .map(|s| String::from_utf8_lossy(&s).into_owned())
-            .unwrap_or_default()
+        self.stderr.lock().map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default()
     }
 
     /// Wait for the process to exit, at most `timeout`; stdin is closed first.
@@ -853,13 +775,9 @@ impl<'r> Spawned<'r> {
     /// SIGKILL the process (the `ctr` client, not the task) and reap it.
     pub fn kill(&mut self) -> Result<()> {
         if self.is_running() {
-            self.child
-                .kill()
-                .with_context(|| format!("killing {}", self.what))?;
+            self.child.kill().with_context(|| format!("killing {}", self.what))?;
         }
-        self.child
-            .wait()
-            .with_context(|| format!("reaping {}", self.what))?;
+        self.child.wait().with_context(|| format!("reaping {}", self.what))?;
         Ok(())
     }
 
@@ -931,18 +849,11 @@ impl<'r> Events<'r> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .proc
-                .wait_for_line("", left)
-                .with_context(|| format!("waiting for event {topic:?}"))?;
+            let line = self.proc.wait_for_line("", left).with_context(|| format!("waiting for event {topic:?}"))?;
             let Some(ev) = Event::parse(&line) else {
                 continue;
             };
-            if self
-                .namespace
-                .as_ref()
-                .is_some_and(|ns| *ns != ev.namespace)
-            {
+            if self.namespace.as_ref().is_some_and(|ns| *ns != ev.namespace) {
                 continue;
             }
             if ev.topic.contains(topic) {
@@ -995,17 +906,9 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
             );
         }
     };
-    let stdout = out_t
-        .join()
-        .map_err(|_| anyhow!("stdout reader of {what} panicked"))?;
-    let stderr = err_t
-        .join()
-        .map_err(|_| anyhow!("stderr reader of {what} panicked"))?;
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
+    let stdout = out_t.join().map_err(|_| anyhow!("stdout reader of {what} panicked"))?;
+    let stderr = err_t.join().map_err(|_| anyhow!("stderr reader of {what} panicked"))?;
+    Ok(Output { status, stdout, stderr })
 }
 
 /// Poll `child` until it exits or `timeout` passes (`None`).
@@ -1027,10 +930,7 @@ fn check_output<S: AsRef<OsStr>>(args: &[S], out: Output) -> Result<String> {
     if out.status.success() {
         return Ok(stdout);
     }
-    let args: Vec<_> = args
-        .iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     bail!(
         "`ctr {}` failed ({}):\n  stderr: {}\n  stdout: {}",
         args.join(" "),
@@ -1044,19 +944,13 @@ fn check_output<S: AsRef<OsStr>>(args: &[S], out: Output) -> Result<String> {
 fn find_binary(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = dir {
         let p = dir.join(name);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            bail!("{} not found (CONTAINERD_BIN_DIR)", p.display())
-        };
+        return if p.is_file() { Ok(p) } else { bail!("{} not found (CONTAINERD_BIN_DIR)", p.display()) };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow!("{name} not found in PATH; install containerd or set CONTAINERD_BIN_DIR")
-        })
+        .ok_or_else(|| anyhow!("{name} not found in PATH; install containerd or set CONTAINERD_BIN_DIR"))
 }
 
 /// Processes tied to a rig directory: its path appears in their command line or environment
@@ -1079,10 +973,7 @@ pub fn processes_of(dir: &Path) -> Vec<(i32, String)> {
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let environ = std::fs::read(p.path().join("environ")).unwrap_or_default();
         if find(&cmdline, needle).is_some() || find(&environ, needle).is_some() {
-            let cmd = String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .trim()
-                .to_string();
+            let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
             found.push((pid, cmd));
         }
     }
@@ -1098,13 +989,7 @@ fn kill_and_wait(procs: &[(i32, String)], timeout: Duration) {
     while Instant::now() < deadline {
         let alive = procs.iter().any(|(pid, _)| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
+                .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
                 .unwrap_or(false)
         });
         if !alive {
@@ -1126,18 +1011,14 @@ fn remove_namespace_leftovers(namespaces: &BTreeSet<String>) {
             let (left, right) = line.split_once(" - ")?;
             let fstype = right.split(' ').next()?;
             let mp = left.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| PathBuf::from(unescape_mountinfo(mp)))
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mp)))
         })
         .collect();
     for ns in namespaces {
         if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." {
             continue;
         }
-        let dirs = cgroup_mounts
-            .iter()
-            .map(|m| m.join(ns))
-            .chain([Path::new("/run/containerd/runc").join(ns)]);
+        let dirs = cgroup_mounts.iter().map(|m| m.join(ns)).chain([Path::new("/run/containerd/runc").join(ns)]);
         for d in dirs {
             match std::fs::remove_dir(&d) {
                 Ok(()) => {}
@@ -1184,10 +1065,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -1206,20 +1084,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn lines(s: &str) -> Vec<String> {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
 }
 
 /// Task IDs from `ctr tasks list` (header `TASK PID STATUS`).
 fn task_ids(s: &str) -> Vec<String> {
-    s.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .map(String::from)
-        .collect()
+    s.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
 }
 
 fn tail(s: &str, max: usize) -> String {
@@ -1239,7 +1109,8 @@ mod tests {
     fn release_versions_parse() {
         let r = super::Release::parse("containerd github.com/containerd/containerd/v2 2.1.9+unknown \n").unwrap();
         assert_eq!((r.major, r.minor, r.version.as_str()), (2, 1, "2.1.9+unknown"));
-        let r = super::Release::parse("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3").unwrap();
+        let r = super::Release::parse("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3")
+            .unwrap();
         assert_eq!((r.major, r.minor), (1, 6));
         assert!(super::Release::parse("garbage").is_none());
     }

@@ -107,7 +107,10 @@ impl VmEnv {
         let (major, minor, micro) = version;
         let script = dir.join(format!("qemu-{major}.{minor}"));
         let pauses = if pauses_itself { "True" } else { "False" };
-        std::fs::write(&script, format!(r#"#!/usr/bin/env python3
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/usr/bin/env python3
 import json, socket, sys
 conn, _ = socket.socket(fileno=3).accept()
 def send(message):
@@ -131,7 +134,9 @@ for line in conn.makefile("rb"):
             event("STOP")
     if command == "quit":
         sys.exit(0)
-"#))?;
+"#
+            ),
+        )?;
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let config = dir.join(format!("qemu-{major}.{minor}.toml"));
         std::fs::write(

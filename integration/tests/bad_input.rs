@@ -37,7 +37,19 @@ fn qemu_img(args: &[&str]) -> Result<()> {
 fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
     let tiny = std::fs::read(tiny_disk)?;
     let backing = dir.join("backing.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", backing.to_str().unwrap_or_default(), "64M"])?;
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "/etc/shadow",
+        "-F",
+        "raw",
+        backing.to_str().unwrap_or_default(),
+        "64M",
+    ])?;
     let mut corrupt = tiny[..4096].to_vec();
     corrupt[20..24].copy_from_slice(&40u32.to_be_bytes()); // cluster_bits = 40
     let mut gzip = vec![0u8; 1024];
@@ -52,7 +64,10 @@ fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
         Image::new("example.org/bad/corrupt:1").entry(Entry::bytes("/disk/corrupt.qcow2", corrupt)),
         Image::new("example.org/bad/text:1").entry(Entry::bytes("/disk/notes.txt", "this is not a disk\n")),
         // A whole number of sectors, so only its content tells it from a raw disk.
-        Image::new("example.org/bad/text-4k:1").entry(Entry::bytes("/disk/readme.img", "not a disk, just text\n".repeat(200).into_bytes()[..4096].to_vec())),
+        Image::new("example.org/bad/text-4k:1").entry(Entry::bytes(
+            "/disk/readme.img",
+            "not a disk, just text\n".repeat(200).into_bytes()[..4096].to_vec(),
+        )),
         Image::new("example.org/bad/gzip:1").entry(Entry::bytes("/disk/disk.img.gz", gzip)),
         Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", "/etc/passwd")),
         Image::new("example.org/bad/fifo:1").entry(Entry::fifo("/disk/pipe.qcow2")),
@@ -85,9 +100,18 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         ns.import(&archive)?;
     }
     let missing_qemu = dir.path().join("missing-qemu.toml");
-    std::fs::write(&missing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/nonexistent/qemu-system-x86_64\"\n", env.state_dir.display()))?;
+    std::fs::write(
+        &missing_qemu,
+        format!(
+            "accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/nonexistent/qemu-system-x86_64\"\n",
+            env.state_dir.display()
+        ),
+    )?;
     let failing_qemu = dir.path().join("failing-qemu.toml");
-    std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
+    std::fs::write(
+        &failing_qemu,
+        format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()),
+    )?;
     // A QEMU that speaks QMP but says it is 7.1: refused by version, not by accident.
     let old_qemu_config = env.fake_qemu_config(dir.path(), (7, 1, 0), false)?;
     let bad_config = dir.path().join("bad-config.toml");
@@ -102,26 +126,61 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case("truncated", "example.org/bad/truncated:1", &[], &["trunc.qcow2"]),
         case("corrupt", "example.org/bad/corrupt:1", &[], &["corrupt.qcow2", "cluster"]),
         case("text", "example.org/bad/text:1", &[], &["notes.txt", "not a multiple of 512"]),
-        case("text-4k", "example.org/bad/text-4k:1", &[], &["readme.img", "neither qcow2 nor a bootable raw disk", "text"]),
+        case(
+            "text-4k",
+            "example.org/bad/text-4k:1",
+            &[],
+            &["readme.img", "neither qcow2 nor a bootable raw disk", "text"],
+        ),
         case("gzip", "example.org/bad/gzip:1", &[], &["disk.img.gz", "gzip"]),
         case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2"]),
         // must fail at once, not block the shim opening a pipe nobody writes
         case("fifo", "example.org/bad/fifo:1", &[], &["/disk/pipe.qcow2", "not a regular file"]),
         case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
         case("cpus-0", TINY, &["--annotation", "vm.containerd.io/cpus=0"], &["vm.containerd.io/cpus", "\"0\""]),
-        case("memory-1ki", TINY, &["--annotation", "vm.containerd.io/memory=1Ki"], &["vm.containerd.io/memory", "1Ki", "minimum"]),
-        case("memory-2ti", TINY, &["--annotation", "vm.containerd.io/memory=2Ti"], &["vm.containerd.io/memory", "2Ti", "max_memory"]),
+        case(
+            "memory-1ki",
+            TINY,
+            &["--annotation", "vm.containerd.io/memory=1Ki"],
+            &["vm.containerd.io/memory", "1Ki", "minimum"],
+        ),
+        case(
+            "memory-2ti",
+            TINY,
+            &["--annotation", "vm.containerd.io/memory=2Ti"],
+            &["vm.containerd.io/memory", "2Ti", "max_memory"],
+        ),
         case(
             "memory-over-limit",
             TINY,
             &["--memory-limit", "268435456", "--annotation", "vm.containerd.io/memory=512Mi"],
             &["vm.containerd.io/memory", "512Mi", "memory limit 256Mi"],
         ),
-        case("disk-escape", TINY, &["--annotation", "vm.containerd.io/disk=../../etc/shadow"], &["vm.containerd.io/disk", "../../etc/shadow"]),
-        case("disk-host-path", TINY, &["--annotation", "vm.containerd.io/disk=/etc/passwd"], &["vm.containerd.io/disk", "/etc/passwd"]),
-        case("qemu-missing", TINY, &["--runtime-config-path", &cfg(&missing_qemu)], &["/nonexistent/qemu-system-x86_64"]),
+        case(
+            "disk-escape",
+            TINY,
+            &["--annotation", "vm.containerd.io/disk=../../etc/shadow"],
+            &["vm.containerd.io/disk", "../../etc/shadow"],
+        ),
+        case(
+            "disk-host-path",
+            TINY,
+            &["--annotation", "vm.containerd.io/disk=/etc/passwd"],
+            &["vm.containerd.io/disk", "/etc/passwd"],
+        ),
+        case(
+            "qemu-missing",
+            TINY,
+            &["--runtime-config-path", &cfg(&missing_qemu)],
+            &["/nonexistent/qemu-system-x86_64"],
+        ),
         case("qemu-fails", TINY, &["--runtime-config-path", &cfg(&failing_qemu)], &["/bin/false", "exited at once"]),
-        case("qemu-too-old", TINY, &["--runtime-config-path", &cfg(&old_qemu_config)], &["qemu-7.1", "version 7.1.0", "needs QEMU 7.2"]),
+        case(
+            "qemu-too-old",
+            TINY,
+            &["--runtime-config-path", &cfg(&old_qemu_config)],
+            &["qemu-7.1", "version 7.1.0", "needs QEMU 7.2"],
+        ),
         case("bad-config", TINY, &["--runtime-config-path", &cfg(&bad_config)], &[&cfg(&bad_config), "xen"]),
     ];
     let mut failures = Vec::new();
@@ -164,7 +223,10 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
 
     // Failures after the QMP socket is made and QEMU started must leak nothing either.
     let failing_qemu = dir.path().join("failing-qemu.toml");
-    std::fs::write(&failing_qemu, format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()))?;
+    std::fs::write(
+        &failing_qemu,
+        format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()),
+    )?;
     let failing_qemu = failing_qemu.display().to_string();
     let old_qemu = env.fake_qemu_config(dir.path(), (7, 1, 0), false)?.display().to_string();
     for (id, image, extra) in [
@@ -198,7 +260,8 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .map(|p| p.display().to_string())
             .collect();
-        let ptys: Vec<&String> = targets.iter().filter(|t| t.starts_with("/dev/pts/") || t.as_str() == "/dev/ptmx").collect();
+        let ptys: Vec<&String> =
+            targets.iter().filter(|t| t.starts_with("/dev/pts/") || t.as_str() == "/dev/ptmx").collect();
         ensure!(ptys.len() == 1 && ptys[0].starts_with("/dev/pts/"), "QEMU of {id} holds consoles {ptys:?}");
         let pipes = targets.iter().filter(|t| t.starts_with("pipe:")).count();
         ensure!(pipes == 0, "QEMU of {id} inherited pipes: {targets:?}");

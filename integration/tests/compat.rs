@@ -22,10 +22,16 @@ fn packaged_config_snippet_is_read_by_this_containerd() -> Result<()> {
         .output()
         .with_context(|| format!("{release}: config dump"))?;
     let dump = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{release}: {} rejected: {}", snippet.display(), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{release}: {} rejected: {}",
+        snippet.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(dump.contains("runtimes.vm]"), "{release}: no vm runtime in\n{dump}");
     ensure!(
-        dump.contains("runtime_type = \"io.containerd.vm.v1\"") || dump.contains("runtime_type = 'io.containerd.vm.v1'"),
+        dump.contains("runtime_type = \"io.containerd.vm.v1\"")
+            || dump.contains("runtime_type = 'io.containerd.vm.v1'"),
         "{release}: runtime_type lost in\n{dump}"
     );
     ensure!(dump.contains("/etc/containerd-shim-vm/config.toml"), "{release}: ConfigPath lost in\n{dump}");
@@ -51,14 +57,23 @@ fn cri_loads_the_vm_runtime_handler() -> Result<()> {
     let config_path = rig.shim_config_path().display().to_string();
     // 1.x prints its config with Go's %+v, 2.x as JSON.
     let expected = if release.major >= 2 {
-        ["\\\"vm\\\":{\\\"runtimeType\\\":\\\"io.containerd.vm.v1\\\"".to_string(), "vm.containerd.io/.*".into(), format!("\\\"ConfigPath\\\":\\\"{config_path}\\\"")]
+        [
+            "\\\"vm\\\":{\\\"runtimeType\\\":\\\"io.containerd.vm.v1\\\"".to_string(),
+            "vm.containerd.io/.*".into(),
+            format!("\\\"ConfigPath\\\":\\\"{config_path}\\\""),
+        ]
     } else {
-        ["vm:{Type:io.containerd.vm.v1".to_string(), "PodAnnotations:[vm.containerd.io/.*]".into(), format!("ConfigPath:{config_path}")]
+        [
+            "vm:{Type:io.containerd.vm.v1".to_string(),
+            "PodAnnotations:[vm.containerd.io/.*]".into(),
+            format!("ConfigPath:{config_path}"),
+        ]
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let log = rig.log();
-        let started = log.lines().find(|l| l.contains("Start cri plugin with config") || l.contains("starting cri plugin"));
+        let started =
+            log.lines().find(|l| l.contains("Start cri plugin with config") || l.contains("starting cri plugin"));
         if let Some(line) = started {
             for e in &expected {
                 ensure!(line.contains(e.as_str()), "{release}: CRI's config lacks {e}: {line}");
@@ -98,7 +113,8 @@ fn runtime_info_answers_for_introspection() -> Result<()> {
     // containerd 2.x asks runtimes through its introspection service; 1.x has no such call.
     if rig.release().major >= 2 {
         let info = rig.ctr_ok(["plugins", "inspect-runtime", "--runtime", "io.containerd.vm.v1"])?;
-        let info: serde_json::Value = serde_json::from_str(&info).with_context(|| format!("inspect-runtime: {info}"))?;
+        let info: serde_json::Value =
+            serde_json::from_str(&info).with_context(|| format!("inspect-runtime: {info}"))?;
         ensure!(info["Name"] == "io.containerd.vm.v1", "{}: {info}", rig.release());
         ensure!(info["Features"]["ociVersionMin"].is_string(), "{}: {info}", rig.release());
     }
@@ -118,22 +134,37 @@ fn readme_compatibility_table_covers_what_is_tested() -> Result<()> {
     let release = Release::of(&bin)?;
     let series = format!("containerd {}.{}", release.major, release.minor);
     let patch = release.version.split(|c: char| !c.is_ascii_digit() && c != '.').next().unwrap_or_default();
-    let row = table.iter().find(|r| r[0] == series).with_context(|| format!("README's compatibility table has no row {series:?} for {release}"))?;
-    ensure!(row[1].split_whitespace().next() == Some(patch), "README's row {series:?} says {:?}, but {patch} is what ran", row[1]);
+    let row = table
+        .iter()
+        .find(|r| r[0] == series)
+        .with_context(|| format!("README's compatibility table has no row {series:?} for {release}"))?;
+    ensure!(
+        row[1].split_whitespace().next() == Some(patch),
+        "README's row {series:?} says {:?}, but {patch} is what ran",
+        row[1]
+    );
 
     // The QEMU row is the minimum the shim itself reports (`--info`), and the QEMU here meets it.
     let shim = integration::rig::RigConfig::from_env().shim_bin_dir.join(integration::rig::VM_SHIM_BINARY);
     let info = std::process::Command::new(&shim).arg("--info").stdin(std::process::Stdio::null()).output()?;
     let info = String::from_utf8_lossy(&info.stdout);
     let key = "\"io.containerd.vm.v1.qemu.minimum\":\"";
-    let minimum = info.split_once(key).and_then(|(_, rest)| rest.split('"').next()).context("--info names no QEMU minimum")?;
+    let minimum =
+        info.split_once(key).and_then(|(_, rest)| rest.split('"').next()).context("--info names no QEMU minimum")?;
     let qemu_row = table.iter().find(|r| r[0] == "QEMU").context("README's compatibility table has no QEMU row")?;
-    ensure!(qemu_row[1] == format!("{minimum} or newer"), "README's QEMU row says {:?}; the shim needs {minimum}", qemu_row[1]);
+    ensure!(
+        qemu_row[1] == format!("{minimum} or newer"),
+        "README's QEMU row says {:?}; the shim needs {minimum}",
+        qemu_row[1]
+    );
     let qemu = std::process::Command::new("qemu-system-x86_64").arg("--version").output()?;
     let qemu = String::from_utf8_lossy(&qemu.stdout);
     let version = qemu.split_whitespace().nth(3).context("QEMU version")?;
     let numbers = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    ensure!(numbers(version) >= numbers(minimum), "QEMU {version} under test is older than the README's minimum {minimum}");
+    ensure!(
+        numbers(version) >= numbers(minimum),
+        "QEMU {version} under test is older than the README's minimum {minimum}"
+    );
     Ok(())
 }
 

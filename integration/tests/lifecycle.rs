@@ -43,7 +43,15 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     let log_uri = format!("file://{}", log.display());
     let mut events = ns.events()?;
     let args = env.run_args(
-        &["-d", "--log-uri", &log_uri, "--annotation", "vm.containerd.io/cpus=2", "--annotation", "vm.containerd.io/memory=256Mi"],
+        &[
+            "-d",
+            "--log-uri",
+            &log_uri,
+            "--annotation",
+            "vm.containerd.io/cpus=2",
+            "--annotation",
+            "vm.containerd.io/memory=256Mi",
+        ],
         TINY,
         "vm2",
     );
@@ -309,7 +317,8 @@ fn console_reaches_a_logging_binary() -> Result<()> {
     ensure!(delete_task(&ns, "vm9")? == 0);
     ns.ctr_ok(["container", "rm", "vm9"])?;
     env.assert_gone(&ns, "vm9")?;
-    let leftover = integration::rig::processes_of(env.rig.dir()).into_iter().filter(|(_, cmd)| cmd.contains("logger.sh")).count();
+    let leftover =
+        integration::rig::processes_of(env.rig.dir()).into_iter().filter(|(_, cmd)| cmd.contains("logger.sh")).count();
     ensure!(leftover == 0, "the logging binary outlived its task");
     Ok(())
 }

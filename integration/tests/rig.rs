@@ -18,28 +18,13 @@ fn runc_container_runs_and_drop_leaves_nothing() -> Result<()> {
     let ns_name = ns.name().to_string();
 
     ns.import(&busybox.archive)?;
-    ensure!(
-        ns.images()?.contains(&busybox.name.to_string()),
-        "not listed: {:?}",
-        ns.images()?
-    );
+    ensure!(ns.images()?.contains(&busybox.name.to_string()), "not listed: {:?}", ns.images()?);
 
     let mut events = ns.events()?;
 
     // A short container with the default runc shim.
-    let out = ns.ctr_ok([
-        "run",
-        "--rm",
-        images::BUSYBOX,
-        "rig-ok",
-        "sh",
-        "-c",
-        "echo rig-ok",
-    ])?;
-    ensure!(
-        out.lines().any(|l| l.trim() == "rig-ok"),
-        "unexpected output: {out:?}"
-    );
+    let out = ns.ctr_ok(["run", "--rm", images::BUSYBOX, "rig-ok", "sh", "-c", "echo rig-ok"])?;
+    ensure!(out.lines().any(|l| l.trim() == "rig-ok"), "unexpected output: {out:?}");
     let start = events.wait_for("/tasks/start", Duration::from_secs(10))?;
     ensure!(start.payload["container_id"] == "rig-ok", "{start:?}");
     let exit = events.wait_for("/tasks/exit", Duration::from_secs(10))?;
@@ -52,28 +37,16 @@ fn runc_container_runs_and_drop_leaves_nothing() -> Result<()> {
     shell.send("echo second\n")?;
     shell.wait_for_output("second", Duration::from_secs(10))?;
     let tasks = ns.ctr_ok(["tasks", "list"])?;
-    ensure!(
-        tasks.contains("long") && tasks.contains("RUNNING"),
-        "tasks: {tasks}"
-    );
+    ensure!(tasks.contains("long") && tasks.contains("RUNNING"), "tasks: {tasks}");
 
     // The runc shim got containerd's oom_score_adj + 1, which needs no CAP_SYS_RESOURCE.
     let containerd_pid = rig.containerd_pid().context("containerd pid")?;
     let containerd_score = oom_score_adj(containerd_pid as i32)?;
-    let shims: Vec<_> = processes_of(&dir)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("containerd-shim-runc-v2"))
-        .collect();
-    ensure!(
-        !shims.is_empty(),
-        "no runc shim found among {:?}",
-        processes_of(&dir)
-    );
+    let shims: Vec<_> =
+        processes_of(&dir).into_iter().filter(|(_, cmd)| cmd.contains("containerd-shim-runc-v2")).collect();
+    ensure!(!shims.is_empty(), "no runc shim found among {:?}", processes_of(&dir));
     for (pid, _) in &shims {
-        ensure!(
-            oom_score_adj(*pid)? == containerd_score + 1,
-            "shim {pid} oom_score_adj"
-        );
+        ensure!(oom_score_adj(*pid)? == containerd_score + 1, "shim {pid} oom_score_adj");
     }
 
     drop(events);
@@ -86,11 +59,7 @@ fn runc_container_runs_and_drop_leaves_nothing() -> Result<()> {
     ensure!(!dir.exists(), "{} still exists", dir.display());
     // Host-wide leftovers of the namespace: runc's state dir and the parent cgroups.
     let runc_state = Path::new("/run/containerd/runc").join(&ns_name);
-    ensure!(
-        !runc_state.exists(),
-        "{} still exists",
-        runc_state.display()
-    );
+    ensure!(!runc_state.exists(), "{} still exists", runc_state.display());
     for controller in std::fs::read_dir("/sys/fs/cgroup").context("listing /sys/fs/cgroup")? {
         let cgroup = controller?.path().join(&ns_name);
         ensure!(!cgroup.exists(), "{} still exists", cgroup.display());
@@ -110,18 +79,11 @@ fn tiny_vm_images_import_and_list() -> Result<()> {
     }
     let listed = ns.ctr_ok(["images", "ls"])?;
     for image in tiny.all() {
-        ensure!(
-            listed.contains(&image.name),
-            "{} not in:\n{listed}",
-            image.name
-        );
+        ensure!(listed.contains(&image.name), "{} not in:\n{listed}", image.name);
     }
     // Each one as ctr shows it: the name, a manifest, linux/amd64.
     for line in listed.lines().skip(1) {
-        ensure!(
-            line.contains("application/vnd.oci.image.manifest.v1+json"),
-            "{line}"
-        );
+        ensure!(line.contains("application/vnd.oci.image.manifest.v1+json"), "{line}");
         ensure!(line.contains("linux/amd64"), "{line}");
     }
     ensure!(ns.images()?.len() == 3, "{:?}", ns.images()?);
@@ -131,7 +93,5 @@ fn tiny_vm_images_import_and_list() -> Result<()> {
 fn oom_score_adj(pid: i32) -> Result<i32> {
     let path = format!("/proc/{pid}/oom_score_adj");
     let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    s.trim()
-        .parse()
-        .with_context(|| format!("parsing {path}: {s:?}"))
+    s.trim().parse().with_context(|| format!("parsing {path}: {s:?}"))
 }

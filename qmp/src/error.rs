@@ -30,21 +30,12 @@ pub enum QmpError {
 
     /// QEMU answered the command with an error.
     #[error("QMP command `{command}` on {} failed: {class:?}: {desc}", path.display())]
-    Command {
-        path: PathBuf,
-        command: &'static str,
-        class: ErrorClass,
-        desc: String,
-    },
+    Command { path: PathBuf, command: &'static str, class: ErrorClass, desc: String },
 
     /// The connection closed before (or while) the command got its answer.
     /// `reason` says why the session ended, when known.
     #[error("QMP connection {} closed during `{command}`: {reason}", path.display())]
-    Disconnected {
-        path: PathBuf,
-        command: &'static str,
-        reason: String,
-    },
+    Disconnected { path: PathBuf, command: &'static str, reason: String },
 
     /// QEMU's answer could not be decoded into the command's return type.
     #[error("unexpected QMP reply to `{command}` on {}: {source}", path.display())]
@@ -80,35 +71,17 @@ pub(crate) fn is_disconnect(kind: io::ErrorKind) -> bool {
 impl QmpError {
     /// Classify an error from `qapi`'s `QapiService::execute`.
     /// `closed` is the reason the session ended, if it has.
-    pub(crate) fn from_execute(
-        path: PathBuf,
-        command: &'static str,
-        err: ExecuteError,
-        closed: Option<&str>,
-    ) -> Self {
+    pub(crate) fn from_execute(path: PathBuf, command: &'static str, err: ExecuteError, closed: Option<&str>) -> Self {
         match err {
-            ExecuteError::Qapi(e) => QmpError::Command {
-                path,
-                command,
-                class: e.class,
-                desc: e.desc,
-            },
-            ExecuteError::Io(e) if is_disconnect(e.kind()) => QmpError::Disconnected {
-                path,
-                command,
-                reason: closed.map_or_else(|| e.to_string(), str::to_owned),
-            },
+            ExecuteError::Qapi(e) => QmpError::Command { path, command, class: e.class, desc: e.desc },
+            ExecuteError::Io(e) if is_disconnect(e.kind()) => {
+                QmpError::Disconnected { path, command, reason: closed.map_or_else(|| e.to_string(), str::to_owned) }
+            }
             // qapi maps serde errors on the `return` payload to InvalidData.
-            ExecuteError::Io(e) if e.kind() == io::ErrorKind::InvalidData => QmpError::Protocol {
-                path,
-                command,
-                source: e,
-            },
-            ExecuteError::Io(e) => QmpError::Io {
-                path,
-                command,
-                source: e,
-            },
+            ExecuteError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                QmpError::Protocol { path, command, source: e }
+            }
+            ExecuteError::Io(e) => QmpError::Io { path, command, source: e },
         }
     }
 }

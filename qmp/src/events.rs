@@ -112,8 +112,6 @@ impl Events {
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Events")
-            .field("buffered", &self.rx.len())
-            .finish()
+        f.debug_struct("Events").field("buffered", &self.rx.len()).finish()
     }
 }

@@ -38,11 +38,7 @@ pub struct QemuVersion {
 
 impl QemuVersion {
     pub const fn new(major: u32, minor: u32, micro: u32) -> Self {
-        QemuVersion {
-            major,
-            minor,
-            micro,
-        }
+        QemuVersion { major, minor, micro }
     }
 }
 
@@ -124,15 +120,7 @@ impl Qmp {
         tokio::spawn(route_responses(responses, closed.clone()));
         tracing::debug!(path = %path.display(), %version, "QMP connected");
 
-        let qmp = Qmp {
-            inner: Arc::new(Inner {
-                service,
-                path: path.to_owned(),
-                version,
-                commands,
-                closed,
-            }),
-        };
+        let qmp = Qmp { inner: Arc::new(Inner { service, path: path.to_owned(), version, commands, closed }) };
         Ok((qmp, Events::new(events_rx)))
     }
 
@@ -159,11 +147,7 @@ impl Qmp {
     {
         let inner = &self.inner;
         if let Some(reason) = inner.closed.get() {
-            return Err(QmpError::Disconnected {
-                path: inner.path.clone(),
-                command: C::NAME,
-                reason: reason.clone(),
-            });
+            return Err(QmpError::Disconnected { path: inner.path.clone(), command: C::NAME, reason: reason.clone() });
         }
         // qapi 0.15 leaves a pending entry behind if its `execute` future is
         // dropped mid-flight, and then panics on the next command (duplicate
@@ -235,39 +219,23 @@ async fn connect_socket(path: &Path, deadline: Instant) -> Result<UnixStream, Qm
         let now = Instant::now();
         if !retryable || now >= deadline {
             let source = if retryable {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("deadline passed; last error: {error}"),
-                )
+                io::Error::new(io::ErrorKind::TimedOut, format!("deadline passed; last error: {error}"))
             } else {
                 error
             };
-            return Err(QmpError::Connect {
-                path: path.to_owned(),
-                source,
-            });
+            return Err(QmpError::Connect { path: path.to_owned(), source });
         }
         tokio::time::sleep_until(deadline.min(now + delay)).await;
         delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
-type Handshake = (
-    QemuVersion,
-    HashSet<String>,
-    QapiService<Writer>,
-    QapiEvents<Reader>,
-);
+type Handshake = (QemuVersion, HashSet<String>, QapiService<Writer>, QapiEvents<Reader>);
 
 /// Greeting, `qmp_capabilities`, `query-commands`. On error, returns the stage.
-async fn handshake(
-    read: DuplexStream,
-    write: OwnedWriteHalf,
-) -> Result<Handshake, (&'static str, io::Error)> {
+async fn handshake(read: DuplexStream, write: OwnedWriteHalf) -> Result<Handshake, (&'static str, io::Error)> {
     let stage = "reading the greeting";
-    let negotiation = QmpStreamTokio::open_split(read, write)
-        .await
-        .map_err(|e| (stage, e))?;
+    let negotiation = QmpStreamTokio::open_split(read, write).await.map_err(|e| (stage, e))?;
     let greeting = &negotiation.capabilities.QMP.version.qemu;
     let version = version_from(greeting).map_err(|e| (stage, e))?;
 
@@ -275,10 +243,7 @@ async fn handshake(
     let mut stream = negotiation.negotiate().await.map_err(|e| (stage, e))?;
 
     let stage = "running query-commands";
-    let commands = stream
-        .execute(qmp::query_commands {})
-        .await
-        .map_err(|e| (stage, e.into()))?;
+    let commands = stream.execute(qmp::query_commands {}).await.map_err(|e| (stage, e.into()))?;
     let commands = commands.into_iter().map(|c| c.name).collect();
 
     let (service, responses) = stream.into_parts();
@@ -288,17 +253,10 @@ async fn handshake(
 fn version_from(v: &qmp::VersionTriple) -> io::Result<QemuVersion> {
     let part = |n: i64| {
         u32::try_from(n).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad QEMU version {}.{}.{}", v.major, v.minor, v.micro),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad QEMU version {}.{}.{}", v.major, v.minor, v.micro))
         })
     };
-    Ok(QemuVersion::new(
-        part(v.major)?,
-        part(v.minor)?,
-        part(v.micro)?,
-    ))
+    Ok(QemuVersion::new(part(v.major)?, part(v.minor)?, part(v.micro)?))
 }
 
 /// Drive `qapi`'s `QapiEvents`, which hands each response to the command

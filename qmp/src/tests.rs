@@ -18,9 +18,7 @@ use crate::{ErrorClass, Events, QemuVersion, Qmp, QmpError, RunState, VmEvent};
 const TEST_LIMIT: Duration = Duration::from_secs(20);
 
 async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, f)
-        .await
-        .expect("test timed out")
+    tokio::time::timeout(TEST_LIMIT, f).await.expect("test timed out")
 }
 
 fn deadline() -> Instant {
@@ -39,11 +37,7 @@ impl FakeQemu {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).expect("bind");
-        FakeQemu {
-            _dir: dir,
-            path,
-            listener,
-        }
+        FakeQemu { _dir: dir, path, listener }
     }
 
     async fn accept(&self) -> Conn {
@@ -76,17 +70,11 @@ fn greeting() -> Value {
 impl Conn {
     fn new(socket: UnixStream) -> Self {
         let (read, write) = socket.into_split();
-        Conn {
-            lines: BufReader::new(read).lines(),
-            write,
-        }
+        Conn { lines: BufReader::new(read).lines(), write }
     }
 
     async fn send_raw(&mut self, line: &str) {
-        self.write
-            .write_all(line.as_bytes())
-            .await
-            .expect("server write");
+        self.write.write_all(line.as_bytes()).await.expect("server write");
         self.write.write_all(b"\n").await.expect("server write");
     }
 
@@ -102,10 +90,7 @@ impl Conn {
 
     /// The next request, which must be `execute: name`.
     async fn expect(&mut self, name: &str) -> Value {
-        let request = self
-            .recv()
-            .await
-            .unwrap_or_else(|| panic!("EOF, expected {name}"));
+        let request = self.recv().await.unwrap_or_else(|| panic!("EOF, expected {name}"));
         assert_eq!(request["execute"], name, "unexpected request {request}");
         request
     }
@@ -129,14 +114,7 @@ impl Conn {
         assert_eq!(caps["arguments"], json!({"enable": []}));
         self.ok(&caps, json!({})).await;
         let query = self.expect("query-commands").await;
-        let names = [
-            "qmp_capabilities",
-            "query-commands",
-            "query-status",
-            "cont",
-            "stop",
-            "quit",
-        ];
+        let names = ["qmp_capabilities", "query-commands", "query-status", "cont", "stop", "quit"];
         let list: Vec<Value> = names.iter().map(|n| json!({ "name": n })).collect();
         self.ok(&query, Value::Array(list)).await;
     }
@@ -233,18 +211,10 @@ async fn connect_gives_up_at_the_deadline() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("never.sock");
         let start = Instant::now();
-        let error = Qmp::connect(&path, start + Duration::from_millis(300))
-            .await
-            .expect_err("nothing listens");
+        let error = Qmp::connect(&path, start + Duration::from_millis(300)).await.expect_err("nothing listens");
         let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(300),
-            "gave up early: {elapsed:?}"
-        );
-        assert!(
-            elapsed < Duration::from_secs(3),
-            "gave up late: {elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_millis(300), "gave up early: {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "gave up late: {elapsed:?}");
         match &error {
             QmpError::Connect { path: p, source } => {
                 assert_eq!(p, &path);
@@ -264,9 +234,7 @@ async fn connect_fails_fast_on_unusable_path() {
     within(async {
         let path = Path::new("/tmp").join("x".repeat(200)); // longer than sun_path
         let start = Instant::now();
-        let error = Qmp::connect(&path, start + Duration::from_secs(10))
-            .await
-            .expect_err("path too long");
+        let error = Qmp::connect(&path, start + Duration::from_secs(10)).await.expect_err("path too long");
         assert!(start.elapsed() < Duration::from_secs(1));
         assert!(matches!(error, QmpError::Connect { .. }), "{error:?}");
     })
@@ -310,8 +278,7 @@ async fn events_interleaved_with_responses_are_kept_in_order() {
 
             let stop = conn.expect("stop").await;
             conn.send(event("STOP", None)).await;
-            conn.send(event("FUTURE_EVENT", Some(json!({"x": [1, 2]}))))
-                .await;
+            conn.send(event("FUTURE_EVENT", Some(json!({"x": [1, 2]})))).await;
             let future_shutdown = json!({"guest": true, "reason": "some-future-reason"});
             conn.send(event("SHUTDOWN", Some(future_shutdown))).await;
             conn.ok(&stop, json!({})).await;
@@ -322,8 +289,7 @@ async fn events_interleaved_with_responses_are_kept_in_order() {
             conn.ok(&status, status_json("running", true)).await;
             let reset = json!({"guest": true, "reason": "guest-reset"});
             conn.send(event("RESET", Some(reset))).await;
-            conn.send(event("GUEST_PANICKED", Some(json!({"action": "pause"}))))
-                .await;
+            conn.send(event("GUEST_PANICKED", Some(json!({"action": "pause"})))).await;
             conn.recv().await; // wait for the client to close
         });
 
@@ -334,15 +300,9 @@ async fn events_interleaved_with_responses_are_kept_in_order() {
             VmEvent::Other("POWERDOWN".into()),
             VmEvent::Stop,
             VmEvent::Other("FUTURE_EVENT".into()),
-            VmEvent::Shutdown {
-                guest: true,
-                reason: "some-future-reason".into(),
-            },
+            VmEvent::Shutdown { guest: true, reason: "some-future-reason".into() },
             VmEvent::Resume,
-            VmEvent::Reset {
-                guest: true,
-                reason: "guest-reset".into(),
-            },
+            VmEvent::Reset { guest: true, reason: "guest-reset".into() },
             VmEvent::GuestPanicked,
         ];
         for want in expected {
@@ -408,9 +368,7 @@ async fn socket_closed_mid_command() {
         })
         .await;
         match qmp.status().await.expect_err("closed") {
-            QmpError::Disconnected {
-                command, reason, ..
-            } => {
+            QmpError::Disconnected { command, reason, .. } => {
                 assert_eq!(command, "query-status");
                 assert!(reason.contains("closed"), "{reason}");
             }
@@ -420,16 +378,7 @@ async fn socket_closed_mid_command() {
         assert_eq!(events.next().await, None);
         // Later commands fail the same way, without hanging.
         let error = qmp.cont().await.expect_err("closed");
-        assert!(
-            matches!(
-                error,
-                QmpError::Disconnected {
-                    command: "cont",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, QmpError::Disconnected { command: "cont", .. }), "{error:?}");
         server.await.expect("server");
     })
     .await;
@@ -445,10 +394,7 @@ async fn quit_succeeds_when_qemu_closes_without_answering() {
         })
         .await;
         qmp.quit().await.expect("quit");
-        let shutdown = VmEvent::Shutdown {
-            guest: false,
-            reason: "host-qmp-quit".into(),
-        };
+        let shutdown = VmEvent::Shutdown { guest: false, reason: "host-qmp-quit".into() };
         assert_eq!(events.next().await, Some(shutdown));
         assert_eq!(events.next().await, None);
         server.await.expect("server");
@@ -463,8 +409,7 @@ async fn concurrent_commands_from_clones_get_their_own_answers() {
         let (qmp, mut events, server) = start(|mut conn| async move {
             for i in 0..N {
                 let request = conn.expect("query-name").await;
-                conn.send(event("RTC_CHANGE", Some(json!({"offset": i}))))
-                    .await;
+                conn.send(event("RTC_CHANGE", Some(json!({"offset": i})))).await;
                 conn.ok(&request, json!({ "name": format!("vm{i}") })).await;
             }
             conn.recv().await;
@@ -485,10 +430,7 @@ async fn concurrent_commands_from_clones_get_their_own_answers() {
         let expected: Vec<String> = (0..N).map(|i| format!("vm{i}")).collect();
         assert_eq!(names, expected);
         for _ in 0..N {
-            assert_eq!(
-                events.next().await,
-                Some(VmEvent::Other("RTC_CHANGE".into()))
-            );
+            assert_eq!(events.next().await, Some(VmEvent::Other("RTC_CHANGE".into())));
         }
         drop(qmp);
         server.await.expect("server");
@@ -577,16 +519,7 @@ async fn wrongly_typed_return_is_a_protocol_error() {
         })
         .await;
         let error = qmp.status().await.expect_err("bad payload");
-        assert!(
-            matches!(
-                error,
-                QmpError::Protocol {
-                    command: "query-status",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, QmpError::Protocol { command: "query-status", .. }), "{error:?}");
         assert_eq!(qmp.status().await.expect("status"), RunState::running);
         server.await.expect("server");
     })

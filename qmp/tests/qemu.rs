@@ -19,9 +19,7 @@ fn qemu_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("qemu-system-x86_64"))
-            .find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join("qemu-system-x86_64")).find(|candidate| candidate.is_file())
     });
     found.unwrap_or_else(|| {
         panic!(
@@ -35,14 +33,7 @@ fn spawn_qemu(socket: &Path) -> Child {
     let binary = qemu_binary();
     let qmp_arg = format!("unix:{},server=on,wait=off", socket.display());
     Command::new(&binary)
-        .args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-no-user-config",
-        ])
+        .args(["-accel", "tcg", "-machine", "q35", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-S", "-m", "64", "-qmp"])
         .arg(qmp_arg)
         .stdin(Stdio::null())
@@ -87,10 +78,7 @@ async fn qemu_lifecycle() {
     };
 
     let version = qmp.version();
-    assert!(
-        version >= QemuVersion::new(7, 2, 0),
-        "QEMU {version} is older than 7.2"
-    );
+    assert!(version >= QemuVersion::new(7, 2, 0), "QEMU {version} is older than 7.2");
     assert!(qmp.has_command("query-status"));
     assert!(qmp.has_command("system_powerdown"));
     assert!(!qmp.has_command("no-such-command"));
@@ -109,24 +97,14 @@ async fn qemu_lifecycle() {
     expect_event(&mut events, VmEvent::Resume).await;
 
     qmp.system_reset().await.expect("system_reset");
-    let reset = VmEvent::Reset {
-        guest: false,
-        reason: "host-qmp-system-reset".into(),
-    };
+    let reset = VmEvent::Reset { guest: false, reason: "host-qmp-system-reset".into() };
     expect_event(&mut events, reset).await;
     assert_eq!(qmp.status().await.expect("status"), RunState::running);
 
     // A command QEMU rejects surfaces QEMU's error class and description.
-    let device_del = qmp::qapi::qmp::device_del {
-        id: "no-such-device".into(),
-    };
+    let device_del = qmp::qapi::qmp::device_del { id: "no-such-device".into() };
     match qmp.execute(device_del).await {
-        Err(qmp::QmpError::Command {
-            class,
-            desc,
-            command,
-            ..
-        }) => {
+        Err(qmp::QmpError::Command { class, desc, command, .. }) => {
             assert_eq!(command, "device_del");
             assert_eq!(class, qmp::ErrorClass::DeviceNotFound, "{desc}");
             assert!(desc.contains("no-such-device"), "{desc}");
@@ -135,10 +113,7 @@ async fn qemu_lifecycle() {
     }
 
     qmp.quit().await.expect("quit");
-    let shutdown = VmEvent::Shutdown {
-        guest: false,
-        reason: "host-qmp-quit".into(),
-    };
+    let shutdown = VmEvent::Shutdown { guest: false, reason: "host-qmp-quit".into() };
     expect_event(&mut events, shutdown).await;
     let end = timeout_at(Instant::now() + STEP, events.next()).await;
     assert_eq!(end, Ok(None), "events must end once QEMU closed the socket");
@@ -151,8 +126,5 @@ async fn qemu_lifecycle() {
 
     // Commands after the connection closed fail cleanly.
     let error = qmp.status().await.expect_err("connection is closed");
-    assert!(
-        matches!(error, qmp::QmpError::Disconnected { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, qmp::QmpError::Disconnected { .. }), "{error:?}");
 }

@@ -193,9 +193,7 @@ pub(crate) fn run_tiny_guest() -> Result<(), String> {
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let version = kvm.get_api_version();
     if version != KVM_API_VERSION {
-        return Err(format!(
-            "/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
-        ));
+        return Err(format!("/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"));
     }
 
     // Declared before `vm` so that it is dropped after it: KVM may touch this
@@ -203,9 +201,7 @@ pub(crate) fn run_tiny_guest() -> Result<(), String> {
     let mut mem = Box::new(GuestMem([0; GUEST_MEM_SIZE]));
     layout_guest_memory(&mut mem.0);
 
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
+    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -216,36 +212,27 @@ pub(crate) fn run_tiny_guest() -> Result<(), String> {
     // SAFETY: `userspace_addr` is a live, page-aligned allocation of exactly
     // `memory_size` bytes that outlives `vm` (see the declaration order above);
     // it is the VM's only memory slot, so nothing overlaps.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION failed: {e}"))?;
+    unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("KVM_SET_USER_MEMORY_REGION failed: {e}"))?;
 
-    let mut vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
     // Give the vCPU the host's supported CPUID, as any VMM would; without it
     // the guest has no long mode.
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
-    vcpu.set_cpuid2(&cpuid)
-        .map_err(|e| format!("KVM_SET_CPUID2 failed: {e}"))?;
+    let cpuid =
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| format!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(|e| format!("KVM_SET_CPUID2 failed: {e}"))?;
 
     // Stage 1: reset state is real mode with CS based at 0xffff0000; point
     // CS:IP at our code.
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
+    let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
+    vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
     set_rip(&mut vcpu, REAL_MODE_CODE)?;
     expect_exit(&mut vcpu, "real mode", &out_exit(PROBE_PORT, b"K"))?;
     expect_exit(&mut vcpu, "real mode", "HLT")?;
 
     // Stage 2: switch to 64-bit mode from the outside, as Firecracker does.
-    vcpu.set_sregs(&long_mode_sregs(sregs))
-        .map_err(|e| format!("KVM_SET_SREGS (long mode) failed: {e}"))?;
+    vcpu.set_sregs(&long_mode_sregs(sregs)).map_err(|e| format!("KVM_SET_SREGS (long mode) failed: {e}"))?;
     set_rip(&mut vcpu, LONG_MODE_CODE)?;
     let before = thread_cpu_time()?;
     expect_exit(&mut vcpu, "64-bit mode", &out_exit(PROBE_PORT, b"L"))?;
@@ -265,13 +252,10 @@ pub(crate) fn run_tiny_guest() -> Result<(), String> {
 
 #[cfg(target_arch = "x86_64")]
 fn set_rip(vcpu: &mut kvm_ioctls::VcpuFd, rip: usize) -> Result<(), String> {
-    let mut regs = vcpu
-        .get_regs()
-        .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
+    let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
     regs.rip = rip as u64;
     regs.rflags = 2; // bit 1 is reserved and must be set; IF clear
-    vcpu.set_regs(&regs)
-        .map_err(|e| format!("KVM_SET_REGS failed: {e}"))
+    vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS failed: {e}"))
 }
 
 /// Special registers for flat 64-bit mode matching [`GDT`] and the page
@@ -306,24 +290,9 @@ fn long_mode_sregs(mut sregs: kvm_bindings::kvm_sregs) -> kvm_bindings::kvm_sreg
         unusable: 0,
         padding: 0,
     };
-    let code = kvm_segment {
-        selector: 0x08,
-        type_: 0xb,
-        l: 1,
-        ..flat
-    };
-    let data = kvm_segment {
-        selector: 0x10,
-        type_: 0x3,
-        db: 1,
-        ..flat
-    };
-    let tss = kvm_segment {
-        selector: 0x18,
-        type_: 0xb,
-        s: 0,
-        ..flat
-    };
+    let code = kvm_segment { selector: 0x08, type_: 0xb, l: 1, ..flat };
+    let data = kvm_segment { selector: 0x10, type_: 0x3, db: 1, ..flat };
+    let tss = kvm_segment { selector: 0x18, type_: 0xb, s: 0, ..flat };
 
     sregs.gdt.base = GDT_ADDR as u64;
     sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
@@ -356,9 +325,7 @@ fn expect_exit(vcpu: &mut kvm_ioctls::VcpuFd, stage: &str, want: &str) -> Result
     if got == want {
         Ok(())
     } else {
-        Err(format!(
-            "test guest in {stage} did not run correctly: expected exit {want}, got {got}"
-        ))
+        Err(format!("test guest in {stage} did not run correctly: expected exit {want}, got {got}"))
     }
 }
 
@@ -415,9 +382,7 @@ fn run_probe_child(self_exe: &Path, timeout: Duration) -> Result<(), String> {
 
     // The child has exited, so its end of the pipe is closed; the short
     // timeout only guards against a grandchild holding it open.
-    let stderr = rx
-        .recv_timeout(Duration::from_millis(200))
-        .unwrap_or_default();
+    let stderr = rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr = stderr.trim();
 
@@ -425,11 +390,7 @@ fn run_probe_child(self_exe: &Path, timeout: Duration) -> Result<(), String> {
         return Ok(());
     }
     let how = describe_status(status);
-    Err(if stderr.is_empty() {
-        format!("KVM probe {how}")
-    } else {
-        format!("KVM probe {how}: {stderr}")
-    })
+    Err(if stderr.is_empty() { format!("KVM probe {how}") } else { format!("KVM probe {how}: {stderr}") })
 }
 
 /// Polls the child until it exits or the deadline passes (`Ok(None)`).
@@ -518,22 +479,12 @@ mod tests {
         // Code: ports and bytes where the exits expect them.
         let r = &m[REAL_MODE_CODE..];
         assert_eq!(
-            (
-                r[0],
-                u16::from_le_bytes([r[1], r[2]]),
-                r[3],
-                r[4],
-                r[5],
-                r[6]
-            ),
+            (r[0], u16::from_le_bytes([r[1], r[2]]), r[3], r[4], r[5], r[6]),
             (0xba, PROBE_PORT, 0xb0, b'K', 0xee, 0xf4)
         );
         let l = &m[LONG_MODE_CODE..LONG_MODE_CODE + LONG_MODE_BYTES.len()];
         assert_eq!(l[0], 0xb9);
-        assert_eq!(
-            u32::from_le_bytes([l[1], l[2], l[3], l[4]]),
-            LOOP_ITERATIONS
-        );
+        assert_eq!(u32::from_le_bytes([l[1], l[2], l[3], l[4]]), LOOP_ITERATIONS);
         assert_eq!(&l[5..9], &[0xff, 0xc9, 0x75, 0xfc]); // jnz back to dec (-4)
         assert_eq!(u16::from_le_bytes([l[11], l[12]]), PROBE_PORT);
         assert_eq!(&l[13..], &[0xb0, b'L', 0xee, 0xf4]);
@@ -568,10 +519,7 @@ mod tests {
     fn probe_exit_zero_means_kvm() {
         let s = Scratch::new("ok");
         let exe = fake_exe(&s.dir(), r#"[ "$1" = --probe-kvm ] || exit 9; exit 0"#);
-        assert_eq!(
-            resolve_auto(&exe, Duration::from_secs(5)),
-            (Accel::Kvm, None)
-        );
+        assert_eq!(resolve_auto(&exe, Duration::from_secs(5)), (Accel::Kvm, None));
     }
 
     #[test]
@@ -627,11 +575,7 @@ mod tests {
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);
         let reason = reason.unwrap();
-        assert!(
-            reason.len() < 2 * MAX_PROBE_STDERR as usize,
-            "{}",
-            reason.len()
-        );
+        assert!(reason.len() < 2 * MAX_PROBE_STDERR as usize, "{}", reason.len());
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
@@ -639,8 +583,6 @@ mod tests {
     fn missing_exe() {
         let (accel, reason) = resolve_auto(Path::new("/nonexistent/shim"), Duration::from_secs(1));
         assert_eq!(accel, Accel::Tcg);
-        assert!(reason
-            .unwrap()
-            .contains("cannot start KVM probe /nonexistent/shim"));
+        assert!(reason.unwrap().contains("cannot start KVM probe /nonexistent/shim"));
     }
 }

@@ -87,9 +87,11 @@ impl VmCgroup {
     }
 
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        self.cgroup
-            .add_task_by_tgid(CgroupPid::from(pid as u64))
-            .map_err(|source| CgroupError { path: self.path.clone(), action: "add QEMU", source })
+        self.cgroup.add_task_by_tgid(CgroupPid::from(pid as u64)).map_err(|source| CgroupError {
+            path: self.path.clone(),
+            action: "add QEMU",
+            source,
+        })
     }
 
     pub fn cgroup(&self) -> &Cgroup {
@@ -111,7 +113,9 @@ impl VmCgroup {
         loop {
             match self.cgroup.delete() {
                 Ok(()) => return Ok(()),
-                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
                 Err(source) => return Err(CgroupError { path: self.path.clone(), action: "remove", source }),
             }
         }

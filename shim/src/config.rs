@@ -125,14 +125,14 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         validate(raw, path)
     }
 }
@@ -236,7 +236,10 @@ mod tests {
         assert!(e.contains("state_dir") && e.contains("absolute"), "{e}");
         let e = Config::parse("max_memory = \"256Mi\"", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("max_memory") && e.contains("256Mi") && e.contains("default_memory"), "{e}");
-        assert!(Config::parse("qemu_img = \"/usr/bin/qemu-img\"", Path::new("/c.toml")).is_ok(), "an earlier release's key");
+        assert!(
+            Config::parse("qemu_img = \"/usr/bin/qemu-img\"", Path::new("/c.toml")).is_ok(),
+            "an earlier release's key"
+        );
         let e = Config::parse("bogus = 1", Path::new("/c.toml")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

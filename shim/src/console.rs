@@ -34,8 +34,12 @@ impl Console {
         grantpt(&master).map_err(io::Error::from)?;
         unlockpt(&master).map_err(io::Error::from)?;
         let slave_path = PathBuf::from(ptsname_r(&master).map_err(io::Error::from)?);
-        let slave = nix::fcntl::open(&slave_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(io::Error::from)?;
+        let slave = nix::fcntl::open(
+            &slave_path,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
         let master = OwnedFd::from(master);
         // Raw on both ends: the guest's own tty layer does echo and line editing.
         for fd in [&master, &slave] {
@@ -46,11 +50,7 @@ impl Console {
         // SAFETY: the OwnedFd is moved into the AsyncFd and owns the descriptor for
         // the AsyncFd's whole life, so the registered fd stays open and unchanged.
         let master = unsafe { AsyncFd::register(master) }.map_err(|e| e.into_parts().1)?;
-        Ok(Console {
-            master: std::sync::Arc::new(master),
-            slave: Some(slave),
-            slave_path,
-        })
+        Ok(Console { master: std::sync::Arc::new(master), slave: Some(slave), slave_path })
     }
 
     /// The tty device QEMU opens for the serial port.

@@ -109,7 +109,8 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
             let host_dir = host_disk_dirs.iter().find(|dir| Path::new(path).starts_with(dir));
             let fd = match host_dir {
                 Some(dir) => {
-                    let dir_fd = open_dir(dir).map_err(|e| annotated_err(format!("host disk directory {}: {e}", dir.display())))?;
+                    let dir_fd = open_dir(dir)
+                        .map_err(|e| annotated_err(format!("host disk directory {}: {e}", dir.display())))?;
                     let rel = Path::new(path).strip_prefix(dir).unwrap_or(Path::new("."));
                     let how = OpenHow::new()
                         .flags(disk_open_flags() | OFlag::O_CLOEXEC)
@@ -146,7 +147,12 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskE
     let root = open_dir(rootfs).map_err(|e| overlay_err(rootfs.to_path_buf(), e.to_string()))?;
     match nix::sys::stat::mkdirat(&root, OVERLAY_DIR, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(overlay_err(rootfs.join(OVERLAY_DIR), format!("cannot create: {e} (is the container's root filesystem read-only?)"))),
+        Err(e) => {
+            return Err(overlay_err(
+                rootfs.join(OVERLAY_DIR),
+                format!("cannot create: {e} (is the container's root filesystem read-only?)"),
+            ))
+        }
     }
     let dir = open_in_root(&root, OVERLAY_DIR, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
         .map_err(|e| overlay_err(rootfs.join(OVERLAY_DIR), e.to_string()))?;

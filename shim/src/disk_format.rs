@@ -79,15 +79,8 @@ pub enum DiskFormatError {
     #[error("disk {path}: unsupported qcow version {version} (only qcow2 versions 2 and 3 are accepted)")]
     Qcow2Version { path: PathBuf, version: u32 },
 
-    #[error(
-        "disk {path}: qcow2 header is truncated: {what} needs {need} bytes but the file has {len}"
-    )]
-    Qcow2Truncated {
-        path: PathBuf,
-        what: &'static str,
-        need: u64,
-        len: u64,
-    },
+    #[error("disk {path}: qcow2 header is truncated: {what} needs {need} bytes but the file has {len}")]
+    Qcow2Truncated { path: PathBuf, what: &'static str, need: u64, len: u64 },
 
     #[error("disk {path}: invalid qcow2 header: {reason}")]
     Qcow2Invalid { path: PathBuf, reason: String },
@@ -119,14 +112,10 @@ pub enum DiskFormatError {
     #[error("disk {path}: qcow2 header has unknown incompatible feature bits {bits:#x}")]
     UnknownFeatures { path: PathBuf, bits: u64 },
 
-    #[error("disk {path}: qcow2 {what} at offset {offset} ({len} bytes) lies beyond the end of the file ({file_len} bytes)")]
-    OutOfBounds {
-        path: PathBuf,
-        what: &'static str,
-        offset: u64,
-        len: u64,
-        file_len: u64,
-    },
+    #[error(
+        "disk {path}: qcow2 {what} at offset {offset} ({len} bytes) lies beyond the end of the file ({file_len} bytes)"
+    )]
+    OutOfBounds { path: PathBuf, what: &'static str, offset: u64, len: u64, file_len: u64 },
 
     #[error("disk {path}: {}", describe_size(*.size))]
     BadVirtualSize { path: PathBuf, size: u64 },
@@ -202,20 +191,12 @@ fn open_regular(path: &Path) -> Result<(File, u64), DiskFormatError> {
         .open(path)
         .map_err(|source| {
             if source.raw_os_error() == Some(libc::ELOOP) {
-                DiskFormatError::Symlink {
-                    path: path.to_owned(),
-                }
+                DiskFormatError::Symlink { path: path.to_owned() }
             } else {
-                DiskFormatError::Open {
-                    path: path.to_owned(),
-                    source,
-                }
+                DiskFormatError::Open { path: path.to_owned(), source }
             }
         })?;
-    let meta = file.metadata().map_err(|source| DiskFormatError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = file.metadata().map_err(|source| DiskFormatError::Read { path: path.to_owned(), source })?;
     check_regular(path, &meta)?;
     Ok((file, meta.len()))
 }
@@ -223,9 +204,7 @@ fn open_regular(path: &Path) -> Result<(File, u64), DiskFormatError> {
 fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), DiskFormatError> {
     let ft = meta.file_type();
     if ft.is_symlink() {
-        return Err(DiskFormatError::Symlink {
-            path: path.to_owned(),
-        });
+        return Err(DiskFormatError::Symlink { path: path.to_owned() });
     }
     if !ft.is_file() {
         let kind = if ft.is_dir() {
@@ -241,10 +220,7 @@ fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), DiskFormat
         } else {
             "special file"
         };
-        return Err(DiskFormatError::NotRegularFile {
-            path: path.to_owned(),
-            kind,
-        });
+        return Err(DiskFormatError::NotRegularFile { path: path.to_owned(), kind });
     }
     Ok(())
 }
@@ -313,19 +289,11 @@ impl Cx<'_> {
     }
 
     fn invalid(&self, reason: impl Into<String>) -> DiskFormatError {
-        DiskFormatError::Qcow2Invalid {
-            path: self.path(),
-            reason: reason.into(),
-        }
+        DiskFormatError::Qcow2Invalid { path: self.path(), reason: reason.into() }
     }
 
     fn truncated(&self, what: &'static str, need: u64) -> DiskFormatError {
-        DiskFormatError::Qcow2Truncated {
-            path: self.path(),
-            what,
-            need,
-            len: self.file_len,
-        }
+        DiskFormatError::Qcow2Truncated { path: self.path(), what, need, len: self.file_len }
     }
 
     /// Checks that `len` bytes at `offset` lie inside the file, without
@@ -333,13 +301,7 @@ impl Cx<'_> {
     fn in_file(&self, what: &'static str, offset: u64, len: u64) -> Result<(), DiskFormatError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.file_len => Ok(()),
-            _ => Err(DiskFormatError::OutOfBounds {
-                path: self.path(),
-                what,
-                offset,
-                len,
-                file_len: self.file_len,
-            }),
+            _ => Err(DiskFormatError::OutOfBounds { path: self.path(), what, offset, len, file_len: self.file_len }),
         }
     }
 }
@@ -363,16 +325,9 @@ fn inspect_qcow2<R: Read + Seek>(
     }
     let version = be32(h, 4);
     if version != 2 && version != 3 {
-        return Err(DiskFormatError::Qcow2Version {
-            path: cx.path(),
-            version,
-        });
+        return Err(DiskFormatError::Qcow2Version { path: cx.path(), version });
     }
-    let fixed_len = if version == 2 {
-        V2_HEADER_LEN
-    } else {
-        V3_MIN_HEADER_LEN
-    };
+    let fixed_len = if version == 2 { V2_HEADER_LEN } else { V3_MIN_HEADER_LEN };
     if cx.file_len < fixed_len {
         return Err(cx.truncated("the fixed header", fixed_len));
     }
@@ -389,32 +344,27 @@ fn inspect_qcow2<R: Read + Seek>(
     let nb_snapshots = u64::from(be32(h, 60));
     let snapshots_offset = be64(h, 64);
     // Version 2 has none of the following fields; its values are implied.
-    let (incompat, refcount_order, header_len) = if version == 3 {
-        (be64(h, 72), be32(h, 96), u64::from(be32(h, 100)))
-    } else {
-        (0, 4, V2_HEADER_LEN)
-    };
+    let (incompat, refcount_order, header_len) =
+        if version == 3 { (be64(h, 72), be32(h, 96), u64::from(be32(h, 100))) } else { (0, 4, V2_HEADER_LEN) };
 
     if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-        return Err(cx.invalid(format!(
-            "cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
-        )));
+        return Err(
+            cx.invalid(format!("cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"))
+        );
     }
     let cluster_size = 1u64 << cluster_bits; // at most 2 MiB from here on
 
     if version == 3 {
         if header_len < V3_MIN_HEADER_LEN {
-            return Err(cx.invalid(format!(
-                "header_length {header_len} is below the version 3 minimum of {V3_MIN_HEADER_LEN}"
-            )));
+            return Err(
+                cx.invalid(format!("header_length {header_len} is below the version 3 minimum of {V3_MIN_HEADER_LEN}"))
+            );
         }
         if header_len & 7 != 0 {
             return Err(cx.invalid(format!("header_length {header_len} is not a multiple of 8")));
         }
         if header_len > cluster_size {
-            return Err(cx.invalid(format!(
-                "header_length {header_len} exceeds the cluster size {cluster_size}"
-            )));
+            return Err(cx.invalid(format!("header_length {header_len} exceeds the cluster size {cluster_size}")));
         }
         if cx.file_len < header_len {
             return Err(cx.truncated("header_length", header_len));
@@ -422,10 +372,7 @@ fn inspect_qcow2<R: Read + Seek>(
     }
 
     if crypt_method != 0 {
-        return Err(DiskFormatError::Encrypted {
-            path: cx.path(),
-            method: crypt_method,
-        });
+        return Err(DiskFormatError::Encrypted { path: cx.path(), method: crypt_method });
     }
 
     if incompat & INCOMPAT_CORRUPT != 0 {
@@ -433,20 +380,12 @@ fn inspect_qcow2<R: Read + Seek>(
     }
     if incompat & INCOMPAT_DATA_FILE != 0 {
         // Name it if the extension is readable; the refusal stands regardless.
-        let name = scan_extensions(cx, r, header_len, cluster_size, backing_offset)
-            .ok()
-            .and_then(|e| e.data_file);
-        return Err(DiskFormatError::ExternalDataFile {
-            path: cx.path(),
-            name,
-        });
+        let name = scan_extensions(cx, r, header_len, cluster_size, backing_offset).ok().and_then(|e| e.data_file);
+        return Err(DiskFormatError::ExternalDataFile { path: cx.path(), name });
     }
     let unknown = incompat & !INCOMPAT_KNOWN;
     if unknown != 0 {
-        return Err(DiskFormatError::UnknownFeatures {
-            path: cx.path(),
-            bits: unknown,
-        });
+        return Err(DiskFormatError::UnknownFeatures { path: cx.path(), bits: unknown });
     }
 
     if backing_offset != 0 || backing_size != 0 {
@@ -460,9 +399,7 @@ fn inspect_qcow2<R: Read + Seek>(
                     size: backing_size,
                 });
             }
-            Policy::Overlay => {
-                check_backing_name(cx, backing_offset, backing_size, header_len, cluster_size)?
-            }
+            Policy::Overlay => check_backing_name(cx, backing_offset, backing_size, header_len, cluster_size)?,
         }
     }
 
@@ -472,46 +409,30 @@ fn inspect_qcow2<R: Read + Seek>(
         }
         // Byte 104 (present if header_length > 104) is the compression type,
         // which must agree with incompatible bit 3.
-        let compression = if header_len > V3_MIN_HEADER_LEN {
-            h[104]
-        } else {
-            0
-        };
+        let compression = if header_len > V3_MIN_HEADER_LEN { h[104] } else { 0 };
         if compression > 1 {
             return Err(cx.invalid(format!("unknown compression type {compression}")));
         }
         if (compression != 0) != (incompat & INCOMPAT_COMPRESSION != 0) {
-            return Err(
-                cx.invalid("compression type and the compression-type feature bit disagree")
-            );
+            return Err(cx.invalid("compression type and the compression-type feature bit disagree"));
         }
     }
 
     let ext = scan_extensions(cx, r, header_len, cluster_size, backing_offset)?;
     if ext.data_file.is_some() {
-        return Err(DiskFormatError::ExternalDataFile {
-            path: cx.path(),
-            name: ext.data_file,
-        });
+        return Err(DiskFormatError::ExternalDataFile { path: cx.path(), name: ext.data_file });
     }
     if ext.crypto_header {
         return Err(cx.invalid("encryption header extension present in an unencrypted image"));
     }
 
     if size == 0 || size > MAX_VIRTUAL_SIZE {
-        return Err(DiskFormatError::BadVirtualSize {
-            path: cx.path(),
-            size,
-        });
+        return Err(DiskFormatError::BadVirtualSize { path: cx.path(), size });
     }
 
     // L1 table: must be big enough to map the whole virtual disk, and lie in
     // the file. (Sizes below cannot overflow: every factor is bounded.)
-    let l2_entry_size = if incompat & INCOMPAT_EXTL2 != 0 {
-        16
-    } else {
-        8
-    };
+    let l2_entry_size = if incompat & INCOMPAT_EXTL2 != 0 { 16 } else { 8 };
     let bytes_per_l1_entry = cluster_size * (cluster_size / l2_entry_size);
     let l1_needed = size.div_ceil(bytes_per_l1_entry);
     let l1_bytes = l1_size * 8;
@@ -519,9 +440,7 @@ fn inspect_qcow2<R: Read + Seek>(
         return Err(cx.invalid(format!("L1 table of {l1_size} entries is too large")));
     }
     if l1_size < l1_needed {
-        return Err(cx.invalid(format!(
-            "L1 table has {l1_size} entries but the virtual size needs {l1_needed}"
-        )));
+        return Err(cx.invalid(format!("L1 table has {l1_size} entries but the virtual size needs {l1_needed}")));
     }
     check_table(cx, "L1 table", l1_offset, l1_bytes, cluster_size)?;
 
@@ -530,47 +449,24 @@ fn inspect_qcow2<R: Read + Seek>(
         return Err(cx.invalid("refcount table has 0 clusters"));
     }
     if reftable_clusters > MAX_REFTABLE_BYTES / cluster_size {
-        return Err(cx.invalid(format!(
-            "refcount table of {reftable_clusters} clusters is too large"
-        )));
+        return Err(cx.invalid(format!("refcount table of {reftable_clusters} clusters is too large")));
     }
-    check_table(
-        cx,
-        "refcount table",
-        reftable_offset,
-        reftable_clusters * cluster_size,
-        cluster_size,
-    )?;
+    check_table(cx, "refcount table", reftable_offset, reftable_clusters * cluster_size, cluster_size)?;
 
     // Snapshot table: entries are variable-length, at least 40 bytes each.
     if nb_snapshots > MAX_SNAPSHOTS {
         return Err(cx.invalid(format!("{nb_snapshots} snapshots is too many")));
     }
     if nb_snapshots > 0 {
-        check_table(
-            cx,
-            "snapshot table",
-            snapshots_offset,
-            nb_snapshots * SNAPSHOT_ENTRY_MIN,
-            cluster_size,
-        )?;
+        check_table(cx, "snapshot table", snapshots_offset, nb_snapshots * SNAPSHOT_ENTRY_MIN, cluster_size)?;
     }
 
-    Ok(DiskInfo {
-        format: DiskFormat::Qcow2,
-        virtual_size: size,
-    })
+    Ok(DiskInfo { format: DiskFormat::Qcow2, virtual_size: size })
 }
 
 /// A metadata table must be cluster-aligned, must not start in the header
 /// cluster, and must lie inside the file.
-fn check_table(
-    cx: &Cx,
-    what: &'static str,
-    offset: u64,
-    len: u64,
-    cluster_size: u64,
-) -> Result<(), DiskFormatError> {
+fn check_table(cx: &Cx, what: &'static str, offset: u64, len: u64, cluster_size: u64) -> Result<(), DiskFormatError> {
     if len == 0 {
         return Ok(());
     }
@@ -586,12 +482,7 @@ fn check_table(
 
 /// Reads up to [`MAX_NAME_LEN`] bytes of a backing file name for an error
 /// message; `None` if it lies outside the file.
-fn read_name<R: Read + Seek>(
-    cx: &Cx,
-    r: &mut R,
-    offset: u64,
-    size: u64,
-) -> Result<Option<String>, DiskFormatError> {
+fn read_name<R: Read + Seek>(cx: &Cx, r: &mut R, offset: u64, size: u64) -> Result<Option<String>, DiskFormatError> {
     let len = size.min(MAX_NAME_LEN);
     if offset == 0 || len == 0 || cx.in_file("backing file name", offset, len).is_err() {
         return Ok(None);
@@ -610,25 +501,17 @@ fn check_backing_name(
     cluster_size: u64,
 ) -> Result<(), DiskFormatError> {
     if offset == 0 || size == 0 {
-        return Err(cx.invalid(format!(
-            "backing file name has offset {offset} and size {size}"
-        )));
+        return Err(cx.invalid(format!("backing file name has offset {offset} and size {size}")));
     }
     if size > MAX_NAME_LEN {
         return Err(cx.invalid(format!("backing file name of {size} bytes is too long")));
     }
     if offset < header_len {
-        return Err(cx.invalid(format!(
-            "backing file name at offset {offset} overlaps the header"
-        )));
+        return Err(cx.invalid(format!("backing file name at offset {offset} overlaps the header")));
     }
     match offset.checked_add(size) {
         Some(end) if end <= cluster_size => {}
-        _ => {
-            return Err(cx.invalid(format!(
-                "backing file name at offset {offset} runs past the first cluster"
-            )))
-        }
+        _ => return Err(cx.invalid(format!("backing file name at offset {offset} runs past the first cluster"))),
     }
     cx.in_file("backing file name", offset, size)
 }
@@ -650,11 +533,7 @@ fn scan_extensions<R: Read + Seek>(
     cluster_size: u64,
     backing_offset: u64,
 ) -> Result<Extensions, DiskFormatError> {
-    let area_end = if backing_offset != 0 && backing_offset < cluster_size {
-        backing_offset
-    } else {
-        cluster_size
-    };
+    let area_end = if backing_offset != 0 && backing_offset < cluster_size { backing_offset } else { cluster_size };
     if area_end < header_len {
         return Err(cx.invalid("backing file name overlaps the header"));
     }
@@ -714,11 +593,7 @@ const HEAD_MAGICS: &[(usize, &[u8], &str)] = &[
     (0, b"QED\0", "a QED image"),
     (0, b"KDMV", "a VMDK image"),
     (0, b"COWD", "a VMDK (ESX sparse) image"),
-    (
-        0,
-        b"# Disk DescriptorFile",
-        "a VMDK image (descriptor file)",
-    ),
+    (0, b"# Disk DescriptorFile", "a VMDK image (descriptor file)"),
     (0x40, &[0x7f, 0x10, 0xda, 0xbe], "a VDI image"),
     (0, b"vhdxfile", "a VHDX image"),
     (0, b"conectix", "a VPC/VHD image"),
@@ -728,11 +603,7 @@ const HEAD_MAGICS: &[(usize, &[u8], &str)] = &[
     (0, b"#!/bin/sh\n#V2.0 Format", "a cloop image"),
     (0, b"Bochs Virtual HD Image", "a Bochs image"),
     (0, &[0x1f, 0x8b], "a gzip-compressed file"),
-    (
-        0,
-        &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
-        "an xz-compressed file",
-    ),
+    (0, &[0xfd, b'7', b'z', b'X', b'Z', 0x00], "an xz-compressed file"),
     (0, &[0x28, 0xb5, 0x2f, 0xfd], "a zstd-compressed file"),
     (0, &[0x04, 0x22, 0x4d, 0x18], "an lz4-compressed file"),
     (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
@@ -741,27 +612,17 @@ const HEAD_MAGICS: &[(usize, &[u8], &str)] = &[
 ];
 
 /// Signatures in the last 512 bytes (footers/trailers).
-const TAIL_MAGICS: &[(usize, &[u8], &str)] = &[
-    (0, b"conectix", "a VPC/VHD image"),
-    (0, b"koly", "a DMG image"),
-];
+const TAIL_MAGICS: &[(usize, &[u8], &str)] = &[(0, b"conectix", "a VPC/VHD image"), (0, b"koly", "a DMG image")];
 
 fn magic_at(buf: &[u8], offset: usize, magic: &[u8]) -> bool {
     buf.get(offset..offset + magic.len()) == Some(magic)
 }
 
-fn inspect_raw<R: Read + Seek>(
-    cx: &Cx,
-    r: &mut R,
-    head: &[u8],
-) -> Result<DiskInfo, DiskFormatError> {
+fn inspect_raw<R: Read + Seek>(cx: &Cx, r: &mut R, head: &[u8]) -> Result<DiskInfo, DiskFormatError> {
     if cx.file_len == 0 {
         return Err(DiskFormatError::Empty { path: cx.path() });
     }
-    let other = |what| DiskFormatError::OtherFormat {
-        path: cx.path(),
-        what,
-    };
+    let other = |what| DiskFormatError::OtherFormat { path: cx.path(), what };
     for &(offset, magic, what) in HEAD_MAGICS {
         if magic_at(head, offset, magic) {
             return Err(other(what));
@@ -781,16 +642,10 @@ fn inspect_raw<R: Read + Seek>(
         }
     }
     if cx.file_len & 511 != 0 {
-        return Err(DiskFormatError::RawNotAligned {
-            path: cx.path(),
-            len: cx.file_len,
-        });
+        return Err(DiskFormatError::RawNotAligned { path: cx.path(), len: cx.file_len });
     }
     if cx.file_len > MAX_VIRTUAL_SIZE {
-        return Err(DiskFormatError::BadVirtualSize {
-            path: cx.path(),
-            size: cx.file_len,
-        });
+        return Err(DiskFormatError::BadVirtualSize { path: cx.path(), size: cx.file_len });
     }
     // The VM boots from this disk, and every bootable PC disk (MBR, GPT, a superfloppy's
     // boot sector, a hybrid ISO) ends its first sector with 55 AA. Without it the file is
@@ -798,10 +653,7 @@ fn inspect_raw<R: Read + Seek>(
     if !magic_at(head, 510, &[0x55, 0xaa]) {
         return Err(DiskFormatError::NoBootRecord { path: cx.path(), found: describe_head(cx, r, head)? });
     }
-    Ok(DiskInfo {
-        format: DiskFormat::Raw,
-        virtual_size: cx.file_len,
-    })
+    Ok(DiskInfo { format: DiskFormat::Raw, virtual_size: cx.file_len })
 }
 
 /// What a file without a boot record seems to be, for the error message.
@@ -822,18 +674,10 @@ fn describe_head<R: Read + Seek>(cx: &Cx, r: &mut R, head: &[u8]) -> Result<Opti
     })
 }
 
-fn read_at<R: Read + Seek>(
-    path: &Path,
-    r: &mut R,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), DiskFormatError> {
+fn read_at<R: Read + Seek>(path: &Path, r: &mut R, offset: u64, buf: &mut [u8]) -> Result<(), DiskFormatError> {
     r.seek(SeekFrom::Start(offset))
         .and_then(|_| r.read_exact(buf))
-        .map_err(|source| DiskFormatError::Read {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| DiskFormatError::Read { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -850,16 +694,12 @@ mod tests {
         // LUKS key setup benchmarks PBKDF with getrusage and sometimes fails
         // spuriously ("Unable to get accurate CPU usage"); retry that case.
         for _ in 0..5 {
-            let out = Command::new("qemu-img")
-                .args(args)
-                .current_dir(&dir.dir())
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run qemu-img ({e}); these tests need it: \
+            let out = Command::new("qemu-img").args(args).current_dir(&dir.dir()).output().unwrap_or_else(|e| {
+                panic!(
+                    "cannot run qemu-img ({e}); these tests need it: \
                          install qemu-utils (apt-get install qemu-utils)"
-                    )
-                });
+                )
+            });
             if out.status.success() {
                 return;
             }
@@ -910,10 +750,7 @@ mod tests {
     }
 
     fn qcow2(size: u64) -> DiskInfo {
-        DiskInfo {
-            format: DiskFormat::Qcow2,
-            virtual_size: size,
-        }
+        DiskInfo { format: DiskFormat::Qcow2, virtual_size: size }
     }
 
     const GIB: u64 = 1 << 30;
@@ -926,42 +763,12 @@ mod tests {
         let cases: &[(&str, &[&str], u64)] = &[
             ("v3.qcow2", &["-f", "qcow2", "1G"], GIB),
             ("v2.qcow2", &["-f", "qcow2", "-o", "compat=0.10", "1G"], GIB),
-            (
-                "c512.qcow2",
-                &["-f", "qcow2", "-o", "cluster_size=512", "100M"],
-                100 << 20,
-            ),
-            (
-                "c2m.qcow2",
-                &["-f", "qcow2", "-o", "cluster_size=2M", "10G"],
-                10 * GIB,
-            ),
-            (
-                "el2.qcow2",
-                &[
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "extended_l2=on,compression_type=zstd",
-                    "1G",
-                ],
-                GIB,
-            ),
-            (
-                "lazy.qcow2",
-                &["-f", "qcow2", "-o", "lazy_refcounts=on", "1G"],
-                GIB,
-            ),
-            (
-                "r1.qcow2",
-                &["-f", "qcow2", "-o", "refcount_bits=1", "1G"],
-                GIB,
-            ),
-            (
-                "r64.qcow2",
-                &["-f", "qcow2", "-o", "refcount_bits=64", "1G"],
-                GIB,
-            ),
+            ("c512.qcow2", &["-f", "qcow2", "-o", "cluster_size=512", "100M"], 100 << 20),
+            ("c2m.qcow2", &["-f", "qcow2", "-o", "cluster_size=2M", "10G"], 10 * GIB),
+            ("el2.qcow2", &["-f", "qcow2", "-o", "extended_l2=on,compression_type=zstd", "1G"], GIB),
+            ("lazy.qcow2", &["-f", "qcow2", "-o", "lazy_refcounts=on", "1G"], GIB),
+            ("r1.qcow2", &["-f", "qcow2", "-o", "refcount_bits=1", "1G"], GIB),
+            ("r64.qcow2", &["-f", "qcow2", "-o", "refcount_bits=64", "1G"], GIB),
             ("odd.qcow2", &["-f", "qcow2", "1000000"], 1000448), // rounded up to 512
             ("max.qcow2", &["-f", "qcow2", "64T"], MAX_VIRTUAL_SIZE),
         ];
@@ -979,11 +786,9 @@ mod tests {
         // preallocation all move tables around.
         let raw = write(&d, "src.raw", &vec![0x5a; 4 << 20]);
         let raw_s = raw.to_str().unwrap();
-        for (name, opts) in [
-            ("conv.qcow2", vec![]),
-            ("comp.qcow2", vec!["-c"]),
-            ("pre.qcow2", vec!["-o", "preallocation=metadata"]),
-        ] {
+        for (name, opts) in
+            [("conv.qcow2", vec![]), ("comp.qcow2", vec!["-c"]), ("pre.qcow2", vec!["-o", "preallocation=metadata"])]
+        {
             let out = d.path(name);
             let mut args = vec!["convert", "-O", "qcow2"];
             args.extend(opts);
@@ -1011,18 +816,9 @@ mod tests {
     #[test]
     fn raw_images() {
         let d = Scratch::new("raw");
-        let raw = |size| DiskInfo {
-            format: DiskFormat::Raw,
-            virtual_size: size,
-        };
-        assert_eq!(
-            check(&write(&d, "mb.raw", &boot_record(1 << 20))).unwrap(),
-            raw(1 << 20)
-        );
-        assert_eq!(
-            check(&write(&d, "512.raw", &boot_record(512))).unwrap(),
-            raw(512)
-        );
+        let raw = |size| DiskInfo { format: DiskFormat::Raw, virtual_size: size };
+        assert_eq!(check(&write(&d, "mb.raw", &boot_record(1 << 20))).unwrap(), raw(1 << 20));
+        assert_eq!(check(&write(&d, "512.raw", &boot_record(512))).unwrap(), raw(512));
         // Sparse, as container disks often are.
         let sparse = write(&d, "sparse.raw", &boot_record(512));
         File::options().write(true).open(&sparse).unwrap().set_len(10 * GIB).unwrap();
@@ -1032,11 +828,7 @@ mod tests {
         iso[0x8001..0x8006].copy_from_slice(b"CD001");
         assert_eq!(check(&write(&d, "hybrid.iso", &iso)).unwrap(), raw(64 << 10));
         // The flat extent of a monolithicFlat VMDK is plain raw data.
-        create(
-            &d,
-            "flat.vmdk",
-            &["-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"],
-        );
+        create(&d, "flat.vmdk", &["-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"]);
         let flat = d.path("flat-flat.vmdk");
         std::fs::write(&flat, boot_record(1 << 20)).unwrap();
         assert_eq!(check(&flat).unwrap(), raw(1 << 20));
@@ -1082,10 +874,7 @@ mod tests {
         assert!(matches!(e, DiskFormatError::Empty { .. }), "{e}");
         for len in [1usize, 511, 513, 1000, 4095] {
             let e = check(&write(&d, "odd", &vec![0; len])).unwrap_err();
-            assert!(
-                matches!(e, DiskFormatError::RawNotAligned { len: l, .. } if l == len as u64),
-                "{e}"
-            );
+            assert!(matches!(e, DiskFormatError::RawNotAligned { len: l, .. } if l == len as u64), "{e}");
             assert!(e.to_string().contains("not a multiple of 512"), "{e}");
         }
     }
@@ -1096,19 +885,7 @@ mod tests {
     fn backing_file_is_refused_and_named() {
         let d = Scratch::new("backing");
         let base = write(&d, "base.raw", &vec![0; 1 << 20]);
-        let ov = create(
-            &d,
-            "ov.qcow2",
-            &[
-                "-f",
-                "qcow2",
-                "-b",
-                base.to_str().unwrap(),
-                "-F",
-                "raw",
-                "1M",
-            ],
-        );
+        let ov = create(&d, "ov.qcow2", &["-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "raw", "1M"]);
         match check(&ov).unwrap_err() {
             DiskFormatError::BackingFile { name: Some(n), .. } => assert_eq!(Path::new(&n), base),
             e => panic!("{e}"),
@@ -1116,11 +893,7 @@ mod tests {
         // The shim's own overlay may have one.
         assert_eq!(inspect_overlay(&ov).unwrap(), qcow2(1 << 20));
 
-        let shadow = create(
-            &d,
-            "shadow.qcow2",
-            &["-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", "1G"],
-        );
+        let shadow = create(&d, "shadow.qcow2", &["-u", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", "1G"]);
         let e = check(&shadow).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -1131,23 +904,8 @@ mod tests {
             )
         );
         // A chain: qcow2 over qcow2 over raw.
-        let chain = create(
-            &d,
-            "chain.qcow2",
-            &[
-                "-f",
-                "qcow2",
-                "-b",
-                ov.to_str().unwrap(),
-                "-F",
-                "qcow2",
-                "1M",
-            ],
-        );
-        assert!(matches!(
-            check(&chain).unwrap_err(),
-            DiskFormatError::BackingFile { .. }
-        ));
+        let chain = create(&d, "chain.qcow2", &["-f", "qcow2", "-b", ov.to_str().unwrap(), "-F", "qcow2", "1M"]);
+        assert!(matches!(check(&chain).unwrap_err(), DiskFormatError::BackingFile { .. }));
         assert!(inspect_overlay(&chain).is_ok());
     }
 
@@ -1158,18 +916,12 @@ mod tests {
         // Size only (offset 0): still a backing file, name unreadable.
         let q = patched(&p, &d.path("s.qcow2"), 16, &7u32.to_be_bytes());
         let e = check(&q).unwrap_err();
-        assert!(
-            matches!(e, DiskFormatError::BackingFile { name: None, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::BackingFile { name: None, .. }), "{e}");
         assert!(e.to_string().contains("unreadable"), "{e}");
         assert!(inspect_overlay(&q).is_err());
         // Offset past the end of the file.
         let q = patched(&p, &d.path("o.qcow2"), 8, &(u64::MAX - 3).to_be_bytes());
-        assert!(matches!(
-            check(&q).unwrap_err(),
-            DiskFormatError::BackingFile { name: None, .. }
-        ));
+        assert!(matches!(check(&q).unwrap_err(), DiskFormatError::BackingFile { name: None, .. }));
         assert!(inspect_overlay(&q).is_err());
         // A huge size: only 1023 bytes are read for the message.
         let mut data = std::fs::read(&p).unwrap();
@@ -1195,55 +947,23 @@ mod tests {
     #[test]
     fn external_data_file_is_refused() {
         let d = Scratch::new("datafile");
-        let df = create(
-            &d,
-            "df.qcow2",
-            &["-f", "qcow2", "-o", "data_file=data.raw", "64M"],
-        );
-        let dfr = create(
-            &d,
-            "dfr.qcow2",
-            &[
-                "-f",
-                "qcow2",
-                "-o",
-                "data_file=/etc/passwd2,data_file_raw=on",
-                "64M",
-            ],
-        );
+        let df = create(&d, "df.qcow2", &["-f", "qcow2", "-o", "data_file=data.raw", "64M"]);
+        let dfr = create(&d, "dfr.qcow2", &["-f", "qcow2", "-o", "data_file=/etc/passwd2,data_file_raw=on", "64M"]);
         for (p, name) in [(&df, "data.raw"), (&dfr, "/etc/passwd2")] {
             for r in [check(p), inspect_overlay(p)] {
                 let e = r.unwrap_err();
-                assert!(
-                    matches!(&e, DiskFormatError::ExternalDataFile { name: Some(n), .. } if n == name),
-                    "{e}"
-                );
-                assert!(
-                    e.to_string()
-                        .contains(&format!("external data file \"{name}\"")),
-                    "{e}"
-                );
+                assert!(matches!(&e, DiskFormatError::ExternalDataFile { name: Some(n), .. } if n == name), "{e}");
+                assert!(e.to_string().contains(&format!("external data file \"{name}\"")), "{e}");
             }
         }
         // Feature bit cleared, extension still there: refused by the extension.
         let q = patched(&df, &d.path("ext-only.qcow2"), 79, &[0]);
-        assert!(matches!(
-            check(&q).unwrap_err(),
-            DiskFormatError::ExternalDataFile { name: Some(_), .. }
-        ));
+        assert!(matches!(check(&q).unwrap_err(), DiskFormatError::ExternalDataFile { name: Some(_), .. }));
         // Bit set, extension gone: refused by the bit.
         let p = create(&d, "a.qcow2", &["-f", "qcow2", "64M"]);
-        let q = patched(
-            &p,
-            &d.path("bit-only.qcow2"),
-            79,
-            &[INCOMPAT_DATA_FILE as u8],
-        );
+        let q = patched(&p, &d.path("bit-only.qcow2"), 79, &[INCOMPAT_DATA_FILE as u8]);
         let e = check(&q).unwrap_err();
-        assert!(
-            matches!(e, DiskFormatError::ExternalDataFile { name: None, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::ExternalDataFile { name: None, .. }), "{e}");
     }
 
     #[test]
@@ -1266,22 +986,11 @@ mod tests {
         let aes = create(
             &d,
             "aes.qcow2",
-            &[
-                "--object",
-                secret,
-                "-f",
-                "qcow2",
-                "-o",
-                "encrypt.format=aes,encrypt.key-secret=sec0",
-                "64M",
-            ],
+            &["--object", secret, "-f", "qcow2", "-o", "encrypt.format=aes,encrypt.key-secret=sec0", "64M"],
         );
         for (p, method, label) in [(&luks, 2, "LUKS"), (&aes, 1, "AES-CBC")] {
             let e = check(p).unwrap_err();
-            assert!(
-                matches!(e, DiskFormatError::Encrypted { method: m, .. } if m == method),
-                "{e}"
-            );
+            assert!(matches!(e, DiskFormatError::Encrypted { method: m, .. } if m == method), "{e}");
             assert!(e.to_string().contains(label), "{e}");
             assert!(inspect_overlay(p).is_err());
         }
@@ -1313,11 +1022,7 @@ mod tests {
             (32, be32(77), "encrypted (crypt_method 77)"),
             (79, vec![INCOMPAT_CORRUPT as u8], "marked corrupt"),
             (79, vec![0x20], "unknown incompatible feature bits 0x20"),
-            (
-                72,
-                vec![0x80],
-                "unknown incompatible feature bits 0x8000000000000000",
-            ),
+            (72, vec![0x80], "unknown incompatible feature bits 0x8000000000000000"),
             (79, vec![INCOMPAT_COMPRESSION as u8], "compression type"),
             (104, vec![1], "compression type"),
             (104, vec![9], "unknown compression type 9"),
@@ -1325,25 +1030,13 @@ mod tests {
             (24, be64(0), "virtual size is 0"),
             (24, be64(MAX_VIRTUAL_SIZE + 512), "exceeds the limit"),
             (24, be64(u64::MAX), "exceeds the limit"),
-            (
-                24,
-                be64(GIB * 1024),
-                "L1 table has 2 entries but the virtual size needs 2048",
-            ),
-            (
-                36,
-                be32(u32::MAX),
-                "L1 table of 4294967295 entries is too large",
-            ),
+            (24, be64(GIB * 1024), "L1 table has 2 entries but the virtual size needs 2048"),
+            (36, be32(u32::MAX), "L1 table of 4294967295 entries is too large"),
             (40, be64(u64::MAX - 0xffff), "L1 table at offset"),
             (40, be64(0x30001), "not cluster-aligned"),
             (40, be64(0), "overlaps the header"),
             (40, be64(0x40000), "beyond the end of the file"),
-            (
-                48,
-                be64(0x1_0000_0000),
-                "refcount table at offset 4294967296",
-            ),
+            (48, be64(0x1_0000_0000), "refcount table at offset 4294967296"),
             (48, be64(0), "overlaps the header"),
             (56, be32(0), "refcount table has 0 clusters"),
             (56, be32(u32::MAX), "too large"),
@@ -1359,10 +1052,7 @@ mod tests {
                 Ok(info) => {
                     panic!("case {i} (offset {offset}): accepted {info:?}, wanted {want:?}")
                 }
-                Err(e) => assert!(
-                    e.to_string().contains(want),
-                    "case {i}: {e} / wanted {want:?}"
-                ),
+                Err(e) => assert!(e.to_string().contains(want), "case {i}: {e} / wanted {want:?}"),
             }
         }
         // Snapshot table beyond the end, with a plausible offset.
@@ -1370,26 +1060,13 @@ mod tests {
         data[60..64].copy_from_slice(&2u32.to_be_bytes());
         data[64..72].copy_from_slice(&0x30000u64.to_be_bytes());
         let e = check(&write(&d, "snaps.qcow2", &data)).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                DiskFormatError::OutOfBounds {
-                    what: "snapshot table",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::OutOfBounds { what: "snapshot table", .. }), "{e}");
     }
 
     #[test]
     fn extension_area_is_bounded() {
         let d = Scratch::new("ext");
-        let p = create(
-            &d,
-            "a.qcow2",
-            &["-f", "qcow2", "-o", "cluster_size=512", "1M"],
-        );
+        let p = create(&d, "a.qcow2", &["-f", "qcow2", "-o", "cluster_size=512", "1M"]);
         let mut data = std::fs::read(&p).unwrap();
         // Fill the rest of the first cluster with unknown extensions that
         // never end: each is 8 bytes header + 8 bytes data.
@@ -1414,34 +1091,19 @@ mod tests {
         for (name, args) in [
             ("v3.qcow2", vec!["-f", "qcow2", "1G"]),
             ("v2.qcow2", vec!["-f", "qcow2", "-o", "compat=0.10", "1G"]),
-            (
-                "ov.qcow2",
-                vec!["-u", "-f", "qcow2", "-b", "/x", "-F", "raw", "1G"],
-            ),
+            ("ov.qcow2", vec!["-u", "-f", "qcow2", "-b", "/x", "-F", "raw", "1G"]),
         ] {
             let p = create(&d, name, &args);
             let full = std::fs::read(&p).unwrap();
-            let mut cuts: Vec<usize> = vec![
-                0, 1, 3, 4, 7, 8, 50, 71, 72, 103, 104, 111, 112, 113, 200, 511, 512, 4096,
-            ];
-            cuts.extend([
-                0x10000,
-                0x10008,
-                0x20000,
-                0x30000,
-                full.len() - 8,
-                full.len() - 1,
-            ]);
+            let mut cuts: Vec<usize> = vec![0, 1, 3, 4, 7, 8, 50, 71, 72, 103, 104, 111, 112, 113, 200, 511, 512, 4096];
+            cuts.extend([0x10000, 0x10008, 0x20000, 0x30000, full.len() - 8, full.len() - 1]);
             for cut in cuts {
                 let q = write(&d, "cut.qcow2", &full[..cut]);
                 let e = check(&q).expect_err(&format!("{name} cut at {cut}"));
                 let again = inspect_overlay(&q);
                 assert!(again.is_err(), "{name} cut at {cut}");
                 if (4..104).contains(&cut) && name != "v2.qcow2" {
-                    assert!(
-                        matches!(e, DiskFormatError::Qcow2Truncated { .. }),
-                        "{name} cut at {cut}: {e}"
-                    );
+                    assert!(matches!(e, DiskFormatError::Qcow2Truncated { .. }), "{name} cut at {cut}: {e}");
                 }
             }
         }
@@ -1455,44 +1117,20 @@ mod tests {
         let secret = "secret,id=sec0,data=hunter2";
         let cases: &[(&str, &[&str], &str)] = &[
             ("a.vmdk", &["-f", "vmdk", "64M"], "a VMDK image"),
-            (
-                "so.vmdk",
-                &["-f", "vmdk", "-o", "subformat=streamOptimized", "64M"],
-                "a VMDK image",
-            ),
-            (
-                "flat.vmdk",
-                &["-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"],
-                "a VMDK image (descriptor file)",
-            ),
+            ("so.vmdk", &["-f", "vmdk", "-o", "subformat=streamOptimized", "64M"], "a VMDK image"),
+            ("flat.vmdk", &["-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"], "a VMDK image (descriptor file)"),
             ("a.vdi", &["-f", "vdi", "64M"], "a VDI image"),
             ("a.vhdx", &["-f", "vhdx", "64M"], "a VHDX image"),
             ("a.vpc", &["-f", "vpc", "64M"], "a VPC/VHD image"),
-            (
-                "fixed.vpc",
-                &["-f", "vpc", "-o", "subformat=fixed", "8M"],
-                "a VPC/VHD image",
-            ),
+            ("fixed.vpc", &["-f", "vpc", "-o", "subformat=fixed", "8M"], "a VPC/VHD image"),
             ("a.qed", &["-f", "qed", "64M"], "a QED image"),
             ("a.hds", &["-f", "parallels", "64M"], "a Parallels image"),
             (
                 "a.luks",
-                &[
-                    "--object",
-                    secret,
-                    "-f",
-                    "luks",
-                    "-o",
-                    "key-secret=sec0,iter-time=10",
-                    "1M",
-                ],
+                &["--object", secret, "-f", "luks", "-o", "key-secret=sec0,iter-time=10", "1M"],
                 "a LUKS encrypted volume",
             ),
-            (
-                "a.qcow",
-                &["-f", "qcow", "64M"],
-                "unsupported qcow version 1",
-            ),
+            ("a.qcow", &["-f", "qcow", "64M"], "unsupported qcow version 1"),
         ];
         for (name, args, what) in cases {
             let p = create(&d, name, args);
@@ -1501,10 +1139,7 @@ mod tests {
             if what.starts_with("unsupported") {
                 assert!(msg.contains(what), "{msg}");
             } else {
-                assert_eq!(
-                    msg,
-                    format!("disk {}: looks like {what}, not qcow2 or raw", p.display())
-                );
+                assert_eq!(msg, format!("disk {}: looks like {what}, not qcow2 or raw", p.display()));
             }
         }
     }
@@ -1514,8 +1149,8 @@ mod tests {
         let d = Scratch::new("magic");
         // A real gzip stream (of nothing), padded to a sector.
         let gzip: &[u8] = &[
-            0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x03, 0x00, 0x00, 0x00,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00,
         ];
         let at = |offset: usize, magic: &[u8], len: usize| {
             let mut v = vec![0u8; len];
@@ -1525,26 +1160,14 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (at(0, gzip, 512), "a gzip-compressed file"),
             (gzip.to_vec(), "a gzip-compressed file"), // unaligned: named anyway
-            (
-                at(0, &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], 1024),
-                "an xz-compressed file",
-            ),
-            (
-                at(0, &[0x28, 0xb5, 0x2f, 0xfd], 512),
-                "a zstd-compressed file",
-            ),
+            (at(0, &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], 1024), "an xz-compressed file"),
+            (at(0, &[0x28, 0xb5, 0x2f, 0xfd], 512), "a zstd-compressed file"),
             (at(0, b"BZh9", 512), "a bzip2-compressed file"),
             (at(0, b"PK\x03\x04", 512), "a zip archive"),
             (at(0, b"7z\xbc\xaf\x27\x1c", 512), "a 7-Zip archive"),
-            (
-                at(0, &[0x04, 0x22, 0x4d, 0x18], 512),
-                "an lz4-compressed file",
-            ),
+            (at(0, &[0x04, 0x22, 0x4d, 0x18], 512), "an lz4-compressed file"),
             (at(257, b"ustar\x0000", 10240), "a tar archive"),
-            (
-                at(0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop", 4096),
-                "a cloop image",
-            ),
+            (at(0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop", 4096), "a cloop image"),
             (at(4096 - 512, b"koly", 4096), "a DMG image"),
             (at(1 << 20, b"conectix", (1 << 20) + 512), "a VPC/VHD image"),
             (at(0, b"Bochs Virtual HD Image", 512), "a Bochs image"),
@@ -1572,46 +1195,19 @@ mod tests {
         let p = write(&d, "disk.raw", &[0; 512]);
         let link = d.path("link.raw");
         std::os::unix::fs::symlink(&p, &link).unwrap();
-        assert!(matches!(
-            check(&link).unwrap_err(),
-            DiskFormatError::Symlink { .. }
-        ));
-        assert!(matches!(
-            inspect_overlay(&link).unwrap_err(),
-            DiskFormatError::Symlink { .. }
-        ));
+        assert!(matches!(check(&link).unwrap_err(), DiskFormatError::Symlink { .. }));
+        assert!(matches!(inspect_overlay(&link).unwrap_err(), DiskFormatError::Symlink { .. }));
         let e = check(&d.dir()).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                DiskFormatError::NotRegularFile {
-                    kind: "directory",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::NotRegularFile { kind: "directory", .. }), "{e}");
         let e = check(Path::new("/dev/null")).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                DiskFormatError::NotRegularFile {
-                    kind: "character device",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::NotRegularFile { kind: "character device", .. }), "{e}");
         let e = check(&d.path("missing")).unwrap_err();
         assert!(matches!(e, DiskFormatError::Open { .. }), "{e}");
         // A FIFO must be refused without waiting for a writer.
         let fifo = d.path("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = check(&fifo).unwrap_err();
-        assert!(
-            matches!(e, DiskFormatError::NotRegularFile { kind: "FIFO", .. }),
-            "{e}"
-        );
+        assert!(matches!(e, DiskFormatError::NotRegularFile { kind: "FIFO", .. }), "{e}");
     }
 
     #[test]
@@ -1687,30 +1283,10 @@ mod tests {
         let d = Scratch::new("fuzz");
         let seeds = [
             std::fs::read(create(&d, "v3.qcow2", &["-f", "qcow2", "1G"])).unwrap(),
-            std::fs::read(create(
-                &d,
-                "v2.qcow2",
-                &["-f", "qcow2", "-o", "compat=0.10", "1G"],
-            ))
-            .unwrap(),
-            std::fs::read(create(
-                &d,
-                "c512.qcow2",
-                &["-f", "qcow2", "-o", "cluster_size=512", "10M"],
-            ))
-            .unwrap(),
-            std::fs::read(create(
-                &d,
-                "ov.qcow2",
-                &["-u", "-f", "qcow2", "-b", "/base", "-F", "raw", "1G"],
-            ))
-            .unwrap(),
-            std::fs::read(create(
-                &d,
-                "df.qcow2",
-                &["-f", "qcow2", "-o", "data_file=d.raw", "1G"],
-            ))
-            .unwrap(),
+            std::fs::read(create(&d, "v2.qcow2", &["-f", "qcow2", "-o", "compat=0.10", "1G"])).unwrap(),
+            std::fs::read(create(&d, "c512.qcow2", &["-f", "qcow2", "-o", "cluster_size=512", "10M"])).unwrap(),
+            std::fs::read(create(&d, "ov.qcow2", &["-u", "-f", "qcow2", "-b", "/base", "-F", "raw", "1G"])).unwrap(),
+            std::fs::read(create(&d, "df.qcow2", &["-f", "qcow2", "-o", "data_file=d.raw", "1G"])).unwrap(),
         ];
         // All but the data-file seed are accepted by at least one policy.
         let accepted_seeds: Vec<bool> = seeds.iter().map(|s| poke(s, s.len() as u64)).collect();
@@ -1721,11 +1297,7 @@ mod tests {
             let mut data = seeds[rng.below(seeds.len() as u64) as usize].clone();
             for _ in 0..1 + rng.below(6) {
                 // Mostly hit the header and extensions, sometimes anywhere.
-                let at = if rng.below(4) > 0 {
-                    rng.below(512)
-                } else {
-                    rng.below(data.len() as u64)
-                } as usize;
+                let at = if rng.below(4) > 0 { rng.below(512) } else { rng.below(data.len() as u64) } as usize;
                 data[at] = match rng.below(3) {
                     0 => rng.next() as u8,
                     1 => data[at] ^ (1 << rng.below(8)),

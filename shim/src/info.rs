@@ -70,7 +70,10 @@ mod tests {
         let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
         assert_eq!(info.features.type_url, FEATURES_TYPE_URL);
         assert_eq!(features["hooks"], json!([]));
-        assert!(features["annotations"]["io.containerd.vm.v1.annotations"].as_str().unwrap().contains("vm.containerd.io/cpus"));
+        assert!(features["annotations"]["io.containerd.vm.v1.annotations"]
+            .as_str()
+            .unwrap()
+            .contains("vm.containerd.io/cpus"));
         // and it survives the wire
         let bytes = info.write_to_bytes().unwrap();
         assert_eq!(RuntimeInfo::parse_from_bytes(&bytes).unwrap().name, "io.containerd.vm.v1");
@@ -78,7 +81,8 @@ mod tests {
 
     #[test]
     fn echoes_the_options_and_refuses_garbage() {
-        let opts = Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![0x12, 1, b'x'], ..Default::default() };
+        let opts =
+            Any { type_url: "runtimeoptions.v1.Options".into(), value: vec![0x12, 1, b'x'], ..Default::default() };
         let info = runtime_info(&opts.write_to_bytes().unwrap()).unwrap();
         assert_eq!(info.options.type_url, "runtimeoptions.v1.Options");
         assert!(runtime_info(&[0xff, 0xff, 0xff]).is_err());

@@ -71,9 +71,8 @@ impl BinaryLogger {
             FdMapping { parent_fd: ready_w, child_fd: 5 },
         ])
         .map_err(io::Error::other)?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("logging binary {}: {e}", command.program)))?;
+        let mut child =
+            cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("logging binary {}: {e}", command.program)))?;
         // Dropping the command closes the shim's copies of the child's ends, so the ready
         // pipe reports EOF once the logger has closed fd 5.
         drop(cmd);
@@ -90,7 +89,10 @@ impl BinaryLogger {
                 let _ = child.wait().await;
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("logging binary {} did not signal readiness on fd 5 within {READY_TIMEOUT:?}", command.program),
+                    format!(
+                        "logging binary {} did not signal readiness on fd 5 within {READY_TIMEOUT:?}",
+                        command.program
+                    ),
                 ));
             }
         }
@@ -117,7 +119,10 @@ mod tests {
 
     #[test]
     fn uri_gives_program_and_arguments() {
-        let c = LoggerCommand::parse("binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl%2F1").unwrap();
+        let c = LoggerCommand::parse(
+            "binary:///usr/local/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl%2F1",
+        )
+        .unwrap();
         assert_eq!(c.program, "/usr/local/bin/nerdctl");
         assert_eq!(c.args, vec!["_NERDCTL_INTERNAL_LOGGING", "/var/lib/nerdctl/1"]);
         assert_eq!(LoggerCommand::parse("binary:///bin/logger").unwrap().args, Vec::<String>::new());
@@ -131,7 +136,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let script = dir.path().join("logger.sh");
-        std::fs::write(&script, "#!/bin/sh\nexec 5>&-\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID $1\" > \"$2\"\ncat <&3 >> \"$2\"\n").unwrap();
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nexec 5>&-\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID $1\" > \"$2\"\ncat <&3 >> \"$2\"\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let uri = format!("binary://{}?tag={}", script.display(), out.display());
         let (logger, mut stdout) = BinaryLogger::start(&uri, "vm1", "default").await.unwrap();

@@ -30,7 +30,9 @@ fn main() {
             .map_err(|e| format!("reading runtime options: {e}"))
             .and_then(|_| info::runtime_info(&options))
             .and_then(|info| protobuf::Message::write_to_bytes(&info).map_err(|e| e.to_string()));
-        match answer.and_then(|bytes| std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string())) {
+        match answer
+            .and_then(|bytes| std::io::Write::write_all(&mut std::io::stdout(), &bytes).map_err(|e| e.to_string()))
+        {
             Ok(()) => return,
             Err(e) => {
                 eprintln!("containerd-shim-vm-v1 --info: {e}");

@@ -123,20 +123,36 @@ mod tests {
     #[test]
     fn matches_qemu_img_create() {
         let dir = tempfile::tempdir().unwrap();
-        for (size, format) in [(1u64 << 30, "raw"), (13 << 20, "qcow2"), ((3 << 40) + 512, "qcow2"), (64 << 40, "raw")] {
+        for (size, format) in [(1u64 << 30, "raw"), (13 << 20, "qcow2"), ((3 << 40) + 512, "qcow2"), (64 << 40, "raw")]
+        {
             let backing = dir.path().join("base.img");
             let ours = render(size, backing.as_os_str().as_encoded_bytes(), format).unwrap();
             let theirs_path = dir.path().join("theirs.qcow2");
             let _ = std::fs::remove_file(&theirs_path);
-            qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-F", format, "-b", backing.to_str().unwrap(),
-                       theirs_path.to_str().unwrap(), &size.to_string()]);
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-F",
+                format,
+                "-b",
+                backing.to_str().unwrap(),
+                theirs_path.to_str().unwrap(),
+                &size.to_string(),
+            ]);
             let theirs = std::fs::read(&theirs_path).unwrap();
             assert_eq!(ours.len(), theirs.len(), "{size} {format}");
             // Everything past the header's extensions (names, tables) is identical.
             let name_at = u64::from_be_bytes(theirs[8..16].try_into().unwrap()) as usize;
             let ours_name_at = u64::from_be_bytes(ours[8..16].try_into().unwrap()) as usize;
             assert_eq!(&ours[..8], &theirs[..8], "magic and version");
-            assert_eq!(&ours[16..HEADER_LEN], &theirs[16..HEADER_LEN], "header after the backing offset, {size} {format}");
+            assert_eq!(
+                &ours[16..HEADER_LEN],
+                &theirs[16..HEADER_LEN],
+                "header after the backing offset, {size} {format}"
+            );
             assert_eq!(&ours[ours_name_at..ours_name_at + 64], &theirs[name_at..name_at + 64]);
             assert_eq!(&ours[CLUSTER as usize..], &theirs[CLUSTER as usize..], "tables, {size} {format}");
         }
@@ -156,7 +172,8 @@ mod tests {
         assert_eq!(info["backing-filename"], base.to_str().unwrap());
         assert_eq!(info["backing-filename-format"], "raw");
         // A write through QEMU's block layer lands in the overlay, not the base.
-        let out = Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k"]).arg(&overlay).output().unwrap();
+        let out =
+            Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k"]).arg(&overlay).output().unwrap();
         assert!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
         qemu_img(&["check", "-q", overlay.to_str().unwrap()]);
         assert!(std::fs::read(&base).unwrap().iter().all(|b| *b == 0));

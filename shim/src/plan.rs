@@ -76,15 +76,10 @@ impl VmPlan {
             None => match (cpu_quota, cpu_period) {
                 (Some(quota), Some(period)) => {
                     let cpus = (quota as u64).div_ceil(period).max(1);
-                    u32::try_from(cpus).ok().filter(|c| *c <= config.max_cpus).ok_or_else(|| {
-                        PlanError::Spec {
-                            field: "linux.resources.cpu.quota",
-                            value: quota.to_string(),
-                            reason: format!(
-                                "asks for {cpus} vCPUs (period {period}), above max_cpus {}",
-                                config.max_cpus
-                            ),
-                        }
+                    u32::try_from(cpus).ok().filter(|c| *c <= config.max_cpus).ok_or_else(|| PlanError::Spec {
+                        field: "linux.resources.cpu.quota",
+                        value: quota.to_string(),
+                        reason: format!("asks for {cpus} vCPUs (period {period}), above max_cpus {}", config.max_cpus),
                     })?
                 }
                 _ => config.default_cpus,
@@ -159,14 +154,13 @@ impl VmPlan {
                 });
             }
         }
-        let cgroup = cgroups_path
-            .map(|path| CgroupPlan {
-                path,
-                memory_limit_bytes: memory_limit,
-                cpu_quota,
-                cpu_period,
-                cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
-            });
+        let cgroup = cgroups_path.map(|path| CgroupPlan {
+            path,
+            memory_limit_bytes: memory_limit,
+            cpu_quota,
+            cpu_period,
+            cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
+        });
 
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         Ok(VmPlan { cpus, memory_bytes, disk, terminal, cgroup })
@@ -190,11 +184,7 @@ fn check_annotation_keys(annotations: &HashMap<String, String>) -> Result<(), Pl
 }
 
 fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
-    let err = |reason: String| PlanError::Annotation {
-        key: ANNOTATION_CPUS.into(),
-        value: value.to_string(),
-        reason,
-    };
+    let err = |reason: String| PlanError::Annotation { key: ANNOTATION_CPUS.into(), value: value.to_string(), reason };
     let cpus: u32 = value.trim().parse().map_err(|_| err("not a whole number of vCPUs".into()))?;
     if cpus == 0 || cpus > max_cpus {
         return Err(err(format!("must be between 1 and {max_cpus}")));
@@ -203,12 +193,10 @@ fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
 }
 
 fn parse_memory(value: &str, max_memory: u64) -> Result<u64, PlanError> {
-    let err = |reason: String| PlanError::Annotation {
-        key: ANNOTATION_MEMORY.into(),
-        value: value.to_string(),
-        reason,
-    };
-    let bytes = quantity::parse_bytes(value).map_err(|e| err(format!("not a memory quantity ({}); use e.g. 256Mi or 2Gi", e.reason)))?;
+    let err =
+        |reason: String| PlanError::Annotation { key: ANNOTATION_MEMORY.into(), value: value.to_string(), reason };
+    let bytes = quantity::parse_bytes(value)
+        .map_err(|e| err(format!("not a memory quantity ({}); use e.g. 256Mi or 2Gi", e.reason)))?;
     if bytes < MIN_MEMORY_BYTES {
         return Err(err(format!("below the minimum guest memory {}", format_bytes(MIN_MEMORY_BYTES))));
     }
@@ -277,7 +265,8 @@ mod tests {
 
     #[test]
     fn spec_quota_and_limit_are_used() {
-        let p = plan(json!({}), json!({"cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 1073741824}})).unwrap();
+        let p = plan(json!({}), json!({"cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 1073741824}}))
+            .unwrap();
         assert_eq!(p.cpus, 2);
         // the 1 GiB limit less the 128 MiB QEMU overhead
         assert_eq!(p.memory_bytes, 896 << 20);

@@ -14,9 +14,7 @@ pub struct QuantityError {
 pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
     let err = |reason| QuantityError { value: value.to_string(), reason };
     let s = value.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     let multiplier: u128 = match suffix {
         "" => 1,

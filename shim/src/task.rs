@@ -2,13 +2,14 @@
 //! turns VM lifecycle changes into containerd events through one publisher task.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use containerd_shim::api::*;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::event::Event;
@@ -19,7 +20,6 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext, Code};
-use containerd_shim::api::*;
 use containerd_shim_protos::api::{ProcessInfo, Status};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{info, instrument, warn};
@@ -162,7 +162,9 @@ fn lifecycle_error(id: &str, doing: &str, e: LifecycleError) -> ttrpc::Error {
     }
 }
 
-fn config_for(options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>) -> ttrpc::Result<Config> {
+fn config_for(
+    options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+) -> ttrpc::Result<Config> {
     let path = crate::runtime_options::config_path(options).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
     Config::find(path.as_deref().map(Path::new)).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))
 }
@@ -172,11 +174,17 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
-            return Err(status(Code::UNIMPLEMENTED, "restoring from a checkpoint is not supported yet by containerd-shim-vm"));
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "restoring from a checkpoint is not supported yet by containerd-shim-vm",
+            ));
         }
         // containerd validates ids, but the id names a directory here: check again.
         if !valid_id(&req.id) {
-            return Err(status(Code::INVALID_ARGUMENT, format!("container id {:?}: use letters, digits, '.', '_' and '-' only", req.id)));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container id {:?}: use letters, digits, '.', '_' and '-' only", req.id),
+            ));
         }
         {
             let mut vms = self.vms.lock().await;
@@ -249,7 +257,10 @@ impl Task for TaskService {
         let vm = self.vm(&req.id).await?;
         let Some(exited) = vm.exited() else {
             if vm.status() != Status::CREATED {
-                return Err(status(Code::FAILED_PRECONDITION, format!("task {} is still running; kill it first", req.id)));
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is still running; kill it first", req.id),
+                ));
             }
             // Never started: stop the paused QEMU and report it as killed.
             let _ = vm.signal(9).await;
@@ -310,7 +321,8 @@ impl Task for TaskService {
             return Err(no_exec());
         }
         let vm = self.vm(&req.id).await?;
-        vm.resize_console(req.width, req.height).map_err(|e| status(Code::UNKNOWN, format!("resizing the console: {e}")))?;
+        vm.resize_console(req.width, req.height)
+            .map_err(|e| status(Code::UNKNOWN, format!("resizing the console: {e}")))?;
         Ok(Empty::new())
     }
 
@@ -326,7 +338,10 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "updating resources of a running VM is not supported yet by containerd-shim-vm"))
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "updating resources of a running VM is not supported yet by containerd-shim-vm",
+        ))
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
@@ -335,7 +350,11 @@ impl Task for TaskService {
         }
         let vm = self.vm(&req.id).await?;
         let exited = vm.wait().await;
-        Ok(WaitResponse { exit_status: exited.status, exited_at: MessageField::some(timestamp(exited.at)), ..Default::default() })
+        Ok(WaitResponse {
+            exit_status: exited.status,
+            exited_at: MessageField::some(timestamp(exited.at)),
+            ..Default::default()
+        })
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
@@ -376,7 +395,12 @@ impl Task for TaskService {
 impl TaskService {
     async fn create_vm(&self, req: &CreateTaskRequest) -> ttrpc::Result<Arc<Vm>> {
         let config = config_for(req.options.as_ref())?;
-        let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
         let bundle = PathBuf::from(&req.bundle);
         let vm = Vm::create(
             CreateRequest {
@@ -422,7 +446,6 @@ impl TaskService {
         DeleteResponse { pid: vm.pid, exit_status, exited_at: MessageField::some(timestamp(at)), ..Default::default() }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

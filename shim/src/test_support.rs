@@ -7,7 +7,9 @@ pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        Scratch(tempfile::Builder::new().prefix(&format!("shim-test-{tag}-")).tempdir().expect("creating a scratch dir"))
+        Scratch(
+            tempfile::Builder::new().prefix(&format!("shim-test-{tag}-")).tempdir().expect("creating a scratch dir"),
+        )
     }
 
     pub fn dir(&self) -> &Path {

@@ -166,10 +166,7 @@ pub enum LifecycleError {
 impl Vm {
     /// Builds the plan, takes the host resources and launches QEMU paused.
     /// On any error everything taken so far is released before returning.
-    pub async fn create(
-        req: CreateRequest<'_>,
-        on_change: ChangeHook,
-    ) -> Result<std::sync::Arc<Vm>, VmError> {
+    pub async fn create(req: CreateRequest<'_>, on_change: ChangeHook) -> Result<std::sync::Arc<Vm>, VmError> {
         let spec = oci_spec::runtime::Spec::load(req.bundle.join("config.json"))
             .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", req.bundle.display())))?;
         let plan = VmPlan::from_spec(&spec, req.config)?;
@@ -576,7 +573,9 @@ impl Vm {
 pub enum KillError {
     #[error("process already finished")]
     Exited,
-    #[error("signal {0} is not supported for a VM: use SIGTERM (ACPI power-off), SIGKILL (stop at once) or SIGHUP (reset)")]
+    #[error(
+        "signal {0} is not supported for a VM: use SIGTERM (ACPI power-off), SIGKILL (stop at once) or SIGHUP (reset)"
+    )]
     Unsupported(u32),
     #[error("{0}")]
     Failed(String),
@@ -663,7 +662,10 @@ fn remove_stale_state_dir(dir: &Path) -> Result<(), VmError> {
         return Ok(());
     }
     if let Some(pid) = live_qemu(dir) {
-        return Err(VmError::Invalid(format!("a VM for this container is still running (QEMU pid {pid}, state {})", dir.display())));
+        return Err(VmError::Invalid(format!(
+            "a VM for this container is still running (QEMU pid {pid}, state {})",
+            dir.display()
+        )));
     }
     warn!(dir = %dir.display(), "removing a stale state dir");
     std::fs::remove_dir_all(dir).map_err(host(format!("removing stale state dir {}", dir.display())))
@@ -672,7 +674,10 @@ fn remove_stale_state_dir(dir: &Path) -> Result<(), VmError> {
 fn create_private_dir(dir: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(parent)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
             .map_err(host(format!("creating {}", parent.display())))?;
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(host(format!("creating state dir {}", dir.display())))
@@ -683,7 +688,11 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() { "QEMU printed nothing".into() } else { tail }
+    if tail.is_empty() {
+        "QEMU printed nothing".into()
+    } else {
+        tail
+    }
 }
 
 /// Cleanup for `containerd-shim-vm-v1 delete`: after a shim died, kill its QEMU and

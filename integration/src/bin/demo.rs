@@ -16,7 +16,8 @@ fn main() -> Result<()> {
     let env = VmEnv::start_with_accel("auto")?;
     let ns = env.namespace("demo")?;
     let ctr = env.rig.ctr_command().get_program().to_owned();
-    let base = ["--address".to_string(), env.rig.address().display().to_string(), "--namespace".into(), ns.name().into()];
+    let base =
+        ["--address".to_string(), env.rig.address().display().to_string(), "--namespace".into(), ns.name().into()];
     println!("== private containerd at {}; image {TINY} imported", env.rig.address().display());
 
     if std::io::stdin().is_terminal() {
@@ -58,7 +59,10 @@ fn main() -> Result<()> {
     console.show_new()?;
     let rm = ns.ctr(["task", "rm", "demo"])?;
     let code = String::from_utf8_lossy(&rm.stderr);
-    println!("\n== task stopped; exit status {}", if code.contains("non-zero") { code.trim().to_string() } else { "0".into() });
+    println!(
+        "\n== task stopped; exit status {}",
+        if code.contains("non-zero") { code.trim().to_string() } else { "0".into() }
+    );
     ns.ctr_ok(["container", "rm", "demo"])?;
     Ok(())
 }

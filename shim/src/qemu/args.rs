@@ -223,17 +223,17 @@ mod tests {
             image_format: ImageFormat::Qcow2,
             overlay: "/r/.vm/overlay.qcow2".into(),
         });
-        let blockdevs: Vec<serde_json::Value> = argv
-            .chunks(2)
-            .filter(|c| c[0] == "-blockdev")
-            .map(|c| serde_json::from_str(&c[1]).unwrap())
-            .collect();
+        let blockdevs: Vec<serde_json::Value> =
+            argv.chunks(2).filter(|c| c[0] == "-blockdev").map(|c| serde_json::from_str(&c[1]).unwrap()).collect();
         assert_eq!(blockdevs.len(), 4);
         assert_eq!(blockdevs[0]["filename"], "/r/disk/a,b.qcow2");
         assert_eq!(blockdevs[0]["read-only"], true);
         assert_eq!(blockdevs[1]["driver"], "qcow2");
         assert_eq!(blockdevs[1]["read-only"], true);
-        assert!(blockdevs[1]["backing"].is_null() && blockdevs[1].get("backing").is_some(), "image must not follow a backing file");
+        assert!(
+            blockdevs[1]["backing"].is_null() && blockdevs[1].get("backing").is_some(),
+            "image must not follow a backing file"
+        );
         assert_eq!(blockdevs[3]["backing"], "image");
         assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
     }

@@ -56,7 +56,11 @@ mod tests {
             cpus: 2,
             memory_bytes: 256 << 20,
             console_tty: "/dev/pts/7".into(),
-            root_disk: RootDisk { image: "/r/disk/x.qcow2".into(), image_format: ImageFormat::Qcow2, overlay: "/r/o.qcow2".into() },
+            root_disk: RootDisk {
+                image: "/r/disk/x.qcow2".into(),
+                image_format: ImageFormat::Qcow2,
+                overlay: "/r/o.qcow2".into(),
+            },
         };
         let argv: Vec<String> = spec.argv().into_iter().map(|a| a.into_string().unwrap()).collect();
         let count = |flag: &str| argv.iter().filter(|a| *a == flag).count();

@@ -66,10 +66,7 @@ pub(crate) fn wait_in_file(
         }
         if let Some(c) = child.as_deref_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                bail!(
-                    "process exited ({status}) before {pattern:?} appeared in {}",
-                    path.display()
-                );
+                bail!("process exited ({status}) before {pattern:?} appeared in {}", path.display());
             }
         }
         if t0.elapsed() > timeout {
@@ -128,20 +125,12 @@ impl<'r> Bench<'r> {
         let start = t0.elapsed();
         let result = (|| {
             let console = wait_in_file(&log, BOOTED, t0, BOOT_TIMEOUT, None)?;
-            let (pid, status) =
-                task_status(&self.ns, id)?.ok_or_else(|| anyhow!("task {id} not listed"))?;
+            let (pid, status) = task_status(&self.ns, id)?.ok_or_else(|| anyhow!("task {id} not listed"))?;
             if status != "RUNNING" {
                 bail!("task {id} is {status}");
             }
             let argv = integration::vmenv::cmdline(pid)?;
-            Ok((
-                Launch {
-                    start,
-                    console,
-                    phases: None,
-                },
-                argv,
-            ))
+            Ok((Launch { start, console, phases: None }, argv))
         })();
         let cleanup = self.remove_task(id);
         let _ = std::fs::remove_file(&log);
@@ -191,14 +180,7 @@ impl<'r> Bench<'r> {
             let overlay_time = self.make_overlay(&overlay)?;
             let qmp = dir.join("qmp.sock");
             let console = dir.join("console.log");
-            let argv = bare_argv(
-                template,
-                &format!("bench-bare-{n}"),
-                &qmp,
-                &console,
-                &self.tiny_disk,
-                &overlay,
-            )?;
+            let argv = bare_argv(template, &format!("bench-bare-{n}"), &qmp, &console, &self.tiny_disk, &overlay)?;
             let log = std::fs::File::create(dir.join("qemu.log"))?;
             let t0 = Instant::now();
             let child = Command::new(QEMU)
@@ -210,22 +192,11 @@ impl<'r> Bench<'r> {
                 .context("starting QEMU")?;
             let mut guard = ChildGuard(Some(child));
             let (start, phases) = qmp_wait_running(&qmp, t0, guard.child()).map_err(|e| {
-                anyhow!(
-                    "{e:#}; QEMU log: {}",
-                    std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
-                )
+                anyhow!("{e:#}; QEMU log: {}", std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default())
             })?;
-            let console_time =
-                wait_in_file(&console, BOOTED, t0, BOOT_TIMEOUT, Some(guard.child()))?;
+            let console_time = wait_in_file(&console, BOOTED, t0, BOOT_TIMEOUT, Some(guard.child()))?;
             guard.stop();
-            Ok((
-                Launch {
-                    start,
-                    console: console_time,
-                    phases: Some(phases),
-                },
-                overlay_time,
-            ))
+            Ok((Launch { start, console: console_time, phases: Some(phases) }, overlay_time))
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
@@ -244,11 +215,7 @@ impl<'r> Bench<'r> {
             let xml = dir.join("domain.xml");
             std::fs::write(&xml, domain_xml(&name, &self.tiny_disk, &overlay, &console))?;
             let t0 = Instant::now();
-            let created = run_ok(
-                Command::new("virsh")
-                    .args(["-q", "-c", uri, "create"])
-                    .arg(&xml),
-            );
+            let created = run_ok(Command::new("virsh").args(["-q", "-c", uri, "create"]).arg(&xml));
             let start = t0.elapsed();
             let destroy = DomainGuard { uri, name: &name };
             created.context("virsh create")?;
@@ -259,10 +226,7 @@ impl<'r> Bench<'r> {
                     std::fs::read(format!("/proc/{p}/cmdline"))
                         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 }) {
-                    eprintln!(
-                        "bench: libvirt's QEMU: {}",
-                        integration::vmenv::cmdline(pid as u32)?.join(" ")
-                    );
+                    eprintln!("bench: libvirt's QEMU: {}", integration::vmenv::cmdline(pid as u32)?.join(" "));
                 }
             }
             let state = run_ok(Command::new("virsh").args(["-q", "-c", uri, "domstate", &name]))?;
@@ -270,11 +234,7 @@ impl<'r> Bench<'r> {
                 bail!("libvirt domain {name} is {:?}", state.trim());
             }
             drop(destroy);
-            Ok(Launch {
-                start,
-                console: console_time,
-                phases: None,
-            })
+            Ok(Launch { start, console: console_time, phases: None })
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
@@ -309,13 +269,10 @@ fn bare_argv(
     image: &Path,
     overlay: &Path,
 ) -> Result<Vec<String>> {
-    let args = shim_argv
-        .get(1..)
-        .ok_or_else(|| anyhow!("empty QEMU argv"))?;
+    let args = shim_argv.get(1..).ok_or_else(|| anyhow!("empty QEMU argv"))?;
     let mut out = Vec::new();
     let mut i = 0;
-    let (mut saw_qmp, mut saw_console, mut saw_image, mut saw_overlay) =
-        (false, false, false, false);
+    let (mut saw_qmp, mut saw_console, mut saw_image, mut saw_overlay) = (false, false, false, false);
     while i < args.len() {
         let a = &args[i];
         let value = args.get(i + 1);
@@ -331,10 +288,7 @@ fn bare_argv(
             ("-chardev", Some(v)) if v.starts_with("socket,id=qmp,") => {
                 saw_qmp = true;
                 out.push(a.clone());
-                out.push(format!(
-                    "socket,id=qmp,path={},server=on,wait=off",
-                    qmp.display()
-                ));
+                out.push(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()));
             }
             ("-chardev", Some(v)) if v.starts_with("serial,id=console,") => {
                 saw_console = true;
@@ -342,8 +296,7 @@ fn bare_argv(
                 out.push(format!("file,id=console,path={}", console.display()));
             }
             ("-blockdev", Some(v)) if v.starts_with('{') => {
-                let mut node: serde_json::Value =
-                    serde_json::from_str(v).context("shim's -blockdev JSON")?;
+                let mut node: serde_json::Value = serde_json::from_str(v).context("shim's -blockdev JSON")?;
                 match node["node-name"].as_str() {
                     Some("image-file") => {
                         saw_image = true;
@@ -372,9 +325,9 @@ fn bare_argv(
              image {saw_image}, overlay {saw_overlay}); update bare_argv in integration/src/bin/bench/launch.rs: {shim_argv:?}"
         );
     }
-    if let Some(left) = out.iter().find(|a| {
-        a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd")
-    }) {
+    if let Some(left) =
+        out.iter().find(|a| a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd"))
+    {
         bail!("bare QEMU argv still points into the shim's world: {left}");
     }
     Ok(out)
@@ -441,11 +394,7 @@ pub(crate) fn libvirt_caps_state() -> Vec<(PathBuf, SystemTime)> {
     };
     let caps = PathBuf::from(dir).join("cache/qemu/capabilities");
     let mut out: Vec<(PathBuf, SystemTime)> = std::fs::read_dir(&caps)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
-                .collect()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?))).collect())
         .unwrap_or_default();
     out.sort();
     out
@@ -454,13 +403,9 @@ pub(crate) fn libvirt_caps_state() -> Vec<(PathBuf, SystemTime)> {
 /// The virtual size recorded in a qcow2 header (bytes 24..32, big-endian).
 pub(crate) fn qcow2_virtual_size(path: &Path) -> Result<u64> {
     let mut header = [0u8; 32];
-    std::fs::File::open(path)?
-        .read_exact(&mut header)
-        .with_context(|| format!("reading {}", path.display()))?;
+    std::fs::File::open(path)?.read_exact(&mut header).with_context(|| format!("reading {}", path.display()))?;
     if &header[..4] != b"QFI\xfb" {
         bail!("{} is not qcow2", path.display());
     }
-    Ok(u64::from_be_bytes(
-        header[24..32].try_into().expect("8 bytes"),
-    ))
+    Ok(u64::from_be_bytes(header[24..32].try_into().expect("8 bytes")))
 }

@@ -36,12 +36,9 @@ use integration::images::{busybox_image, tiny_images, BUSYBOX, TINY};
 use integration::rig::{Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
 use integration::vmenv::{task_status, PROMPT};
 
-use crate::launch::{
-    libvirt_caps_state, qcow2_virtual_size, wait_in_file, Bench, BOOT_TIMEOUT, QEMU,
-};
+use crate::launch::{libvirt_caps_state, qcow2_virtual_size, wait_in_file, Bench, BOOT_TIMEOUT, QEMU};
 use crate::procs::{
-    all_qemus, first_line, on_signal, other_qemus, proc_pss_kib, proc_status_kib, run_ok, shim_pid,
-    sleep,
+    all_qemus, first_line, on_signal, other_qemus, proc_pss_kib, proc_status_kib, run_ok, shim_pid, sleep,
 };
 use crate::profiling::profile;
 use crate::stats::{fmt_opt, ms, ratio, Report, Series};
@@ -51,10 +48,7 @@ const RUNC_SHIM_BINARY: &str = "containerd-shim-runc-v2";
 
 fn env_num(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?}: not a number")),
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name}={v:?}: not a number")),
         _ => Ok(default),
     }
 }
@@ -117,13 +111,8 @@ fn run() -> Result<()> {
     let do_profile = env_num("PROFILE", 1)? != 0;
     let profile_runs = env_num("PROFILE_RUNS", 3)?.max(1);
     let settle = Duration::from_millis(env_num("SETTLE_MS", 500)? as u64);
-    let well_under: f64 = std::env::var("WELL_UNDER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.5);
-    let libvirt_uri = std::env::var("BENCH_LIBVIRT_URI")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let well_under: f64 = std::env::var("WELL_UNDER").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
+    let libvirt_uri = std::env::var("BENCH_LIBVIRT_URI").ok().filter(|s| !s.is_empty());
     let (work, _scratch) = match std::env::var_os("BENCH_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
@@ -131,52 +120,44 @@ fn run() -> Result<()> {
             (d, None)
         }
         None => {
-            let t = tempfile::Builder::new()
-                .prefix("vmbench-")
-                .tempdir_in("/tmp")?;
+            let t = tempfile::Builder::new().prefix("vmbench-").tempdir_in("/tmp")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
     let mut report = Report::default();
 
     // Machine.
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let qemu_version = first_line(Command::new(QEMU).arg("--version"));
-    let libvirt_version = if libvirt_uri.is_some() {
-        first_line(Command::new("libvirtd").arg("--version"))
-    } else {
-        "not used".into()
-    };
+    let libvirt_version =
+        if libvirt_uri.is_some() { first_line(Command::new("libvirtd").arg("--version")) } else { "not used".into() };
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = first_line(Command::new("uname").arg("-r"));
     eprintln!("bench: {cores} cores, kernel {kernel}, {qemu_version}; libvirtd {libvirt_version}");
     eprintln!("bench: load average at start: {}", loadavg.trim());
     let others = all_qemus();
     if !others.is_empty() {
-        report.note(format!("{} other QEMU process(es) were running when the bench started (pids {others:?}): figures may be perturbed", others.len()));
+        report.note(format!(
+            "{} other QEMU process(es) were running when the bench started (pids {others:?}): figures may be perturbed",
+            others.len()
+        ));
     }
 
     // A private containerd with the VM shim (TCG, state under the rig) and the images.
     let images = tiny_images(&work)?;
     let busybox = busybox_image(&work)?;
     let mut config = RigConfig::from_env();
-    config.log_level =
-        std::env::var("BENCH_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    config.log_level = std::env::var("BENCH_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let rig = Rig::start_with(config)?;
     let containerd_version = rig.release().to_string();
-    eprintln!(
-        "bench: {containerd_version} (private, {})",
-        rig.dir().display()
-    );
+    eprintln!("bench: {containerd_version} (private, {})", rig.dir().display());
     if !rig.has_vm_shim() {
-        bail!("no {VM_SHIM_BINARY} in {}: build it first (cargo build --release -p containerd-shim-vm)", rig.shim_bin_dir().display());
+        bail!(
+            "no {VM_SHIM_BINARY} in {}: build it first (cargo build --release -p containerd-shim-vm)",
+            rig.shim_bin_dir().display()
+        );
     }
-    rig.write_shim_config(&format!(
-        "accel = \"tcg\"\nstate_dir = \"{}\"\n",
-        rig.dir().join("vmstate").display()
-    ))?;
+    rig.write_shim_config(&format!("accel = \"tcg\"\nstate_dir = \"{}\"\n", rig.dir().join("vmstate").display()))?;
     let ns = rig.namespace("bench");
     ns.import(&images.tiny.archive)?;
     ns.import(&busybox.archive)?;
@@ -273,14 +254,11 @@ fn run() -> Result<()> {
     if libvirt_uri.is_some() {
         let caps_after = libvirt_caps_state();
         if caps_after.is_empty() {
-            report
-                .note("could not find libvirt's QEMU capability cache (BENCH_LIBVIRT_DIR unset?)");
+            report.note("could not find libvirt's QEMU capability cache (BENCH_LIBVIRT_DIR unset?)");
         } else if caps_after != caps_before {
             report.note("libvirt rewrote its QEMU capability cache during the timed runs (re-probed QEMU): its start times include that");
         } else {
-            eprintln!(
-                "bench: libvirt's QEMU capability cache was not re-probed during the timed runs"
-            );
+            eprintln!("bench: libvirt's QEMU capability cache was not re-probed during the timed runs");
         }
     }
 
@@ -306,34 +284,20 @@ fn run() -> Result<()> {
                 TINY,
                 &id,
             ])?;
-            wait_in_file(&log, PROMPT, Instant::now(), BOOT_TIMEOUT, None)
-                .with_context(|| format!("VM {id}"))?;
+            wait_in_file(&log, PROMPT, Instant::now(), BOOT_TIMEOUT, None).with_context(|| format!("VM {id}"))?;
         }
         for k in 0..instances {
             let id = format!("mem-runc-{k}");
             started.push(id.clone());
             let mut cmd = bench.ctr();
-            cmd.args([
-                "run",
-                "-d",
-                "--runtime",
-                RUNC_RUNTIME,
-                BUSYBOX,
-                &id,
-                "/bin/busybox",
-                "sleep",
-                "3600",
-            ]);
+            cmd.args(["run", "-d", "--runtime", RUNC_RUNTIME, BUSYBOX, &id, "/bin/busybox", "sleep", "3600"]);
             let t0 = Instant::now();
             run_ok(&mut cmd).context("ctr run -d (runc)")?;
             runc_start.push(ms(t0.elapsed()));
         }
         sleep(Duration::from_secs(2))?;
         // BENCH_HOLD=SECONDS keeps everything running this long, to look at the processes.
-        if let Some(hold) = std::env::var("BENCH_HOLD")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(hold) = std::env::var("BENCH_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) {
             eprintln!("bench: holding {hold} s (BENCH_HOLD)");
             sleep(Duration::from_secs(hold))?;
         }
@@ -342,9 +306,7 @@ fn run() -> Result<()> {
             let id = format!("mem-vm-{k}");
             let qemu = running_task_pid(&bench.ns, &id)?;
             shim_pids.push(vm_shims.record(shim_pid(&rig, VM_SHIM_BINARY, &id)?)?);
-            qemu_rss.push(
-                proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0,
-            );
+            qemu_rss.push(proc_status_kib(qemu, "VmRSS:").ok_or_else(|| anyhow!("VmRSS of {qemu}"))? / 1024.0);
         }
         let mut runc_pids = Vec::new();
         for k in 0..instances {
@@ -390,15 +352,14 @@ fn run() -> Result<()> {
 
     let others_end = other_qemus(&rig);
     if !others_end.is_empty() {
-        report.note(format!("{} QEMU process(es) not started by this bench were running at its end: figures may be perturbed", others_end.len()));
+        report.note(format!(
+            "{} QEMU process(es) not started by this bench were running at its end: figures may be perturbed",
+            others_end.len()
+        ));
     }
     report.note(format!(
         "load average at start {}, at end {}",
-        loadavg
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
@@ -408,78 +369,26 @@ fn run() -> Result<()> {
     ));
 
     // Report.
-    report.row(
-        "(a) start: shim, `ctr run -d` until it returns",
-        "ms",
-        &shim_start,
-    );
-    report.row(
-        "(a) start: bare QEMU until QMP says running",
-        "ms",
-        &bare_start,
-    );
-    report.row(
-        "(a) start: libvirt, `virsh create` until it returns",
-        "ms",
-        &lv_start,
-    );
-    report.row(
-        "(b) first console line: shim (`--log-uri file://`)",
-        "ms",
-        &shim_console,
-    );
-    report.row(
-        "(b) first console line: bare QEMU (serial file)",
-        "ms",
-        &bare_console,
-    );
-    report.row(
-        "(b) first console line: libvirt (serial file; context)",
-        "ms",
-        &lv_console,
-    );
-    report.row(
-        "(c) containerd-shim-vm-v1 VmRSS, per running VM",
-        "MiB",
-        &vm_shims.rss,
-    );
-    report.row(
-        "(c) containerd-shim-runc-v2 VmRSS, per running container",
-        "MiB",
-        &runc_shims.rss,
-    );
+    report.row("(a) start: shim, `ctr run -d` until it returns", "ms", &shim_start);
+    report.row("(a) start: bare QEMU until QMP says running", "ms", &bare_start);
+    report.row("(a) start: libvirt, `virsh create` until it returns", "ms", &lv_start);
+    report.row("(b) first console line: shim (`--log-uri file://`)", "ms", &shim_console);
+    report.row("(b) first console line: bare QEMU (serial file)", "ms", &bare_console);
+    report.row("(b) first console line: libvirt (serial file; context)", "ms", &lv_console);
+    report.row("(c) containerd-shim-vm-v1 VmRSS, per running VM", "MiB", &vm_shims.rss);
+    report.row("(c) containerd-shim-runc-v2 VmRSS, per running container", "MiB", &runc_shims.rss);
     report.row("(c) containerd-shim-vm-v1 Pss (context)", "MiB", &vm_shims.pss);
-    report.row(
-        "(c) containerd-shim-runc-v2 Pss (context)",
-        "MiB",
-        &runc_shims.pss,
-    );
-    report.row(
-        "(c) containerd-shim-vm-v1 RssAnon, private (context)",
-        "MiB",
-        &vm_shims.anon,
-    );
-    report.row(
-        "(c) containerd-shim-runc-v2 RssAnon, private (context)",
-        "MiB",
-        &runc_shims.anon,
-    );
+    report.row("(c) containerd-shim-runc-v2 Pss (context)", "MiB", &runc_shims.pss);
+    report.row("(c) containerd-shim-vm-v1 RssAnon, private (context)", "MiB", &vm_shims.anon);
+    report.row("(c) containerd-shim-runc-v2 RssAnon, private (context)", "MiB", &runc_shims.anon);
     report.row("(c) QEMU VmRSS of the VM (context)", "MiB", &qemu_rss);
     report.row(
         "context: `qemu-img create` of bare QEMU's overlay (made before its timer starts; the shim writes its own in-process, inside its start)",
         "ms",
         &overlay,
     );
-    report.row(
-        "context: runc container start, `ctr run -d` busybox",
-        "ms",
-        &runc_start,
-    );
-    report.row(
-        "context: libvirt's first `virsh create` after libvirtd started (probes QEMU)",
-        "ms",
-        &lv_first,
-    );
+    report.row("context: runc container start, `ctr run -d` busybox", "ms", &runc_start);
+    report.row("context: libvirt's first `virsh create` after libvirtd started (probes QEMU)", "ms", &lv_first);
 
     let r_bare = ratio(shim_start.median(), bare_start.median());
     let r_lv = ratio(shim_start.median(), lv_start.median());
@@ -511,21 +420,9 @@ fn run() -> Result<()> {
     writeln!(text)?;
     writeln!(text, "| ratio (of medians) | value |")?;
     writeln!(text, "|---|---:|")?;
-    writeln!(
-        text,
-        "| shim start / bare QEMU start | {} |",
-        fmt_opt(r_bare, 2)
-    )?;
-    writeln!(
-        text,
-        "| shim start / libvirt start | {} |",
-        fmt_opt(r_lv, 2)
-    )?;
-    writeln!(
-        text,
-        "| shim first console / bare QEMU first console | {} |",
-        fmt_opt(r_console, 2)
-    )?;
+    writeln!(text, "| shim start / bare QEMU start | {} |", fmt_opt(r_bare, 2))?;
+    writeln!(text, "| shim start / libvirt start | {} |", fmt_opt(r_lv, 2))?;
+    writeln!(text, "| shim first console / bare QEMU first console | {} |", fmt_opt(r_console, 2))?;
     writeln!(text, "| shim RSS / runc shim RSS | {} |", fmt_opt(r_rss, 2))?;
     writeln!(text)?;
     let verdict = |ok: Option<bool>| match ok {
@@ -572,15 +469,7 @@ fn run() -> Result<()> {
         ("libvirt first console", &lv_console),
     ] {
         let v: Vec<String> = series.values.iter().map(|v| format!("{v:.1}")).collect();
-        writeln!(
-            text,
-            "- {label}: {}",
-            if v.is_empty() {
-                "skipped".into()
-            } else {
-                v.join(", ")
-            }
-        )?;
+        writeln!(text, "- {label}: {}", if v.is_empty() { "skipped".into() } else { v.join(", ") })?;
     }
     if !report.notes.is_empty() {
         writeln!(text)?;

@@ -42,18 +42,12 @@ pub(crate) fn proc_pss_kib(pid: u32) -> Option<f64> {
 }
 
 fn field_kib(text: &str, key: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
 /// Output of a command that must succeed.
 pub(crate) fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
@@ -70,17 +64,8 @@ pub(crate) fn first_line(cmd: &mut Command) -> String {
         .output()
         .ok()
         .map(|o| {
-            let s = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&s)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
+            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
         })
         .unwrap_or_else(|| "unknown".into())
 }
@@ -107,14 +92,8 @@ pub(crate) fn all_qemus() -> Vec<i32> {
 
 /// QEMU processes that are not this bench's (by now all of its own should be gone).
 pub(crate) fn other_qemus(rig: &Rig) -> Vec<i32> {
-    let mine: Vec<i32> = processes_of(rig.dir())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    all_qemus()
-        .into_iter()
-        .filter(|p| !mine.contains(p))
-        .collect()
+    let mine: Vec<i32> = processes_of(rig.dir()).into_iter().map(|(p, _)| p).collect();
+    all_qemus().into_iter().filter(|p| !mine.contains(p)).collect()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -126,8 +105,7 @@ pub(crate) fn shim_pid(rig: &Rig, binary: &str, id: &str) -> Result<u32> {
         .into_iter()
         .filter(|(_, cmd)| {
             let words: Vec<&str> = cmd.split_whitespace().collect();
-            words.first().is_some_and(|w| w.ends_with(binary))
-                && words.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            words.first().is_some_and(|w| w.ends_with(binary)) && words.windows(2).any(|w| w[0] == "-id" && w[1] == id)
         })
         .map(|(pid, _)| pid)
         .collect();

@@ -19,17 +19,13 @@ use crate::stats::{fmt_opt, ms, Series};
 /// was spawned; the table shows the median over the runs. Tracing slows things a little:
 /// read the steps, not the total.
 pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
-    let strace = ["/usr/bin/strace", "/bin/strace"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file());
+    let strace = ["/usr/bin/strace", "/bin/strace"].into_iter().find(|p| Path::new(p).is_file());
     let Some(strace) = strace else {
         bail!("strace is not installed (apt-get install strace)");
     };
     let containerd = std::env::var_os("CONTAINERD_BIN_DIR")
         .map(|d| vec![PathBuf::from(d)])
-        .unwrap_or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect()
-        })
+        .unwrap_or_else(|| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect())
         .into_iter()
         .map(|d| d.join("containerd"))
         .find(|p| p.is_file())
@@ -39,29 +35,21 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     std::fs::create_dir_all(&wrap)?;
     let trace = bench.work.join("profile.strace");
     // PROFILE_TRACE adds syscalls to the trace (kept in BENCH_DIR/profile.strace) for digging.
-    let extra = std::env::var("PROFILE_TRACE")
-        .map(|s| format!(",{s}"))
-        .unwrap_or_default();
+    let extra = std::env::var("PROFILE_TRACE").map(|s| format!(",{s}")).unwrap_or_default();
     let script = format!(
         "#!/bin/sh\nexec {strace} -f --seccomp-bpf -ttt -s 256 -e signal=none -o {} -e trace=execve,connect,bind,mount,sendmsg,rename,renameat,renameat2{extra} {} \"$@\"\n",
         trace.display(),
         containerd.display()
     );
     std::fs::write(wrap.join("containerd"), script)?;
-    std::fs::set_permissions(
-        wrap.join("containerd"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    std::fs::set_permissions(wrap.join("containerd"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     std::os::unix::fs::symlink(&ctr_real, wrap.join("ctr"))?;
 
     let mut config = RigConfig::from_env();
     config.containerd_bin_dir = Some(wrap.clone());
     config.log_level = "debug".into();
     let rig = Rig::start_with(config)?;
-    rig.write_shim_config(&format!(
-        "accel = \"tcg\"\nstate_dir = \"{}\"\n",
-        rig.dir().join("vmstate").display()
-    ))?;
+    rig.write_shim_config(&format!("accel = \"tcg\"\nstate_dir = \"{}\"\n", rig.dir().join("vmstate").display()))?;
     let ns = rig.namespace("profile");
     ns.import(&bench.tiny_archive)?;
     let pbench = Bench {
@@ -130,17 +118,11 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let _ = std::fs::remove_file(&log);
         ran?;
         cleanup?;
-        recorded.push(ProfRun {
-            t0_epoch,
-            elapsed,
-            log: rig.log().get(log_before..).unwrap_or("").to_string(),
-        });
+        recorded.push(ProfRun { t0_epoch, elapsed, log: rig.log().get(log_before..).unwrap_or("").to_string() });
     }
     drop(pbench);
     drop(rig);
-    let events = parse_strace(&String::from_utf8_lossy(
-        &std::fs::read(&trace).unwrap_or_default(),
-    ));
+    let events = parse_strace(&String::from_utf8_lossy(&std::fs::read(&trace).unwrap_or_default()));
 
     for (r, run) in recorded.iter().enumerate() {
         let t0_epoch = run.t0_epoch;
@@ -155,10 +137,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         };
         let mut start_pid = None;
         let mut qmp_connects = 0;
-        for e in events
-            .iter()
-            .filter(|e| e.ts >= t0_epoch - 0.001 && e.ts <= end_epoch + 0.005)
-        {
+        for e in events.iter().filter(|e| e.ts >= t0_epoch - 0.001 && e.ts <= end_epoch + 0.005) {
             let text = e.text.as_str();
             if text.starts_with("execve(") && e.ok() {
                 let path = text.split('"').nth(1).unwrap_or("");
@@ -181,11 +160,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                         .chars()
                         .take(160)
                         .collect();
-                    execs.push(format!(
-                        "  {:>8.1} ms  pid {}  exec [{argv}]",
-                        rel(e.ts),
-                        e.pid
-                    ));
+                    execs.push(format!("  {:>8.1} ms  pid {}  exec [{argv}]", rel(e.ts), e.pid));
                 }
             } else if text.starts_with("+++ exited") {
                 if Some(e.pid) == start_pid {
@@ -208,10 +183,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 if e.ok() {
                     set(QMP_CONNECT, e.ts, &mut at);
                 }
-            } else if text.starts_with("sendmsg(")
-                && text.contains("QMP")
-                && text.contains("version")
-            {
+            } else if text.starts_with("sendmsg(") && text.contains("QMP") && text.contains("version") {
                 set(QMP_GREETING, e.ts, &mut at);
             } else if text.starts_with("sendmsg(") && text.contains("RESUME") {
                 set(RESUMED, e.ts, &mut at);
@@ -241,11 +213,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 .filter_map(|l| {
                     let ts = parse_rfc3339(l.split_whitespace().next().unwrap_or(""))?;
                     let rest: String = l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
-                    Some(format!(
-                        "  {:>8.1} ms  {}",
-                        rel(ts),
-                        rest.chars().take(150).collect::<String>()
-                    ))
+                    Some(format!("  {:>8.1} ms  {}", rel(ts), rest.chars().take(150).collect::<String>()))
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
@@ -261,10 +229,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
          since the previous step that was seen:"
     )?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "| step | at (ms) | min | max | since the step before (ms, median) |"
-    )?;
+    writeln!(out, "| step | at (ms) | min | max | since the step before (ms, median) |")?;
     writeln!(out, "|---|---:|---:|---:|---:|")?;
     for ((label, s), d) in STEPS.iter().zip(&steps).zip(&deltas) {
         writeln!(
@@ -284,11 +249,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         fmt_opt(attempts.min(), 0),
         fmt_opt(attempts.max(), 0)
     )?;
-    writeln!(
-        out,
-        "`ctr run -d` under the profiler: median {} ms",
-        fmt_opt(total.median(), 1)
-    )?;
+    writeln!(out, "`ctr run -d` under the profiler: median {} ms", fmt_opt(total.median(), 1))?;
     if !execs.is_empty() {
         writeln!(out)?;
         writeln!(out, "Processes started during the last profiled start:")?;
@@ -298,10 +259,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     }
     if !first_log.is_empty() {
         writeln!(out)?;
-        writeln!(
-            out,
-            "The shim's own log lines during the last profiled start:"
-        )?;
+        writeln!(out, "The shim's own log lines during the last profiled start:")?;
         writeln!(out, "```")?;
         writeln!(out, "{first_log}")?;
         writeln!(out, "```")?;
@@ -318,17 +276,14 @@ struct TraceEvent {
 impl TraceEvent {
     /// The call returned 0 (or a non-negative value).
     fn ok(&self) -> bool {
-        self.text
-            .rsplit_once(" = ")
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('-') && !r.starts_with('?'))
+        self.text.rsplit_once(" = ").is_some_and(|(_, r)| !r.trim_start().starts_with('-') && !r.starts_with('?'))
     }
 }
 
 /// `strace -f -ttt -o` lines (`PID EPOCH.USEC call...`), unfinished calls joined with their
 /// resumption (keeping the start time).
 fn parse_strace(text: &str) -> Vec<TraceEvent> {
-    let mut pending: std::collections::HashMap<u32, (f64, String)> =
-        std::collections::HashMap::new();
+    let mut pending: std::collections::HashMap<u32, (f64, String)> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for line in text.lines() {
         // strace pads the pid: "1234  1700000000.123456 call(...)".
@@ -348,19 +303,11 @@ fn parse_strace(text: &str) -> Vec<TraceEvent> {
         if rest.starts_with("<... ") {
             if let Some((start, head)) = pending.remove(&pid) {
                 let tail = rest.split_once("resumed>").map(|(_, t)| t).unwrap_or("");
-                out.push(TraceEvent {
-                    pid,
-                    ts: start,
-                    text: format!("{head}{tail}"),
-                });
+                out.push(TraceEvent { pid, ts: start, text: format!("{head}{tail}") });
             }
             continue;
         }
-        out.push(TraceEvent {
-            pid,
-            ts,
-            text: rest.to_string(),
-        });
+        out.push(TraceEvent { pid, ts, text: rest.to_string() });
     }
     out.sort_by(|a, b| a.ts.partial_cmp(&b.ts).unwrap_or(std::cmp::Ordering::Equal));
     out
@@ -373,11 +320,7 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.split(':');
-    let (hh, mm, ss) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<f64>().ok()?,
-    );
+    let (hh, mm, ss) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
     // Days from civil (Howard Hinnant).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
@@ -390,8 +333,5 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
 }
 
 fn now_epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

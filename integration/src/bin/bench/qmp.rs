@@ -21,11 +21,7 @@ pub(crate) struct QmpPhases {
 
 /// Connects to QEMU's QMP socket as soon as it exists, negotiates, and polls `query-status`
 /// until it says running. Returns the time since `t0`, and when the phases were reached.
-pub(crate) fn qmp_wait_running(
-    socket: &Path,
-    t0: Instant,
-    child: &mut Child,
-) -> Result<(Duration, QmpPhases)> {
+pub(crate) fn qmp_wait_running(socket: &Path, t0: Instant, child: &mut Child) -> Result<(Duration, QmpPhases)> {
     let stream = loop {
         match UnixStream::connect(socket) {
             Ok(s) => break s,
@@ -59,10 +55,7 @@ pub(crate) fn qmp_wait_running(
         }
     };
     let greeting = read_reply(&mut reader)?;
-    let phases = QmpPhases {
-        connected,
-        greeting: t0.elapsed(),
-    };
+    let phases = QmpPhases { connected, greeting: t0.elapsed() };
     if greeting.get("QMP").is_none() {
         bail!("unexpected QMP greeting {greeting}");
     }

@@ -47,11 +47,7 @@ pub(crate) struct Report {
 
 impl Report {
     pub(crate) fn row(&mut self, label: &str, unit: &'static str, series: &Series) {
-        self.rows.push(Row {
-            label: label.to_string(),
-            unit,
-            series: series.clone(),
-        });
+        self.rows.push(Row { label: label.to_string(), unit, series: series.clone() });
     }
     pub(crate) fn note(&mut self, note: impl Into<String>) {
         let note = note.into();
@@ -61,8 +57,7 @@ impl Report {
 }
 
 pub(crate) fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "n/a".into())
+    v.map(|v| format!("{v:.prec$}")).unwrap_or_else(|| "n/a".into())
 }
 
 pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
