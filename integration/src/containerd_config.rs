@@ -64,7 +64,9 @@ impl ConfigVersion {
 pub struct VmRuntime {
     pub handler: String,
     pub config_path: Option<PathBuf>,
-    /// Annotations (regular expressions) CRI passes on to the shim.
+    /// Annotations CRI passes on to the shim: glob patterns, which containerd (1.6 to 2.x)
+    /// matches against each annotation key with Go's `path.Match`, so `*` is any run of
+    /// characters but `/` and `.` is a dot (a regular expression like `.*` matches nothing).
     pub annotations: Vec<String>,
 }
 
@@ -74,7 +76,7 @@ impl VmRuntime {
         VmRuntime {
             handler: "vm".into(),
             config_path: Some("/etc/containerd-shim-vm/config.toml".into()),
-            annotations: vec!["vm.containerd.io/.*".into()],
+            annotations: vec!["vm.containerd.io/*".into()],
         }
     }
 }
@@ -207,6 +209,40 @@ mod tests {
         assert!(v3.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.vm]"), "{v3}");
         assert!(v3.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.vm.options]\n  ConfigPath = \"/etc/containerd-shim-vm/config.toml\""));
         assert!(v3.contains("\nversion = 3\n"));
+    }
+
+    /// Go's `path.Match` for the patterns used here: literal characters and `*` (any run
+    /// of characters but `/`); anything else a glob could mean is refused.
+    fn go_path_match(pattern: &str, name: &str) -> bool {
+        assert!(!pattern.contains(['?', '[', '\\']), "{pattern}: only literals and * are modelled");
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                let Some(rest) = name.strip_prefix(head) else { return false };
+                (0..=rest.len())
+                    .filter(|&i| rest.is_char_boundary(i))
+                    .take_while(|&i| !rest[..i].contains('/'))
+                    .any(|i| go_path_match(tail, &rest[i..]))
+            }
+        }
+    }
+
+    /// CRI passes the shim's annotations through: the packaged patterns match them as
+    /// containerd matches (glob, not regular expression), and nothing outside the prefix.
+    #[test]
+    fn packaged_annotation_patterns_match_the_shims_annotations() {
+        let patterns = VmRuntime::packaged().annotations;
+        let passed = |key: &str| patterns.iter().any(|p| go_path_match(p, key));
+        for key in ["vm.containerd.io/cpus", "vm.containerd.io/memory", "vm.containerd.io/disk"] {
+            assert!(passed(key), "{key} is not passed through by {patterns:?}");
+        }
+        for key in ["io.kubernetes.cri.sandbox-id", "vmXcontainerdYio/cpus", "vm.containerd.io/a/b"] {
+            assert!(!passed(key), "{key} is passed through by {patterns:?}");
+        }
+        assert!(!go_path_match("vm.containerd.io/.*", "vm.containerd.io/cpus"), "a regex is not a glob");
+        let v3 = ContainerdConfig::packaging().render(ConfigVersion::V3);
+        assert!(v3.contains("  pod_annotations = [\"vm.containerd.io/*\"]\n"), "{v3}");
+        assert!(v3.contains("  container_annotations = [\"vm.containerd.io/*\"]\n"), "{v3}");
     }
 
     #[test]

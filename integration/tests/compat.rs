@@ -59,13 +59,13 @@ fn cri_loads_the_vm_runtime_handler() -> Result<()> {
     let expected = if release.major >= 2 {
         [
             "\\\"vm\\\":{\\\"runtimeType\\\":\\\"io.containerd.vm.v1\\\"".to_string(),
-            "vm.containerd.io/.*".into(),
+            "\\\"PodAnnotations\\\":[\\\"vm.containerd.io/*\\\"]".into(),
             format!("\\\"ConfigPath\\\":\\\"{config_path}\\\""),
         ]
     } else {
         [
             "vm:{Type:io.containerd.vm.v1".to_string(),
-            "PodAnnotations:[vm.containerd.io/.*]".into(),
+            "PodAnnotations:[vm.containerd.io/*]".into(),
             format!("ConfigPath:{config_path}"),
         ]
     };
