@@ -23,9 +23,64 @@ if [ -x "$out/usr/bin/containerd" ]; then
   exit 0
 fi
 
+# The Debian mirror this machine already uses: the first archive URI its apt sources name
+# for its own suite with the main component. (Read from the files, not from apt's lists,
+# which may not exist yet.)
+host_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+sources_files() {
+  [ ! -f /etc/apt/sources.list ] || echo /etc/apt/sources.list
+  # apt reads the parts in name order, .list and .sources alike.
+  local f
+  for f in /etc/apt/sources.list.d/*; do
+    case "$f" in *.list|*.sources) [ -f "$f" ] && echo "$f" ;; esac
+  done
+}
+mirror_in() { # mirror_in FILE: the first "deb URI $host_suite ... main ..." entry's URI
+  case "$1" in
+    *.list) # one-line format: deb [options] URI SUITE COMPONENT...
+      awk -v suite="$host_suite" '
+        { sub(/#.*/, "") }
+        $1 == "deb" {
+          i = 2
+          if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+          if ($(i + 1) != suite) next
+          for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i; exit }
+        }' "$1" ;;
+    *.sources) # deb822: stanzas of Types, URIs, Suites, Components (and Enabled)
+      awk -v suite="$host_suite" '
+        function has(list, word,   n, a, k) { n = split(list, a, " "); for (k = 1; k <= n; k++) if (a[k] == word) return 1; return 0 }
+        function stanza_end(   a) {
+          if (!done && has(f["types"], "deb") && f["enabled"] != "no" && has(f["suites"], suite) && has(f["components"], "main")) {
+            split(f["uris"], a, " "); print a[1]; done = 1
+          }
+          delete f; key = ""
+        }
+        /^[ \t]*#/ { next }
+        /^[ \t]*$/ { stanza_end(); next }
+        /^[ \t]/ { if (key != "") f[key] = f[key] " " $0; next }
+        { c = index($0, ":"); key = tolower(substr($0, 1, c - 1)); f[key] = substr($0, c + 1)
+          if (key == "enabled") { f[key] = tolower(f[key]); gsub(/[ \t]/, "", f[key]) } }
+        END { stanza_end() }' "$1" ;;
+  esac
+}
+mirror=
+while read -r file; do
+  mirror=$(mirror_in "$file")
+  [ -z "$mirror" ] || break
+done < <(sources_files)
+if [ -z "$host_suite" ] || [ -z "$mirror" ]; then
+  echo "fetch-containerd.sh: no Debian mirror found: none of /etc/apt/sources.list," \
+       "/etc/apt/sources.list.d/*.list or *.sources has a \"deb\" entry for this host's suite" \
+       "(${host_suite:-unknown: no VERSION_CODENAME in /etc/os-release}) with the main component." \
+       "Add the Debian archive for it to apt's sources, then run this again." >&2
+  exit 1
+fi
+mirror=${mirror%/}
+echo "fetch-containerd.sh: fetching from $mirror (the mirror apt uses for $host_suite)" >&2
+
 apt_dir=$cache/apt-$suite
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/cache"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" > "$apt_dir/sources.list"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" > "$apt_dir/sources.list"
 # Every file apt reads or writes is private: the host's pins do not apply, its package
 # caches are not rewritten from the other suite's lists, and its lock is not taken.
 apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=/dev/null
