@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README and CI): installs what is missing, builds, runs the unit
 # tests, then the end-to-end suites (a private containerd, real QEMU) on the host's
-# containerd and again on containerd 1.7 and 2.x fetched from Debian's archive.
+# containerd, again on containerd 1.7 and 2.x fetched from Debian's archive, and on the
+# newest containerd release built from its Go module.
 # Must run as root: the suites start containerd, QEMU and create cgroups.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,10 +36,16 @@ run_suites "end-to-end suites on containerd $host_version (host)" -p integration
 ran+=("$host_version")
 
 # CONTAINERD_SERIES="" skips the other releases (for a quick local run); CI never sets it.
-series_list=${CONTAINERD_SERIES-1.7 2}
+# 1.7 and 2: Debian's packages (fetch-containerd.sh); latest: the newest release, built
+# from the Go module proxy (build-containerd.sh).
+series_list=${CONTAINERD_SERIES-1.7 2 latest}
 for series in $series_list; do
-  if ! bin=$(bash integration/scripts/fetch-containerd.sh "$series"); then
-    failed+=("containerd $series: could not be fetched")
+  case "$series" in
+    latest) get=(integration/scripts/build-containerd.sh) ;;
+    *) get=(integration/scripts/fetch-containerd.sh "$series") ;;
+  esac
+  if ! bin=$(bash "${get[@]}"); then
+    failed+=("containerd $series: could not be fetched or built")
     continue
   fi
   version=$(cat "$bin/../../VERSION")
@@ -50,5 +57,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   printf '== FAILED: %s\n' "${failed[@]}" >&2
   exit 1
 fi
-[ -n "$series_list" ] || echo "== SKIPPED: containerd 1.7 and 2.x (CONTAINERD_SERIES is empty)" >&2
+[ -n "$series_list" ] || echo "== SKIPPED: containerd 1.7, 2.x and the newest release (CONTAINERD_SERIES is empty)" >&2
 echo "== all suites passed on containerd ${ran[*]}"
