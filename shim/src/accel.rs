@@ -518,14 +518,14 @@ mod tests {
     #[test]
     fn probe_exit_zero_means_kvm() {
         let s = Scratch::new("ok");
-        let exe = fake_exe(&s.dir(), r#"[ "$1" = --probe-kvm ] || exit 9; exit 0"#);
+        let exe = fake_exe(s.dir(), r#"[ "$1" = --probe-kvm ] || exit 9; exit 0"#);
         assert_eq!(resolve_auto(&exe, Duration::from_secs(5)), (Accel::Kvm, None));
     }
 
     #[test]
     fn probe_failure_reason_is_passed_on() {
         let s = Scratch::new("fail");
-        let exe = fake_exe(&s.dir(), "echo 'KVM_RUN failed: boom' >&2; exit 1");
+        let exe = fake_exe(s.dir(), "echo 'KVM_RUN failed: boom' >&2; exit 1");
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);
         let reason = reason.unwrap();
@@ -536,7 +536,7 @@ mod tests {
     #[test]
     fn probe_killed_by_signal() {
         let s = Scratch::new("sig");
-        let exe = fake_exe(&s.dir(), "kill -SEGV $$");
+        let exe = fake_exe(s.dir(), "kill -SEGV $$");
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);
         assert!(reason.unwrap().contains("signal 11"));
@@ -546,7 +546,7 @@ mod tests {
     fn hanging_probe_is_killed_on_time() {
         let s = Scratch::new("hang");
         // `exec` so the pid we kill is the sleeper itself.
-        let exe = fake_exe(&s.dir(), "exec sleep 10");
+        let exe = fake_exe(s.dir(), "exec sleep 10");
         let start = Instant::now();
         let (accel, reason) = resolve_auto(&exe, Duration::from_millis(300));
         let took = start.elapsed();
@@ -559,7 +559,7 @@ mod tests {
     fn hang_with_open_stderr_grandchild_does_not_block() {
         let s = Scratch::new("grandchild");
         // A grandchild keeps the stderr pipe open after the probe is killed.
-        let exe = fake_exe(&s.dir(), "sleep 3 & exec sleep 3");
+        let exe = fake_exe(s.dir(), "sleep 3 & exec sleep 3");
         let start = Instant::now();
         let (accel, _) = resolve_auto(&exe, Duration::from_millis(200));
         assert_eq!(accel, Accel::Tcg);
@@ -570,7 +570,7 @@ mod tests {
     fn chatty_probe_does_not_block() {
         let s = Scratch::new("chatty");
         // Far more than a pipe buffer on stderr, then failure.
-        let exe = fake_exe(&s.dir(), "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3");
+        let exe = fake_exe(s.dir(), "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3");
         let start = Instant::now();
         let (accel, reason) = resolve_auto(&exe, Duration::from_secs(5));
         assert_eq!(accel, Accel::Tcg);

@@ -5,11 +5,22 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::plan::{AccelSetting, MachineType};
+use crate::plan::{Limits, MIN_MEMORY_BYTES};
 use crate::quantity;
 
 /// Environment variable naming a config file when containerd sends no ConfigPath.
 pub const CONFIG_ENV: &str = "CONTAINERD_SHIM_VM_CONFIG";
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-vm/config.toml";
+/// How a config that came in the runtime options' ConfigBody is named in messages.
+pub const OPTIONS_BODY_SOURCE: &str = "<containerd runtime options>";
+
+/// What containerd's runtime options say about the config (runtimeoptions.v1.Options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub path: Option<PathBuf>,
+    pub body: Option<String>,
+}
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -19,24 +30,6 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("config {path}: {field} = {value:?}: {reason}")]
     Invalid { path: PathBuf, field: &'static str, value: String, reason: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AccelSetting {
-    /// KVM when /dev/kvm can really run a guest, else TCG.
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineType {
-    #[default]
-    Q35,
-    Pc,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,12 +100,17 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Finds the config: the runtime options' ConfigPath, else $CONTAINERD_SHIM_VM_CONFIG,
-    /// else /etc/containerd-shim-vm/config.toml, else the built-in defaults. A path that is
-    /// named explicitly must exist; the well-known path may be absent.
-    pub fn find(config_path_option: Option<&Path>) -> Result<Config, ConfigError> {
-        if let Some(path) = config_path_option.filter(|p| !p.as_os_str().is_empty()) {
+    /// Finds the config: the runtime options' ConfigPath, else their ConfigBody (containerd
+    /// 2.x sends the runtime's whole `options` table as TOML when it has no ConfigPath),
+    /// else $CONTAINERD_SHIM_VM_CONFIG, else /etc/containerd-shim-vm/config.toml, else the
+    /// built-in defaults. A path that is named explicitly must exist; the well-known path
+    /// may be absent.
+    pub fn find(options: &RuntimeConfig) -> Result<Config, ConfigError> {
+        if let Some(path) = options.path.as_deref().filter(|p| !p.as_os_str().is_empty()) {
             return Self::load(path);
+        }
+        if let Some(body) = options.body.as_deref().filter(|b| !b.trim().is_empty()) {
+            return Self::parse_options_body(body);
         }
         if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
             return Self::load(Path::new(&path));
@@ -122,6 +120,34 @@ impl Config {
             return Self::load(default_path);
         }
         Ok(Config::default())
+    }
+
+    /// The runtime's `options` table as containerd 2.x sends it: the shim's keys, beside
+    /// the runtimeoptions fields themselves, which are not the shim's and are left out.
+    fn parse_options_body(body: &str) -> Result<Config, ConfigError> {
+        let path = Path::new(OPTIONS_BODY_SOURCE);
+        let mut table: toml::Table =
+            toml::from_str(body).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        for key in ["ConfigPath", "TypeUrl", "ConfigBody"] {
+            table.remove(key);
+        }
+        let raw = RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        validate(raw, path)
+    }
+
+    /// What the VM plan needs of the config.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            accel: self.accel,
+            machine: self.machine,
+            tcg_translation_cache_bytes: self.tcg_translation_cache_bytes,
+            default_cpus: self.default_cpus,
+            max_cpus: self.max_cpus,
+            default_memory_bytes: self.default_memory_bytes,
+            max_memory_bytes: self.max_memory_bytes,
+            memory_overhead_bytes: self.memory_overhead_bytes,
+        }
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -169,11 +195,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         tracing::warn!(config = %path.display(), "config key qemu_img is no longer used and is ignored");
     }
     let default_memory_bytes = bytes("default_memory", &raw.default_memory)?;
-    if default_memory_bytes < crate::plan::MIN_MEMORY_BYTES {
+    if default_memory_bytes < MIN_MEMORY_BYTES {
         return Err(invalid(
             "default_memory",
             raw.default_memory.clone(),
-            format!("below the minimum {}", quantity::format_bytes(crate::plan::MIN_MEMORY_BYTES)),
+            format!("below the minimum {}", quantity::format_bytes(MIN_MEMORY_BYTES)),
         ));
     }
     let max_memory_bytes = bytes("max_memory", &raw.max_memory)?;
@@ -246,7 +272,21 @@ mod tests {
 
     #[test]
     fn explicit_missing_path_is_an_error() {
-        let e = Config::find(Some(Path::new("/nonexistent/shim.toml"))).unwrap_err().to_string();
+        let options = RuntimeConfig { path: Some("/nonexistent/shim.toml".into()), body: None };
+        let e = Config::find(&options).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/shim.toml"), "{e}");
+    }
+
+    #[test]
+    fn options_body_is_read_when_there_is_no_path() {
+        let body = "ConfigPath = \"\"\nTypeUrl = \"io.containerd.vm.v1\"\naccel = \"tcg\"\ndefault_memory = \"1Gi\"\n";
+        let c = Config::find(&RuntimeConfig { path: None, body: Some(body.into()) }).unwrap();
+        assert_eq!((c.accel, c.default_memory_bytes), (AccelSetting::Tcg, 1 << 30));
+        assert_eq!(c.source, OPTIONS_BODY_SOURCE);
+        let e = Config::find(&RuntimeConfig { path: None, body: Some("accel = \"xen\"".into()) }).unwrap_err();
+        assert!(e.to_string().contains(OPTIONS_BODY_SOURCE) && e.to_string().contains("xen"), "{e}");
+        // a path wins over a body
+        let e = Config::find(&RuntimeConfig { path: Some("/nonexistent/c.toml".into()), body: Some(body.into()) });
+        assert!(e.unwrap_err().to_string().contains("/nonexistent/c.toml"));
     }
 }

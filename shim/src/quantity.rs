@@ -51,7 +51,7 @@ pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
 /// Renders bytes compactly for messages: "256Mi", "1Gi", or plain bytes.
 pub fn format_bytes(bytes: u64) -> String {
     for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{}", bytes / unit, suffix);
         }
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::accel::Accel;
-use crate::config::MachineType;
+use crate::disk::format::DiskFormat;
+use crate::plan::MachineType;
 
 /// Something that contributes arguments to QEMU's command line.
 pub trait QemuArg {
@@ -88,17 +89,15 @@ impl QemuArg for Memory {
     }
 }
 
-/// The QMP control socket: a unix socket in the VM's private state dir that the shim
-/// binds and listens on, handed to QEMU as descriptor `fd`. The shim's own connection
-/// is queued before QEMU starts, so nobody polls for the socket to appear; the path
-/// stays for whoever connects later.
+/// The QMP control channel: one end of a socketpair whose other end the shim keeps,
+/// handed to QEMU as descriptor `fd`: connected before QEMU starts, no socket file.
 pub struct QmpSocket {
     pub fd: i32,
 }
 
 impl QemuArg for QmpSocket {
     fn push_args(&self, argv: &mut Vec<OsString>) {
-        push(argv, "-chardev", format!("socket,id=qmp,fd={},server=on,wait=off", self.fd));
+        push(argv, "-chardev", format!("socket,id=qmp,fd={},server=off", self.fd));
         push(argv, "-mon", "chardev=qmp,mode=control");
     }
 }
@@ -126,44 +125,35 @@ impl QemuArg for PanicDevice {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    Qcow2,
-    Raw,
-}
-
-impl ImageFormat {
-    pub fn driver(self) -> &'static str {
-        match self {
-            ImageFormat::Qcow2 => "qcow2",
-            ImageFormat::Raw => "raw",
-        }
-    }
-}
-
-/// The root disk: the image's file opened read-only as the backing node, under a
-/// qcow2 overlay that takes every write. Backings are named explicitly (and the
-/// image's is `null`), so no backing file name recorded in a header is ever opened,
-/// even if the file changed after the shim inspected it.
+/// The root disk: the image opened read-only as the backing node, under a qcow2 overlay
+/// that takes every write. Both files reach QEMU as descriptors the shim opened and
+/// checked (`-add-fd`, opened by QEMU as `/dev/fdset/N`), so no path can be swapped
+/// between the check and QEMU's open. Backings are named explicitly (and the image's is
+/// `null`), so no backing file name recorded in a header is ever opened.
 pub struct RootDisk {
-    pub image: PathBuf,
-    pub image_format: ImageFormat,
-    pub overlay: PathBuf,
+    pub image_fd: i32,
+    pub image_format: DiskFormat,
+    pub overlay_fd: i32,
 }
+
+/// fd sets of the root disk's files.
+const IMAGE_FDSET: u32 = 1;
+const OVERLAY_FDSET: u32 = 2;
 
 impl QemuArg for RootDisk {
     fn push_args(&self, argv: &mut Vec<OsString>) {
-        // JSON form: file names need no escaping and cannot inject options.
+        push(argv, "-add-fd", format!("fd={},set={IMAGE_FDSET},opaque=image", self.image_fd));
+        push(argv, "-add-fd", format!("fd={},set={OVERLAY_FDSET},opaque=overlay", self.overlay_fd));
         let nodes = [
-            json!({"driver": "file", "node-name": "image-file", "filename": self.image.to_string_lossy(),
+            json!({"driver": "file", "node-name": "image-file", "filename": format!("/dev/fdset/{IMAGE_FDSET}"),
                    "read-only": true}),
             match self.image_format {
-                ImageFormat::Qcow2 => json!({"driver": "qcow2", "node-name": "image", "file": "image-file",
+                DiskFormat::Qcow2 => json!({"driver": "qcow2", "node-name": "image", "file": "image-file",
                                              "read-only": true, "backing": null}),
-                ImageFormat::Raw => json!({"driver": "raw", "node-name": "image", "file": "image-file",
+                DiskFormat::Raw => json!({"driver": "raw", "node-name": "image", "file": "image-file",
                                            "read-only": true}),
             },
-            json!({"driver": "file", "node-name": "overlay-file", "filename": self.overlay.to_string_lossy()}),
+            json!({"driver": "file", "node-name": "overlay-file", "filename": format!("/dev/fdset/{OVERLAY_FDSET}")}),
             json!({"driver": "qcow2", "node-name": "root", "file": "overlay-file", "backing": "image"}),
         ];
         for node in nodes {
@@ -189,7 +179,7 @@ mod tests {
         let console = render(&SerialConsole { tty: "/dev/x,y".into() });
         assert_eq!(console[1], "serial,id=console,path=/dev/x,,y");
         let qmp = render(&QmpSocket { fd: 3 });
-        assert_eq!(qmp[1], "socket,id=qmp,fd=3,server=on,wait=off");
+        assert_eq!(qmp[1], "socket,id=qmp,fd=3,server=off");
         let base = render(&BaseFlags { name: "evil,id=x" });
         assert!(base.contains(&"guest=evil,,id=x,debug-threads=on".to_string()));
     }
@@ -217,16 +207,14 @@ mod tests {
     }
 
     #[test]
-    fn root_disk_names_its_backing_explicitly() {
-        let argv = render(&RootDisk {
-            image: "/r/disk/a,b.qcow2".into(),
-            image_format: ImageFormat::Qcow2,
-            overlay: "/r/.vm/overlay.qcow2".into(),
-        });
+    fn root_disk_is_opened_from_descriptors_and_names_its_backing_explicitly() {
+        let argv = render(&RootDisk { image_fd: 4, image_format: DiskFormat::Qcow2, overlay_fd: 5 });
+        let fdsets: Vec<&String> = argv.chunks(2).filter(|c| c[0] == "-add-fd").map(|c| &c[1]).collect();
+        assert_eq!(fdsets, ["fd=4,set=1,opaque=image", "fd=5,set=2,opaque=overlay"]);
         let blockdevs: Vec<serde_json::Value> =
             argv.chunks(2).filter(|c| c[0] == "-blockdev").map(|c| serde_json::from_str(&c[1]).unwrap()).collect();
         assert_eq!(blockdevs.len(), 4);
-        assert_eq!(blockdevs[0]["filename"], "/r/disk/a,b.qcow2");
+        assert_eq!(blockdevs[0]["filename"], "/dev/fdset/1");
         assert_eq!(blockdevs[0]["read-only"], true);
         assert_eq!(blockdevs[1]["driver"], "qcow2");
         assert_eq!(blockdevs[1]["read-only"], true);
@@ -234,7 +222,10 @@ mod tests {
             blockdevs[1]["backing"].is_null() && blockdevs[1].get("backing").is_some(),
             "image must not follow a backing file"
         );
+        assert_eq!(blockdevs[2]["filename"], "/dev/fdset/2");
         assert_eq!(blockdevs[3]["backing"], "image");
         assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
+        let raw = render(&RootDisk { image_fd: 4, image_format: DiskFormat::Raw, overlay_fd: 5 });
+        assert!(raw.iter().any(|a| a.contains(r#""driver":"raw""#)), "{raw:?}");
     }
 }

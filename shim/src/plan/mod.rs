@@ -1,24 +1,21 @@
-//! The VM plan: what to run, decided from the OCI spec, its annotations and the config.
-//! Pure: every bad input is refused here, before the host is touched.
+//! The VM plan: what to run, decided from the OCI spec, its annotations and the
+//! shim's limits. Pure and complete: every bad input is refused here, before the host
+//! is touched, and the plan (serialisable) is all the QEMU command line is made from.
+
+pub mod annotations;
+pub mod cgroup;
 
 use std::collections::HashMap;
 
 use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::Config;
-use crate::quantity::{self, format_bytes};
+use annotations::MEMORY_ALIGN;
+pub use annotations::{ANNOTATION_CPUS, ANNOTATION_DISK, ANNOTATION_MEMORY, KNOWN_ANNOTATIONS, MIN_MEMORY_BYTES};
+pub use cgroup::{CgroupLimits, CgroupPlan};
 
-pub const ANNOTATION_PREFIX: &str = "vm.containerd.io/";
-pub const ANNOTATION_CPUS: &str = "vm.containerd.io/cpus";
-pub const ANNOTATION_MEMORY: &str = "vm.containerd.io/memory";
-pub const ANNOTATION_DISK: &str = "vm.containerd.io/disk";
-pub const KNOWN_ANNOTATIONS: &[&str] = &[ANNOTATION_CPUS, ANNOTATION_MEMORY, ANNOTATION_DISK];
-
-/// Smallest guest memory the shim will start: a Linux guest below this cannot boot.
-pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
-/// Guest RAM is given to QEMU in whole MiB.
-const MEMORY_ALIGN: u64 = 1 << 20;
+use crate::quantity::format_bytes;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -28,8 +25,44 @@ pub enum PlanError {
     Spec { field: &'static str, value: String, reason: String },
 }
 
-/// Where the guest disk comes from.
+/// How QEMU accelerates the guest (config `accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelSetting {
+    /// KVM when /dev/kvm can really run a guest, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// QEMU's machine type (config `machine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    #[default]
+    Q35,
+    Pc,
+}
+
+/// What the shim's configuration allows and chooses when the spec is silent.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub accel: AccelSetting,
+    pub machine: MachineType,
+    pub tcg_translation_cache_bytes: u64,
+    pub default_cpus: u32,
+    pub max_cpus: u32,
+    pub default_memory_bytes: u64,
+    /// The most guest memory a VM may ask for (annotation, limit or default).
+    pub max_memory_bytes: u64,
+    /// QEMU's own memory beside guest RAM, counted against the container's memory limit.
+    pub memory_overhead_bytes: u64,
+}
+
+/// Where the guest disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskRequest {
     /// The single file under /disk/ of the image (the containerDisk layout).
     ImageDiskDir,
@@ -37,31 +70,27 @@ pub enum DiskRequest {
     Annotated(String),
 }
 
-/// The cgroup the QEMU process joins, and the limits the spec sets on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupPlan {
-    pub path: String,
-    pub memory_limit_bytes: Option<u64>,
-    pub cpu_quota: Option<i64>,
-    pub cpu_period: Option<u64>,
-    pub cpu_shares: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything about one VM that the spec and the config decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlan {
+    /// The container id: QEMU's `-name`.
+    pub name: String,
+    pub machine: MachineType,
+    pub accel: AccelSetting,
+    pub tcg_translation_cache_mib: u64,
     pub cpus: u32,
     pub memory_bytes: u64,
-    pub disk: DiskRequest,
+    pub root_disk: DiskRequest,
     /// `terminal: true` in the spec: the console is handed out as a pty.
     pub terminal: bool,
     pub cgroup: Option<CgroupPlan>,
 }
 
 impl VmPlan {
-    pub fn from_spec(spec: &Spec, config: &Config) -> Result<VmPlan, PlanError> {
+    pub fn from_spec(name: &str, spec: &Spec, limits: &Limits) -> Result<VmPlan, PlanError> {
         let empty = HashMap::new();
         let annotations = spec.annotations().as_ref().unwrap_or(&empty);
-        check_annotation_keys(annotations)?;
+        annotations::check_keys(annotations)?;
         let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
         let memory_limit = match resources.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()) {
             Some(limit) if limit > 0 => Some(limit as u64),
@@ -72,25 +101,25 @@ impl VmPlan {
         let cpu_period = cpu.and_then(|c| c.period()).filter(|p| *p > 0);
 
         let cpus = match annotations.get(ANNOTATION_CPUS) {
-            Some(value) => parse_cpus(value, config.max_cpus)?,
+            Some(value) => annotations::parse_cpus(value, limits.max_cpus)?,
             None => match (cpu_quota, cpu_period) {
                 (Some(quota), Some(period)) => {
                     let cpus = (quota as u64).div_ceil(period).max(1);
-                    u32::try_from(cpus).ok().filter(|c| *c <= config.max_cpus).ok_or_else(|| PlanError::Spec {
+                    u32::try_from(cpus).ok().filter(|c| *c <= limits.max_cpus).ok_or_else(|| PlanError::Spec {
                         field: "linux.resources.cpu.quota",
                         value: quota.to_string(),
-                        reason: format!("asks for {cpus} vCPUs (period {period}), above max_cpus {}", config.max_cpus),
+                        reason: format!("asks for {cpus} vCPUs (period {period}), above max_cpus {}", limits.max_cpus),
                     })?
                 }
-                _ => config.default_cpus,
+                _ => limits.default_cpus,
             },
         };
 
         let memory_bytes = match annotations.get(ANNOTATION_MEMORY) {
             Some(value) => {
-                let bytes = parse_memory(value, config.max_memory_bytes)?;
+                let bytes = annotations::parse_memory(value, limits.max_memory_bytes)?;
                 if let Some(limit) = memory_limit {
-                    let needed = bytes.saturating_add(config.memory_overhead_bytes);
+                    let needed = bytes.saturating_add(limits.memory_overhead_bytes);
                     if needed > limit {
                         return Err(PlanError::Annotation {
                             key: ANNOTATION_MEMORY.into(),
@@ -98,7 +127,7 @@ impl VmPlan {
                             reason: format!(
                                 "guest memory {} plus QEMU overhead {} does not fit the container's memory limit {}",
                                 format_bytes(bytes),
-                                format_bytes(config.memory_overhead_bytes),
+                                format_bytes(limits.memory_overhead_bytes),
                                 format_bytes(limit)
                             ),
                         });
@@ -109,26 +138,26 @@ impl VmPlan {
             None => match memory_limit {
                 Some(limit) => {
                     // The guest gets what the limit leaves after QEMU's own overhead.
-                    let guest = limit.saturating_sub(config.memory_overhead_bytes) / MEMORY_ALIGN * MEMORY_ALIGN;
+                    let guest = limit.saturating_sub(limits.memory_overhead_bytes) / MEMORY_ALIGN * MEMORY_ALIGN;
                     if guest < MIN_MEMORY_BYTES {
                         return Err(PlanError::Spec {
                             field: "linux.resources.memory.limit",
                             value: limit.to_string(),
                             reason: format!(
                                 "too small for a VM: QEMU overhead {} plus the minimum guest memory {}",
-                                format_bytes(config.memory_overhead_bytes),
+                                format_bytes(limits.memory_overhead_bytes),
                                 format_bytes(MIN_MEMORY_BYTES)
                             ),
                         });
                     }
-                    guest.min(config.max_memory_bytes / MEMORY_ALIGN * MEMORY_ALIGN)
+                    guest.min(limits.max_memory_bytes / MEMORY_ALIGN * MEMORY_ALIGN)
                 }
-                None => config.default_memory_bytes,
+                None => limits.default_memory_bytes,
             },
         };
 
-        let disk = match annotations.get(ANNOTATION_DISK) {
-            Some(value) => DiskRequest::Annotated(check_disk_annotation(value)?),
+        let root_disk = match annotations.get(ANNOTATION_DISK) {
+            Some(value) => DiskRequest::Annotated(annotations::check_disk(value)?),
             None => DiskRequest::ImageDiskDir,
         };
 
@@ -146,7 +175,7 @@ impl VmPlan {
                     reason: "must not contain '..'".into(),
                 });
             }
-            if crate::cgroup::relative_path(path).is_empty() {
+            if cgroup::relative_path(path).is_empty() {
                 return Err(PlanError::Spec {
                     field: "linux.cgroupsPath",
                     value: path.clone(),
@@ -154,84 +183,72 @@ impl VmPlan {
                 });
             }
         }
-        let cgroup = cgroups_path.map(|path| CgroupPlan {
-            path,
+        let cpuset = |value: Option<&String>, field: &'static str| -> Result<Option<String>, PlanError> {
+            match value.map(|v| v.trim()).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(list) if is_cpu_list(list) => Ok(Some(list.to_string())),
+                Some(list) => Err(PlanError::Spec {
+                    field,
+                    value: list.to_string(),
+                    reason: "not a list of numbers and ranges such as 0-3,6".into(),
+                }),
+            }
+        };
+        let limits_of_cgroup = CgroupLimits {
             memory_limit_bytes: memory_limit,
             cpu_quota,
             cpu_period,
             cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
-        });
+            cpuset_cpus: cpuset(cpu.and_then(|c| c.cpus().as_ref()), "linux.resources.cpu.cpus")?,
+            cpuset_mems: cpuset(cpu.and_then(|c| c.mems().as_ref()), "linux.resources.cpu.mems")?,
+        };
+        let cgroup = cgroups_path.map(|path| CgroupPlan { path, limits: limits_of_cgroup });
 
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-        Ok(VmPlan { cpus, memory_bytes, disk, terminal, cgroup })
+        Ok(VmPlan {
+            name: name.to_string(),
+            machine: limits.machine,
+            accel: limits.accel,
+            tcg_translation_cache_mib: (limits.tcg_translation_cache_bytes >> 20).max(1),
+            cpus,
+            memory_bytes,
+            root_disk,
+            terminal,
+            cgroup,
+        })
     }
 }
 
-fn check_annotation_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError> {
-    let mut unknown: Vec<&String> = annotations
-        .keys()
-        .filter(|k| k.starts_with(ANNOTATION_PREFIX) && !KNOWN_ANNOTATIONS.contains(&k.as_str()))
-        .collect();
-    unknown.sort();
-    match unknown.first() {
-        Some(key) => Err(PlanError::Annotation {
-            key: (*key).clone(),
-            value: annotations[*key].clone(),
-            reason: format!("unknown annotation; known: {}", KNOWN_ANNOTATIONS.join(", ")),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
-    let err = |reason: String| PlanError::Annotation { key: ANNOTATION_CPUS.into(), value: value.to_string(), reason };
-    let cpus: u32 = value.trim().parse().map_err(|_| err("not a whole number of vCPUs".into()))?;
-    if cpus == 0 || cpus > max_cpus {
-        return Err(err(format!("must be between 1 and {max_cpus}")));
-    }
-    Ok(cpus)
-}
-
-fn parse_memory(value: &str, max_memory: u64) -> Result<u64, PlanError> {
-    let err =
-        |reason: String| PlanError::Annotation { key: ANNOTATION_MEMORY.into(), value: value.to_string(), reason };
-    let bytes = quantity::parse_bytes(value)
-        .map_err(|e| err(format!("not a memory quantity ({}); use e.g. 256Mi or 2Gi", e.reason)))?;
-    if bytes < MIN_MEMORY_BYTES {
-        return Err(err(format!("below the minimum guest memory {}", format_bytes(MIN_MEMORY_BYTES))));
-    }
-    if bytes > max_memory {
-        return Err(err(format!("above max_memory {}", format_bytes(max_memory))));
-    }
-    // QEMU sizes guest RAM in whole MiB.
-    bytes.div_ceil(MEMORY_ALIGN).checked_mul(MEMORY_ALIGN).ok_or_else(|| err("too large".into()))
-}
-
-/// The disk annotation names a path inside the image (or under a configured host
-/// directory); `..` is refused outright rather than clamped, so a typo or an attack
-/// gets a clear error instead of a surprising file.
-fn check_disk_annotation(value: &str) -> Result<String, PlanError> {
-    let err = |reason: &str| PlanError::Annotation {
-        key: ANNOTATION_DISK.into(),
-        value: value.to_string(),
-        reason: reason.to_string(),
-    };
-    if value.trim().is_empty() {
-        return Err(err("empty path"));
-    }
-    if value.contains('\0') {
-        return Err(err("path contains a NUL byte"));
-    }
-    if value.split('/').any(|c| c == "..") {
-        return Err(err("path must stay inside the container image: '..' is not allowed"));
-    }
-    Ok(value.to_string())
+/// The kernel's cpu list syntax (`0-3,6`), as cpuset.cpus and cpuset.mems take it.
+fn is_cpu_list(list: &str) -> bool {
+    list.split(',').all(|part| {
+        let mut ends = part.splitn(2, '-').map(|n| n.trim().parse::<u32>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(_)), None) => true,
+            (Some(Ok(first)), Some(Ok(last))) => first <= last,
+            _ => false,
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The shipped config's defaults.
+    fn limits() -> Limits {
+        Limits {
+            accel: AccelSetting::Auto,
+            machine: MachineType::Q35,
+            tcg_translation_cache_bytes: 64 << 20,
+            default_cpus: 1,
+            max_cpus: 240,
+            default_memory_bytes: 512 << 20,
+            max_memory_bytes: 1 << 40,
+            memory_overhead_bytes: 128 << 20,
+        }
+    }
 
     fn spec(annotations: serde_json::Value, resources: serde_json::Value) -> Spec {
         serde_json::from_value(json!({
@@ -245,7 +262,7 @@ mod tests {
     }
 
     fn plan(annotations: serde_json::Value, resources: serde_json::Value) -> Result<VmPlan, PlanError> {
-        VmPlan::from_spec(&spec(annotations, resources), &Config::default())
+        VmPlan::from_spec("vm1", &spec(annotations, resources), &limits())
     }
 
     #[test]
@@ -253,7 +270,7 @@ mod tests {
         let p = plan(json!({}), json!({})).unwrap();
         assert_eq!(p.cpus, 1);
         assert_eq!(p.memory_bytes, 512 << 20);
-        assert_eq!(p.disk, DiskRequest::ImageDiskDir);
+        assert_eq!(p.root_disk, DiskRequest::ImageDiskDir);
         assert_eq!(p.cgroup.unwrap().path, "/default/vm1");
     }
 
@@ -317,7 +334,7 @@ mod tests {
         let e = plan(json!({"vm.containerd.io/disk": "/disk/../../x"}), json!({})).unwrap_err();
         assert!(matches!(e, PlanError::Annotation { .. }));
         let p = plan(json!({"vm.containerd.io/disk": "/images/a.qcow2"}), json!({})).unwrap();
-        assert_eq!(p.disk, DiskRequest::Annotated("/images/a.qcow2".into()));
+        assert_eq!(p.root_disk, DiskRequest::Annotated("/images/a.qcow2".into()));
     }
 
     #[test]
@@ -326,12 +343,12 @@ mod tests {
         let mut linux = s.linux().clone().unwrap();
         linux.set_cgroups_path(Some("/../../etc".into()));
         s.set_linux(Some(linux));
-        let e = VmPlan::from_spec(&s, &Config::default()).unwrap_err().to_string();
+        let e = VmPlan::from_spec("vm1", &s, &limits()).unwrap_err().to_string();
         assert!(e.contains("linux.cgroupsPath=/../../etc"), "{e}");
         let mut linux = s.linux().clone().unwrap();
         linux.set_cgroups_path(Some("/".into()));
         s.set_linux(Some(linux));
-        let e = VmPlan::from_spec(&s, &Config::default()).unwrap_err().to_string();
+        let e = VmPlan::from_spec("vm1", &s, &limits()).unwrap_err().to_string();
         assert!(e.contains("root cgroup"), "{e}");
     }
 
@@ -341,5 +358,23 @@ mod tests {
         assert!(e.contains("vm.containerd.io/cpu=") && e.contains("unknown"), "{e}");
         // annotations of other owners are none of our business
         assert!(plan(json!({"io.kubernetes.cri.sandbox-id": "x"}), json!({})).is_ok());
+    }
+
+    #[test]
+    fn cpusets_are_taken_from_the_spec_and_checked() {
+        let p = plan(json!({}), json!({"cpu": {"cpus": "0-1,3", "mems": "0"}})).unwrap();
+        let limits = p.cgroup.unwrap().limits;
+        assert_eq!((limits.cpuset_cpus.as_deref(), limits.cpuset_mems.as_deref()), (Some("0-1,3"), Some("0")));
+        let e = plan(json!({}), json!({"cpu": {"cpus": "0-x"}})).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.cpu.cpus=0-x"), "{e}");
+        let e = plan(json!({}), json!({"cpu": {"mems": "3-1"}})).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.cpu.mems=3-1"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_survives_serialisation() {
+        let p = plan(json!({"vm.containerd.io/cpus": "2"}), json!({"memory": {"limit": 1073741824}})).unwrap();
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<VmPlan>(&text).unwrap(), p);
     }
 }

@@ -1,6 +1,10 @@
 //! Finds the guest disk inside the image (or a configured host directory) without
 //! ever leaving it, checks its header, and prepares the qcow2 overlay that takes the
-//! VM's writes in the container's own writable layer.
+//! VM's writes in the container's own writable layer. Both stay open: QEMU gets the
+//! very files that were checked. Plain blocking file I/O, no async runtime.
+
+pub mod format;
+pub mod overlay_image;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,9 +15,8 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use thiserror::Error;
 
-use crate::disk_format::{self, DiskFormat, DiskFormatError, DiskInfo};
 use crate::plan::{DiskRequest, ANNOTATION_DISK};
-use crate::qemu::args::ImageFormat;
+use format::{DiskFormat, DiskFormatError, DiskInfo};
 
 /// The disk directory of the containerDisk layout.
 pub const IMAGE_DISK_DIR: &str = "disk";
@@ -38,20 +41,28 @@ pub enum DiskError {
     Overlay { path: PathBuf, reason: String },
 }
 
-/// The disk the VM boots, resolved to a host path and inspected.
-#[derive(Debug, Clone)]
+/// The disk the VM boots: the file that was inspected, still open read-only, and the
+/// host path it had when it was opened (for messages and the overlay's header).
+#[derive(Debug)]
 pub struct ImageDisk {
     pub path: PathBuf,
     pub info: DiskInfo,
+    pub file: File,
 }
 
-impl ImageDisk {
-    pub fn format(&self) -> ImageFormat {
-        match self.info.format {
-            DiskFormat::Qcow2 => ImageFormat::Qcow2,
-            DiskFormat::Raw => ImageFormat::Raw,
-        }
-    }
+/// The overlay that takes the guest's writes, open read-write.
+#[derive(Debug)]
+pub struct Overlay {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// Opening a candidate with O_NONBLOCK kept a FIFO from hanging the open; QEMU gets the
+/// descriptor with ordinary blocking semantics.
+fn clear_nonblock(file: &File) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+    fcntl(file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map(|_| ())
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
@@ -136,13 +147,14 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
     if path.to_str().is_none() {
         return Err(open_err(&shown, "file name is not valid UTF-8".into()));
     }
-    let info = disk_format::inspect_reader(&path, &mut file, meta.len())?;
-    Ok(ImageDisk { path, info })
+    let info = format::inspect_reader(&path, &mut file, meta.len())?;
+    clear_nonblock(&file).map_err(|e| open_err(&shown, e.to_string()))?;
+    Ok(ImageDisk { path, info, file })
 }
 
 /// Returns the VM's overlay in the writable layer, creating it on first start. A
 /// later start of the same container finds it again, so guest data survives.
-pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskError> {
+pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<Overlay, DiskError> {
     let overlay_err = |path: PathBuf, reason: String| DiskError::Overlay { path, reason };
     let root = open_dir(rootfs).map_err(|e| overlay_err(rootfs.to_path_buf(), e.to_string()))?;
     match nix::sys::stat::mkdirat(&root, OVERLAY_DIR, Mode::from_bits_truncate(0o700)) {
@@ -162,35 +174,55 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskE
         disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into())
     );
     let overlay = dir_path.join(&name);
-    match std::fs::symlink_metadata(&overlay) {
-        Ok(_) => {
-            // Refuses a symlink or anything but a regular qcow2 without data file.
-            let info = disk_format::inspect_overlay(&overlay)?;
+    // Never follows a symlink, never blocks on a FIFO; the type is checked on the fd.
+    let open_existing = || {
+        nix::fcntl::openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    match open_existing() {
+        Ok(fd) => {
+            let mut file = File::from(fd);
+            let meta = file.metadata().map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
+            if !meta.is_file() {
+                return Err(overlay_err(overlay, "exists but is not a regular file".into()));
+            }
+            // Refuses anything but a qcow2 without an external data file.
+            let info = format::inspect_overlay_reader(&overlay, &mut file, meta.len())?;
             // The overlay's size is the image's rounded up to whole sectors, as qcow2 keeps it.
             if info.format != DiskFormat::Qcow2 || info.virtual_size != disk.info.virtual_size.next_multiple_of(512) {
-                return Err(overlay_err(overlay, format!(
-                    "exists but does not match the image disk {} ({} bytes); remove the container to start from a fresh disk",
-                    disk.path.display(), disk.info.virtual_size
-                )));
+                return Err(overlay_err(
+                    overlay,
+                    format!(
+                        "exists but does not match the image disk {} ({} bytes); remove the container to start from a fresh disk",
+                        disk.path.display(),
+                        disk.info.virtual_size
+                    ),
+                ));
             }
-            Ok(overlay)
+            clear_nonblock(&file).map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
+            Ok(Overlay { path: overlay, file })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = crate::overlay_image::render(
+        Err(Errno::ELOOP) => Err(overlay_err(overlay, "is a symbolic link".into())),
+        Err(Errno::ENOENT) => {
+            let bytes = overlay_image::render(
                 disk.info.virtual_size,
                 disk.path.as_os_str().as_encoded_bytes(),
-                disk.format().driver(),
+                disk.info.format.qemu_name(),
             )
             .map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
             // Written whole under a temporary name, then renamed: a start cut short never
             // leaves a half-written overlay for the next start to trip over.
             let partial = format!(".{name}.partial");
-            let written = (|| -> nix::Result<()> {
+            let written = (|| -> nix::Result<File> {
                 let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
                 let fd = nix::fcntl::openat(
                     &dir,
                     partial.as_str(),
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )?;
                 let mut file = File::from(fd);
@@ -200,13 +232,16 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<PathBuf, DiskE
                 // crash the overlay is whole or absent, never empty.
                 file.sync_all().map_err(io)?;
                 nix::fcntl::renameat(&dir, partial.as_str(), &dir, name.as_str())?;
-                nix::unistd::fsync(&dir)
+                nix::unistd::fsync(&dir)?;
+                Ok(file)
             })();
-            if let Err(e) = written {
-                let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-                return Err(overlay_err(overlay, format!("cannot write: {e}")));
+            match written {
+                Ok(file) => Ok(Overlay { path: overlay, file }),
+                Err(e) => {
+                    let _ = nix::unistd::unlinkat(&dir, partial.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                    Err(overlay_err(overlay, format!("cannot write: {e}")))
+                }
             }
-            Ok(overlay)
         }
         Err(e) => Err(overlay_err(overlay, e.to_string())),
     }

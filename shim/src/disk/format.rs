@@ -172,6 +172,15 @@ pub fn inspect_overlay(path: &Path) -> Result<DiskInfo, DiskFormatError> {
     inspect_impl(path, &mut file, len, Policy::Overlay)
 }
 
+/// Like [`inspect_overlay`], on an overlay already open.
+pub fn inspect_overlay_reader(
+    path_for_messages: &Path,
+    r: &mut (impl Read + Seek),
+    file_len: u64,
+) -> Result<DiskInfo, DiskFormatError> {
+    inspect_impl(path_for_messages, r, file_len, Policy::Overlay)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
     GuestImage,
@@ -694,7 +703,7 @@ mod tests {
         // LUKS key setup benchmarks PBKDF with getrusage and sometimes fails
         // spuriously ("Unable to get accurate CPU usage"); retry that case.
         for _ in 0..5 {
-            let out = Command::new("qemu-img").args(args).current_dir(&dir.dir()).output().unwrap_or_else(|e| {
+            let out = Command::new("qemu-img").args(args).current_dir(dir.dir()).output().unwrap_or_else(|e| {
                 panic!(
                     "cannot run qemu-img ({e}); these tests need it: \
                          install qemu-utils (apt-get install qemu-utils)"
@@ -1197,7 +1206,7 @@ mod tests {
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(matches!(check(&link).unwrap_err(), DiskFormatError::Symlink { .. }));
         assert!(matches!(inspect_overlay(&link).unwrap_err(), DiskFormatError::Symlink { .. }));
-        let e = check(&d.dir()).unwrap_err();
+        let e = check(d.dir()).unwrap_err();
         assert!(matches!(e, DiskFormatError::NotRegularFile { kind: "directory", .. }), "{e}");
         let e = check(Path::new("/dev/null")).unwrap_err();
         assert!(matches!(e, DiskFormatError::NotRegularFile { kind: "character device", .. }), "{e}");

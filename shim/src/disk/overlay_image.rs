@@ -39,7 +39,7 @@ pub enum OverlayImageError {
 pub fn render(virtual_size: u64, backing: &[u8], backing_format: &str) -> Result<Vec<u8>, OverlayImageError> {
     let size = virtual_size
         .checked_next_multiple_of(512)
-        .filter(|s| *s > 0 && *s <= crate::disk_format::MAX_VIRTUAL_SIZE)
+        .filter(|s| *s > 0 && *s <= crate::disk::format::MAX_VIRTUAL_SIZE)
         .ok_or(OverlayImageError::BadSize(virtual_size))?;
     if backing.len() > MAX_BACKING_NAME {
         return Err(OverlayImageError::BackingNameTooLong(backing.len()));
@@ -109,7 +109,7 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk_format::{inspect_overlay, DiskFormat};
+    use crate::disk::format::{inspect_overlay, DiskFormat};
     use std::process::Command;
 
     fn qemu_img(args: &[&str]) -> String {

@@ -1,0 +1,9 @@
+//! The host resources a task takes, one module each, all taken and released through
+//! the task's journal.
+
+pub mod cgroup;
+pub mod journal;
+pub mod process;
+pub mod qemu;
+pub mod rootfs;
+pub mod state_dir;

@@ -1,0 +1,78 @@
+//! A process named so that a reused pid is never taken for it: its pid and the time the
+//! kernel started it (`/proc/<pid>/stat` field 22, in clock ticks since boot).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// A process's start time and whether it is a zombie, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(u64, bool)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are counted
+    // after its closing parenthesis, from field 3 (the state).
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first().is_some_and(|state| *state == "Z");
+    Some((fields.get(19)?.parse().ok()?, zombie))
+}
+
+impl ProcessId {
+    /// Names the live process `pid`.
+    pub fn of(pid: u32) -> std::io::Result<ProcessId> {
+        let (start_time, _) = stat(pid)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {pid} is gone")))?;
+        Ok(ProcessId { pid, start_time })
+    }
+
+    /// Whether this very process still runs (not reaped, not a zombie, pid not reused).
+    pub fn is_running(&self) -> bool {
+        stat(self.pid).is_some_and(|(start_time, zombie)| start_time == self.start_time && !zombie)
+    }
+
+    /// For a process that is not this shim's child (a dead shim's QEMU): SIGKILL it if it
+    /// is still the same process, and wait up to `timeout` for it to be gone. Returns
+    /// whether it was running.
+    pub fn kill_and_wait(&self, timeout: Duration) -> bool {
+        if !self.is_running() {
+            return false;
+        }
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let deadline = Instant::now() + timeout;
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_a_live_process_and_tells_a_reused_pid_apart() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(me.is_running());
+        let other = ProcessId { start_time: me.start_time + 1, ..me };
+        assert!(!other.is_running(), "another start time is another process");
+        assert!(!other.kill_and_wait(Duration::ZERO), "never signals a process it does not name");
+    }
+
+    #[test]
+    fn kills_a_process_that_is_not_a_child_and_waits_for_it() {
+        // A grandchild: reparented once its parent exits, as a dead shim's QEMU is.
+        let out = std::process::Command::new("sh").args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let process = ProcessId::of(pid).unwrap();
+        assert!(process.kill_and_wait(Duration::from_secs(5)));
+        assert!(!process.is_running());
+    }
+}

@@ -1,0 +1,70 @@
+//! The task's private directory under the configured state dir (QEMU's log and working
+//! directory), made with a token inside that proves the shim made it.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use tracing::warn;
+
+/// The file in the state dir holding its token.
+const OWNER_FILE: &str = "owner";
+
+/// A token that no other state dir has.
+pub fn new_token() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string())
+}
+
+/// Makes `dir` (mode 0700; its parents 0711) with `token` inside. A directory left there
+/// by a task that is gone (the journal in its bundle was replayed before this) is
+/// removed first.
+pub fn create(dir: &Path, token: &str) -> std::io::Result<()> {
+    let context =
+        |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+    if dir.exists() {
+        warn!(dir = %dir.display(), "removing a stale state dir");
+        std::fs::remove_dir_all(dir).map_err(|e| context("removing stale state dir", e))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(parent).map_err(|e| context("creating", e))?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| context("creating state dir", e))?;
+    let mut owner = std::fs::File::create(dir.join(OWNER_FILE)).map_err(|e| context("writing the token in", e))?;
+    owner.write_all(token.as_bytes()).map_err(|e| context("writing the token in", e))
+}
+
+/// Removes `dir` if it holds `token`; a directory that is already gone is fine.
+pub fn remove(dir: &Path, token: &str) -> Result<(), String> {
+    match std::fs::read_to_string(dir.join(OWNER_FILE)) {
+        Ok(found) if found.trim() == token => {}
+        Ok(_) => return Err(format!("state dir {}: made by another task; left alone", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Ok(()),
+        Err(e) => return Err(format!("state dir {}: reading its token: {e}; left alone", dir.display())),
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| format!("removing state dir {}: {e}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Scratch;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_with_a_token_and_removed_only_with_it() {
+        let scratch = Scratch::new("state-dir");
+        let dir = scratch.path("root/ns/vm1");
+        let token = new_token().unwrap();
+        create(&dir, &token).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(remove(&dir, "other").is_err());
+        assert!(dir.is_dir());
+        remove(&dir, &token).unwrap();
+        assert!(!dir.exists());
+        remove(&dir, &token).unwrap();
+        // a directory the shim did not make (no token) is left alone
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(remove(&dir, &token).is_err());
+        assert!(dir.is_dir());
+    }
+}

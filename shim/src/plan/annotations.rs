@@ -1,0 +1,78 @@
+//! The `vm.containerd.io/*` annotations: their keys and how each value is read.
+
+use std::collections::HashMap;
+
+use super::PlanError;
+use crate::quantity::{self, format_bytes};
+
+pub const ANNOTATION_PREFIX: &str = "vm.containerd.io/";
+pub const ANNOTATION_CPUS: &str = "vm.containerd.io/cpus";
+pub const ANNOTATION_MEMORY: &str = "vm.containerd.io/memory";
+pub const ANNOTATION_DISK: &str = "vm.containerd.io/disk";
+pub const KNOWN_ANNOTATIONS: &[&str] = &[ANNOTATION_CPUS, ANNOTATION_MEMORY, ANNOTATION_DISK];
+
+/// Smallest guest memory the shim will start: a Linux guest below this cannot boot.
+pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
+/// Guest RAM is given to QEMU in whole MiB.
+pub(super) const MEMORY_ALIGN: u64 = 1 << 20;
+
+pub(super) fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError> {
+    let mut unknown: Vec<&String> = annotations
+        .keys()
+        .filter(|k| k.starts_with(ANNOTATION_PREFIX) && !KNOWN_ANNOTATIONS.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        Some(key) => Err(PlanError::Annotation {
+            key: (*key).clone(),
+            value: annotations[*key].clone(),
+            reason: format!("unknown annotation; known: {}", KNOWN_ANNOTATIONS.join(", ")),
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
+    let err = |reason: String| PlanError::Annotation { key: ANNOTATION_CPUS.into(), value: value.to_string(), reason };
+    let cpus: u32 = value.trim().parse().map_err(|_| err("not a whole number of vCPUs".into()))?;
+    if cpus == 0 || cpus > max_cpus {
+        return Err(err(format!("must be between 1 and {max_cpus}")));
+    }
+    Ok(cpus)
+}
+
+pub(super) fn parse_memory(value: &str, max_memory: u64) -> Result<u64, PlanError> {
+    let err =
+        |reason: String| PlanError::Annotation { key: ANNOTATION_MEMORY.into(), value: value.to_string(), reason };
+    let bytes = quantity::parse_bytes(value)
+        .map_err(|e| err(format!("not a memory quantity ({}); use e.g. 256Mi or 2Gi", e.reason)))?;
+    if bytes < MIN_MEMORY_BYTES {
+        return Err(err(format!("below the minimum guest memory {}", format_bytes(MIN_MEMORY_BYTES))));
+    }
+    if bytes > max_memory {
+        return Err(err(format!("above max_memory {}", format_bytes(max_memory))));
+    }
+    // QEMU sizes guest RAM in whole MiB.
+    bytes.div_ceil(MEMORY_ALIGN).checked_mul(MEMORY_ALIGN).ok_or_else(|| err("too large".into()))
+}
+
+/// The disk annotation names a path inside the image (or under a configured host
+/// directory); `..` is refused outright rather than clamped, so a typo or an attack
+/// gets a clear error instead of a surprising file.
+pub(super) fn check_disk(value: &str) -> Result<String, PlanError> {
+    let err = |reason: &str| PlanError::Annotation {
+        key: ANNOTATION_DISK.into(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if value.trim().is_empty() {
+        return Err(err("empty path"));
+    }
+    if value.contains('\0') {
+        return Err(err("path contains a NUL byte"));
+    }
+    if value.split('/').any(|c| c == "..") {
+        return Err(err("path must stay inside the container image: '..' is not allowed"));
+    }
+    Ok(value.to_string())
+}

@@ -1,0 +1,48 @@
+//! What the Task service asks of a kind of task. The VM is the first kind; the pod
+//! sandbox and exec processes are others behind the same trait.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+
+use super::error::TaskError;
+use super::events::TaskEvents;
+use crate::console::Stdio;
+use crate::lifecycle::{Exit, State};
+
+#[async_trait]
+pub trait Container: Send + Sync {
+    fn id(&self) -> &str;
+    fn bundle(&self) -> &Path;
+    fn stdio(&self) -> &Stdio;
+    fn pid(&self) -> u32;
+    fn state(&self) -> State;
+    async fn start(&self) -> Result<(), TaskError>;
+    /// Returns whether this call made the change (so one TaskPaused is published).
+    async fn pause(&self) -> Result<bool, TaskError>;
+    async fn resume(&self) -> Result<bool, TaskError>;
+    async fn kill(&self, signal: u32) -> Result<(), TaskError>;
+    /// Waits until the process has exited and its TaskExit is on its way.
+    async fn wait(&self) -> Exit;
+    fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError>;
+    fn close_stdin(&self);
+    fn stats(&self) -> Result<Any, TaskError>;
+    async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError>;
+    /// Releases every host resource the task holds (after it exited).
+    async fn release(&self);
+}
+
+/// Makes a task of the right kind from a Create request. On an error nothing the
+/// attempt took is left.
+#[async_trait]
+pub trait ContainerFactory: Send + Sync + 'static {
+    async fn create(
+        &self,
+        namespace: &str,
+        req: &CreateTaskRequest,
+        events: TaskEvents,
+    ) -> Result<Arc<dyn Container>, TaskError>;
+}

@@ -1,0 +1,116 @@
+//! The shim's process-level duties: `start` (spawn or reuse the pod's shim), `delete`
+//! (release what a dead shim's task held, by replaying its journal), and serving the
+//! Task service with its one event publisher.
+
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod task;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::{api::DeleteResponse, Config, Error, Flags, StartOpts};
+use tracing::warn;
+
+use crate::host::journal::Journal;
+use crate::vm::VmFactory;
+use events::EventQueue;
+use task::TaskService;
+
+/// Containers of one Kubernetes pod share one shim, as with runc.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+pub struct VmShim {
+    namespace: String,
+    id: String,
+    bundle: PathBuf,
+    debug: bool,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for VmShim {
+    type T = TaskService<VmFactory>;
+
+    async fn new(_runtime_id: &str, flags: &Flags, _config: &mut Config) -> Self {
+        let bundle = if flags.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&flags.bundle)
+        };
+        VmShim {
+            namespace: flags.namespace.clone(),
+            id: flags.id.clone(),
+            bundle,
+            debug: flags.debug,
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let grouping = oci_spec::runtime::Spec::load(self.bundle.join("config.json"))
+            .ok()
+            .and_then(|spec| spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned()))
+            .unwrap_or_else(|| opts.id.clone());
+        // containerd writes the runtime options (an Any, up to 2.2) or BootstrapParams (2.3
+        // and later) to `start`'s stdin. The library's spawn would read them as runc's
+        // options and fail on the newer message; this shim needs neither to start (its
+        // config comes with Create), so they are read here and set aside.
+        if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+            let mut ignored = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut ignored)
+                .await
+                .map_err(|e| Error::Other(format!("reading start's stdin: {e}")))?;
+        }
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    /// After a shim died, containerd runs `delete` with the task's bundle: the journal
+    /// there names what the task still holds. containerd also runs it after every normal
+    /// delete, when the journal is gone: then there is nothing to do.
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        let (bundle, namespace, id) = (self.bundle.clone(), self.namespace.clone(), self.id.clone());
+        let killed = tokio::task::spawn_blocking(move || match Journal::open(&bundle) {
+            Ok(Some(journal)) if journal.owner() == (namespace.as_str(), id.as_str()) => journal.replay().killed_qemu,
+            Ok(Some(journal)) => {
+                let (ns, owner) = journal.owner();
+                warn!(
+                    "the journal in {} belongs to task {ns}/{owner}, not {namespace}/{id}: left alone",
+                    bundle.display()
+                );
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!("{e}");
+                None
+            }
+        })
+        .await
+        .unwrap_or_default();
+        Ok(DeleteResponse {
+            pid: killed.unwrap_or_default(),
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(containerd_shim::util::timestamp()?),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        crate::logging::init(self.debug);
+        let (events, outgoing) = EventQueue::new();
+        tokio::spawn(events::publish(publisher, self.namespace.clone(), outgoing));
+        TaskService::new(&self.namespace, VmFactory, events, self.exit.clone())
+    }
+}

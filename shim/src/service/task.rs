@@ -1,0 +1,389 @@
+//! The shim v2 Task service: the protocol layer. It maps each RPC onto a task of
+//! whatever kind the factory made, keyed by container id, and decides nothing about
+//! VMs itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::*;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim_protos::api::ProcessInfo;
+use tokio::sync::{oneshot, Mutex, Notify};
+use tracing::{info, instrument, warn, Instrument};
+
+use super::container::{Container, ContainerFactory};
+use super::error::TaskError;
+use super::events::{timestamp, EventQueue};
+use crate::lifecycle::OnDelete;
+
+/// How long a discarded Create waits for its task to stop before releasing it.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn no_exec() -> TaskError {
+    TaskError::Unimplemented(
+        "exec is not supported yet by containerd-shim-vm: a VM task has one process, the VM".into(),
+    )
+}
+
+fn not_found(id: &str) -> TaskError {
+    TaskError::NotFound(format!("task {id} not found"))
+}
+
+/// containerd's identifier rule: alphanumerics, '.', '_', '-', starting alphanumeric.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A container id's place in the service.
+enum Slot {
+    /// A Create is under way; waiters are woken when it ends either way.
+    Creating(Arc<Notify>),
+    Live(Arc<dyn Container>),
+    /// Claimed by a Delete that is releasing it.
+    Deleting,
+}
+
+type Slots = Arc<Mutex<HashMap<String, Slot>>>;
+
+pub struct TaskService<F: ContainerFactory> {
+    namespace: String,
+    factory: Arc<F>,
+    slots: Slots,
+    events: EventQueue,
+    exit: Arc<ExitSignal>,
+}
+
+impl<F: ContainerFactory> TaskService<F> {
+    pub fn new(namespace: &str, factory: F, events: EventQueue, exit: Arc<ExitSignal>) -> TaskService<F> {
+        TaskService {
+            namespace: namespace.to_string(),
+            factory: Arc::new(factory),
+            slots: Arc::default(),
+            events,
+            exit,
+        }
+    }
+
+    async fn live(&self, id: &str) -> Result<Arc<dyn Container>, TaskError> {
+        match self.slots.lock().await.get(id) {
+            Some(Slot::Live(container)) => Ok(container.clone()),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Claims `id` for a Create: waits out a Create of the same id that is still under
+    /// way (one whose caller gave up is being undone), refuses an id in use.
+    async fn claim(&self, id: &str) -> Result<Arc<Notify>, TaskError> {
+        loop {
+            let mut slots = self.slots.lock().await;
+            match slots.get(id) {
+                Some(Slot::Creating(done)) => {
+                    let done = done.clone();
+                    // Registered before the lock is let go, so the wake-up cannot be missed.
+                    let ended = done.notified();
+                    drop(slots);
+                    ended.await;
+                }
+                Some(_) => return Err(TaskError::AlreadyExists(format!("task {id} already exists"))),
+                None => {
+                    let done = Arc::new(Notify::new());
+                    slots.insert(id.to_string(), Slot::Creating(done.clone()));
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
+    /// The body of Create. It runs as a task of its own, so a caller that gives up (ttrpc
+    /// drops a handler whose deadline passed) cannot cut it short: it finishes, and if
+    /// nobody is there to hear of the task, undoes it.
+    async fn create_detached(&self, req: CreateTaskRequest) -> Result<u32, TaskError> {
+        let id = req.id.clone();
+        let done = self.claim(&id).await?;
+        let (answer, answered) = oneshot::channel::<Result<u32, TaskError>>();
+        let (factory, slots, events, namespace) =
+            (self.factory.clone(), self.slots.clone(), self.events.clone(), self.namespace.clone());
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let task_events = events.for_task();
+                let created = factory.create(&namespace, &req, task_events.clone()).await;
+                let mut held = slots.lock().await;
+                let undo = match created {
+                    Ok(container) => {
+                        let pid = container.pid();
+                        if answer.send(Ok(pid)).is_ok() {
+                            held.insert(id.clone(), Slot::Live(container));
+                            events.send(task_create_event(&req, pid));
+                            info!(pid, "task created");
+                            None
+                        } else {
+                            Some(container)
+                        }
+                    }
+                    Err(e) => {
+                        warn!("create failed: {e}");
+                        let _ = answer.send(Err(e));
+                        held.remove(&id);
+                        None
+                    }
+                };
+                drop(held);
+                if let Some(container) = undo {
+                    warn!("the caller of Create is gone: undoing the task");
+                    task_events.mute();
+                    let _ = container.kill(libc::SIGKILL as u32).await;
+                    if tokio::time::timeout(DISCARD_TIMEOUT, container.wait()).await.is_err() {
+                        warn!("the undone task did not stop in {DISCARD_TIMEOUT:?}");
+                    }
+                    container.release().await;
+                    slots.lock().await.remove(&id);
+                }
+                done.notify_waiters();
+            }
+            .instrument(span),
+        );
+        answered.await.unwrap_or_else(|_| Err(TaskError::Unknown("the create task ended without an answer".into())))
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<DeleteResponse, TaskError> {
+        let (container, plan) = {
+            let mut slots = self.slots.lock().await;
+            let Some(Slot::Live(container)) = slots.get(id) else { return Err(not_found(id)) };
+            let container = container.clone();
+            let plan = container.state().on_delete();
+            if plan == OnDelete::Refuse {
+                return Err(TaskError::FailedPrecondition(format!("task {id} is still running; kill it first")));
+            }
+            // Claimed: a second Delete finds nothing, and releases nothing.
+            slots.insert(id.to_string(), Slot::Deleting);
+            (container, plan)
+        };
+        if plan == OnDelete::StopFirst {
+            // Never started: stop the held process; it is reported as killed.
+            if let Err(e) = container.kill(libc::SIGKILL as u32).await {
+                info!("stopping the never-started task: {e}");
+            }
+        }
+        let exit = container.wait().await;
+        container.release().await;
+        self.slots.lock().await.remove(id);
+        let (pid, exited_at) = (container.pid(), MessageField::some(timestamp(exit.at)));
+        self.events.send(TaskDelete {
+            container_id: id.to_string(),
+            id: id.to_string(),
+            pid,
+            exit_status: exit.status,
+            exited_at: exited_at.clone(),
+            ..Default::default()
+        });
+        info!(exit_status = exit.status, "task deleted");
+        Ok(DeleteResponse { pid, exit_status: exit.status, exited_at, ..Default::default() })
+    }
+}
+
+fn task_create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
+    TaskCreate {
+        container_id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        rootfs: req.rootfs.clone(),
+        io: MessageField::some(TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        }),
+        checkpoint: req.checkpoint.clone(),
+        pid,
+        ..Default::default()
+    }
+}
+
+fn refuse_exec(exec_id: &str) -> Result<(), TaskError> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(no_exec())
+    }
+}
+
+#[async_trait]
+impl<F: ContainerFactory> Task for TaskService<F> {
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        if !req.checkpoint.is_empty() {
+            return Err(TaskError::Unimplemented(
+                "restoring from a checkpoint is not supported yet by containerd-shim-vm".into(),
+            )
+            .into());
+        }
+        // containerd validates ids, but the id names a directory here: check again.
+        if !valid_id(&req.id) {
+            return Err(TaskError::InvalidArgument(format!(
+                "container id {:?}: use letters, digits, '.', '_' and '-' only",
+                req.id
+            ))
+            .into());
+        }
+        let pid = self.create_detached(req).await?;
+        Ok(CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        refuse_exec(&req.exec_id)?;
+        let container = self.live(&req.id).await?;
+        container.start().await?;
+        self.events.send(TaskStart { container_id: req.id.clone(), pid: container.pid(), ..Default::default() });
+        Ok(StartResponse { pid: container.pid(), ..Default::default() })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        refuse_exec(&req.exec_id)?;
+        let container = self.live(&req.id).await?;
+        let state = container.state();
+        let exit = state.exit();
+        let stdio = container.stdio();
+        Ok(StateResponse {
+            id: container.id().to_string(),
+            bundle: container.bundle().to_string_lossy().into_owned(),
+            pid: container.pid(),
+            status: state.status().into(),
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+            terminal: stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or_default(),
+            exited_at: exit.map(|e| timestamp(e.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        refuse_exec(&req.exec_id)?;
+        Ok(self.delete_task(&req.id).await?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let container = self.live(&req.id).await?;
+        Ok(PidsResponse {
+            processes: vec![ProcessInfo { pid: container.pid(), ..Default::default() }],
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        let container = self.live(&req.id).await?;
+        if container.pause().await? {
+            self.events.send(TaskPaused { container_id: req.id, ..Default::default() });
+        }
+        Ok(Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        let container = self.live(&req.id).await?;
+        if container.resume().await? {
+            self.events.send(TaskResumed { container_id: req.id, ..Default::default() });
+        }
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        Err(TaskError::Unimplemented("checkpoint is not supported yet by containerd-shim-vm".into()).into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        refuse_exec(&req.exec_id)?;
+        let container = self.live(&req.id).await?;
+        container.kill(req.signal).await?;
+        info!("signal delivered");
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        Err(no_exec().into())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        refuse_exec(&req.exec_id)?;
+        self.live(&req.id).await?.resize_pty(req.width, req.height)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        refuse_exec(&req.exec_id)?;
+        let container = self.live(&req.id).await?;
+        if req.stdin {
+            container.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let container = self.live(&req.id).await?;
+        container.update(req.resources.as_ref()).await?;
+        info!("resources updated");
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        refuse_exec(&req.exec_id)?;
+        let exit = self.live(&req.id).await?.wait().await;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let stats = self.live(&req.id).await?.stats()?;
+        Ok(StatsResponse { stats: MessageField::some(stats), ..Default::default() })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let task_pid = self.live(&req.id).await.map(|c| c.pid()).unwrap_or_default();
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: crate::VERSION.to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        if self.slots.lock().await.is_empty() {
+            // Let the last events (TaskDelete) reach containerd before the shim goes.
+            self.events.drained(Duration::from_secs(3)).await;
+            self.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_that_could_leave_the_state_dir_are_refused() {
+        assert!(super::valid_id("vm1"));
+        assert!(super::valid_id("a.b_c-d"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b", "x\0"] {
+            assert!(!super::valid_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Creating a VM: the plan, then each host resource taken through the journal, then
+//! QEMU launched paused and wired to QMP and the console. Any failure releases what was
+//! taken by replaying the journal.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim::api::CreateTaskRequest;
+use qmp::Qmp;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{Vm, QEMU_LOG};
+use crate::accel::{self, Accel};
+use crate::config::{Config, RuntimeConfig};
+use crate::console::{Console, Stdio};
+use crate::disk::{self, DiskError};
+use crate::host::cgroup::{CgroupError, VmCgroup};
+use crate::host::journal::{Journal, JournalError, Resource};
+use crate::host::process::ProcessId;
+use crate::host::{qemu as qemu_process, rootfs, state_dir};
+use crate::plan::{AccelSetting, PlanError, VmPlan};
+use crate::qemu::{self, HostFacts};
+use crate::service::error::TaskError;
+use crate::service::events::TaskEvents;
+
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a VM could not be created: every variant says what and why, for `ctr`'s output.
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Host { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("QEMU {binary}: {reason}")]
+    Qemu { binary: String, reason: String },
+}
+
+impl From<VmError> for TaskError {
+    fn from(e: VmError) -> TaskError {
+        let message = format!("containerd-shim-vm: {e}");
+        // The request's fault, or the host's: containerd and its clients tell them apart.
+        match e {
+            VmError::Plan(_) | VmError::Disk(_) | VmError::Invalid(_) => TaskError::InvalidArgument(message),
+            VmError::Host { .. } | VmError::Journal(_) | VmError::Cgroup(_) | VmError::Qemu { .. } => {
+                TaskError::Unknown(message)
+            }
+        }
+    }
+}
+
+fn host(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Host { what, source }
+}
+
+/// Runs blocking work (file I/O, the kernel's cgroup and mount calls) off the one
+/// thread that serves every RPC.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, VmError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| VmError::Invalid(format!("a blocking step failed: {e}")))
+}
+
+/// The config a Create's runtime options choose.
+pub fn config_for(
+    options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+) -> Result<Config, TaskError> {
+    let runtime_config: RuntimeConfig =
+        crate::runtime_options::runtime_config(options).map_err(TaskError::InvalidArgument)?;
+    Config::find(&runtime_config).map_err(|e| TaskError::InvalidArgument(e.to_string()))
+}
+
+/// Builds the plan, takes the host resources and launches QEMU paused.
+pub async fn create(namespace: &str, req: &CreateTaskRequest, events: TaskEvents) -> Result<Arc<Vm>, TaskError> {
+    let config = config_for(req.options.as_ref())?;
+    let bundle = PathBuf::from(&req.bundle);
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", bundle.display())))?;
+    let plan = VmPlan::from_spec(&req.id, &spec, &config.limits()).map_err(VmError::from)?;
+    let stdio = Stdio {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    };
+    stdio.check().map_err(VmError::Invalid)?;
+    let journal = {
+        let (bundle, namespace, id, root) =
+            (bundle.clone(), namespace.to_string(), req.id.clone(), config.state_dir.clone());
+        blocking(move || Journal::begin(&bundle, &namespace, &id, &root)).await?.map_err(VmError::from)?
+    };
+    let mut journal = journal;
+    let request =
+        Request { namespace, id: &req.id, bundle: &bundle, rootfs_mounts: &req.rootfs, stdio, config: &config };
+    match launch(&request, &spec, plan, &mut journal, events).await {
+        Ok(parts) => {
+            info!(pid = parts.pid, config = %config.source, "VM created");
+            Ok(Vm::start_monitoring(parts, journal))
+        }
+        Err(e) => {
+            let _ = blocking(move || journal.replay()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// What Create needs beyond the spec.
+struct Request<'a> {
+    namespace: &'a str,
+    id: &'a str,
+    bundle: &'a Path,
+    rootfs_mounts: &'a [containerd_shim_protos::api::Mount],
+    stdio: Stdio,
+    config: &'a Config,
+}
+
+async fn launch(
+    req: &Request<'_>,
+    spec: &oci_spec::runtime::Spec,
+    plan: VmPlan,
+    journal: &mut Journal,
+    events: TaskEvents,
+) -> Result<super::Parts, VmError> {
+    let config = req.config;
+    let rootfs = rootfs::path(spec, req.bundle);
+    if !req.rootfs_mounts.is_empty() {
+        journal.intend(Resource::RootfsMount { target: rootfs.clone() })?;
+        rootfs::mount(req.rootfs_mounts, &rootfs).await.map_err(VmError::Invalid)?;
+    }
+
+    let (image, overlay, accel) = {
+        let (rootfs, disk_request, config, accel) =
+            (rootfs.clone(), plan.root_disk.clone(), config.clone(), plan.accel);
+        blocking(move || -> Result<_, VmError> {
+            let image = disk::locate(&rootfs, &disk_request, &config.host_disk_dirs)?;
+            check_executable(&config.qemu)?;
+            let overlay = disk::prepare_overlay(&rootfs, &image)?;
+            Ok((image, overlay, resolve_accel(accel)?))
+        })
+        .await??
+    };
+
+    let state_dir = config.state_dir.join(req.namespace).join(req.id);
+    let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
+    journal.intend(Resource::StateDir { path: state_dir.clone(), token: token.clone() })?;
+    state_dir::create(&state_dir, &token).map_err(host("making the state dir"))?;
+
+    let mut console = Console::open().map_err(host("opening the console pty"))?;
+    let cgroup = match plan.cgroup.clone() {
+        Some(cgroup_plan) => {
+            let path = crate::plan::cgroup::relative_path(&cgroup_plan.path);
+            journal.intend(Resource::Cgroup { path })?;
+            Some(blocking(move || VmCgroup::create(&cgroup_plan)).await??)
+        }
+        None => None,
+    };
+
+    let facts = HostFacts { accel, console_tty: console.tty_path().to_path_buf(), image_format: image.info.format };
+    let log_path = state_dir.join(QEMU_LOG);
+    let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
+    let qemu_err = |reason: String| VmError::Qemu { binary: config.qemu.display().to_string(), reason };
+    // QMP over a socketpair: connected before QEMU exists, no socket file to wait for.
+    let (qmp_ours, qmp_theirs) = std::os::unix::net::UnixStream::pair().map_err(host("making the QMP socketpair"))?;
+    let qmp_ours = qmp_ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(qmp_ours))
+        .map_err(host("registering the QMP socket"))?;
+    let qemu_entry = journal.intend(Resource::Qemu { process: None })?;
+    let spawned = qemu_process::spawn(qemu_process::Launch {
+        binary: &config.qemu,
+        argv: qemu::argv(&plan, &facts),
+        state_dir: &state_dir,
+        log,
+        fds: vec![
+            (OwnedFd::from(qmp_theirs), qemu::QMP_FD),
+            (OwnedFd::from(image.file), qemu::IMAGE_FD),
+            (OwnedFd::from(overlay.file), qemu::OVERLAY_FD),
+        ],
+        cgroup_procs: cgroup.as_ref().map(VmCgroup::procs_files).unwrap_or_default(),
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            journal.released(qemu_entry)?;
+            return Err(qemu_err(format!("cannot start: {e}")));
+        }
+    };
+    let Some(pid) = child.id() else {
+        let _ = child.wait().await;
+        journal.released(qemu_entry)?;
+        return Err(qemu_err("exited before its pid was read".into()));
+    };
+    // From here until the monitor owns it, a failure kills and reaps QEMU right here.
+    let wired: Result<_, VmError> = async {
+        let process = ProcessId::of(pid).map_err(host("reading QEMU's start time"))?;
+        journal.update(qemu_entry, Resource::Qemu { process: Some(process) })?;
+        info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
+        let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
+        let qmp_name = state_dir.join("qmp");
+        let connected = tokio::select! {
+            connected = Qmp::attach(qmp_ours, &qmp_name, deadline) => connected.map_err(|e| e.to_string()),
+            status = child.wait() => Err(format!("exited at once ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+        };
+        let connected = match connected {
+            Ok(connected) => Ok(connected),
+            // QEMU exiting closes its end of the socketpair as it goes: say it exited.
+            Err(reason) => match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                Ok(Ok(status)) => Err(format!("exited at once ({status})")),
+                _ => Err(reason),
+            },
+        };
+        let (qmp, qmp_events) = connected.map_err(|reason| qemu_err(format!("{reason}: {}", log_tail(&log_path))))?;
+        let version = qmp.version();
+        let (major, minor) = crate::info::MIN_QEMU;
+        if (version.major, version.minor) < (major, minor) {
+            return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
+        }
+        console.release_slave();
+        let pumps = console
+            .start_pumps(&req.stdio, req.id, req.namespace)
+            .await
+            .map_err(|source| VmError::Host { what: "opening the task's stdio".into(), source })?;
+        Ok((qmp, qmp_events, pumps))
+    }
+    .await;
+    let (qmp, qmp_events, pumps) = match wired {
+        Ok(wired) => wired,
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            journal.released(qemu_entry)?;
+            return Err(e);
+        }
+    };
+    Ok(super::Parts {
+        id: req.id.to_string(),
+        bundle: req.bundle.to_path_buf(),
+        stdio: req.stdio.clone(),
+        pid,
+        qmp,
+        console,
+        cgroup,
+        qemu_entry,
+        pumps,
+        events,
+        memory_bytes: plan.memory_bytes,
+        memory_overhead_bytes: config.memory_overhead_bytes,
+        child,
+        qmp_events,
+    })
+}
+
+/// What `accel = "auto"` means now. A KVM that works is remembered for the shim's life;
+/// a failed probe is not, so a host whose KVM comes back (a module loaded later) uses it.
+fn resolve_accel(setting: AccelSetting) -> Result<Accel, VmError> {
+    static KVM_WORKS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if setting == AccelSetting::Tcg {
+        return Ok(Accel::Tcg);
+    }
+    if KVM_WORKS.get().is_some() {
+        return Ok(Accel::Kvm);
+    }
+    // The probe runs in a child with a deadline (a broken KVM can hang KVM_RUN). It runs
+    // this very binary through /proc/self/exe: the file on disk may be a newer shim an
+    // upgrade put there, which knows nothing of this one's probe.
+    match accel::resolve_auto(Path::new("/proc/self/exe"), KVM_PROBE_TIMEOUT) {
+        (Accel::Kvm, _) => {
+            let _ = KVM_WORKS.set(());
+            Ok(Accel::Kvm)
+        }
+        (Accel::Tcg, reason) => {
+            let reason = reason.unwrap_or_else(|| "unknown reason".into());
+            if setting == AccelSetting::Kvm {
+                return Err(VmError::Invalid(format!("config accel = \"kvm\": KVM cannot run a guest here: {reason}")));
+            }
+            warn!("accel auto: KVM cannot run a guest here ({reason}); using TCG, software emulation, much slower");
+            Ok(Accel::Tcg)
+        }
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| VmError::Qemu {
+        binary: path.display().to_string(),
+        reason: format!("{e} (set `qemu` in the shim config)"),
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(VmError::Qemu { binary: path.display().to_string(), reason: "not an executable file".into() });
+    }
+    Ok(())
+}
+
+/// The last lines QEMU wrote, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        "QEMU printed nothing".into()
+    } else {
+        tail
+    }
+}

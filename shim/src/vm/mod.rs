@@ -1,0 +1,309 @@
+//! The VM, the first kind of task: created from a plan (`launch`), watched until QEMU
+//! exits (`monitor`), driven over QMP, and released by replaying its journal.
+
+mod launch;
+mod monitor;
+mod update;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use nix::sys::signal::Signal;
+use qmp::Qmp;
+use tokio::sync::{mpsc, watch};
+use tracing::{warn, Instrument};
+
+pub use launch::{config_for, VmError};
+
+use crate::console::{Console, Pumps, Stdio};
+use crate::host::cgroup::VmCgroup;
+use crate::host::journal::{EntryId, Journal};
+use crate::lifecycle::{Change, Exit, Request, State};
+use crate::service::container::{Container, ContainerFactory};
+use crate::service::error::TaskError;
+use crate::service::events::TaskEvents;
+
+/// QEMU's log in the VM's state dir.
+pub const QEMU_LOG: &str = "qemu.log";
+/// Exit status of a task whose guest kernel panicked.
+pub const PANIC_EXIT_STATUS: u32 = 1;
+
+/// Makes VM tasks.
+pub struct VmFactory;
+
+#[async_trait]
+impl ContainerFactory for VmFactory {
+    async fn create(
+        &self,
+        namespace: &str,
+        req: &CreateTaskRequest,
+        events: TaskEvents,
+    ) -> Result<Arc<dyn Container>, TaskError> {
+        Ok(launch::create(namespace, req, events).await?)
+    }
+}
+
+/// What the launch hands over to a running VM.
+struct Parts {
+    id: String,
+    bundle: PathBuf,
+    stdio: Stdio,
+    pid: u32,
+    qmp: Qmp,
+    console: Console,
+    cgroup: Option<VmCgroup>,
+    qemu_entry: EntryId,
+    pumps: Pumps,
+    events: TaskEvents,
+    memory_bytes: u64,
+    memory_overhead_bytes: u64,
+    child: tokio::process::Child,
+    qmp_events: qmp::Events,
+}
+
+/// The host resources a running VM holds, until Delete releases them.
+struct Held {
+    journal: Option<Journal>,
+    qemu_entry: EntryId,
+    cgroup: Option<VmCgroup>,
+}
+
+pub struct Vm {
+    id: String,
+    bundle: PathBuf,
+    stdio: Stdio,
+    pid: u32,
+    qmp: Qmp,
+    console: Console,
+    state: Mutex<State>,
+    /// Held across a request's check of the state and its QMP command, so two requests
+    /// (two Starts, a Pause racing a Resume) cannot both act on one state.
+    requests: tokio::sync::Mutex<()>,
+    /// Asks the monitor, which owns QEMU's child handle, to SIGKILL it: only the owner
+    /// of a child knows whether its pid is still its own.
+    kill_order: mpsc::UnboundedSender<()>,
+    /// The status to report instead of QEMU's own (a VM stopped before it started).
+    exit_override: Mutex<Option<u32>>,
+    /// Set once QEMU is reaped, its console drained and TaskExit queued.
+    exit_published: watch::Receiver<Option<Exit>>,
+    held: Mutex<Held>,
+    pumps: Mutex<Option<Pumps>>,
+    events: TaskEvents,
+    memory_bytes: u64,
+    memory_overhead_bytes: u64,
+}
+
+impl Vm {
+    fn start_monitoring(parts: Parts, journal: Journal) -> Arc<Vm> {
+        let (kill_order, kill_orders) = mpsc::unbounded_channel();
+        let (published, exit_published) = watch::channel(None);
+        let vm = Arc::new(Vm {
+            id: parts.id,
+            bundle: parts.bundle,
+            stdio: parts.stdio,
+            pid: parts.pid,
+            qmp: parts.qmp,
+            console: parts.console,
+            state: Mutex::new(State::Created),
+            requests: tokio::sync::Mutex::new(()),
+            kill_order,
+            exit_override: Mutex::new(None),
+            exit_published,
+            held: Mutex::new(Held { journal: Some(journal), qemu_entry: parts.qemu_entry, cgroup: parts.cgroup }),
+            pumps: Mutex::new(Some(parts.pumps)),
+            events: parts.events,
+            memory_bytes: parts.memory_bytes,
+            memory_overhead_bytes: parts.memory_overhead_bytes,
+        });
+        let span = tracing::info_span!("vm", id = %vm.id);
+        tokio::spawn(monitor::run(vm.clone(), parts.child, parts.qmp_events, kill_orders, published).instrument(span));
+        vm
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a change; true if it changed the state.
+    fn apply(&self, change: Change) -> bool {
+        self.lock_state().apply(change)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Orders QEMU killed; false if the monitor is gone (QEMU was reaped).
+    fn order_kill(&self) -> bool {
+        self.kill_order.send(()).is_ok()
+    }
+
+    /// Runs a lifecycle request: checks the state and sends the QMP command under one
+    /// lock, then records the change.
+    async fn request<F, Fut>(
+        &self,
+        request: Request,
+        change: Change,
+        doing: &str,
+        command: F,
+    ) -> Result<bool, TaskError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), qmp::QmpError>>,
+    {
+        let _one_at_a_time = self.requests.lock().await;
+        self.state().check(request)?;
+        command().await.map_err(|e| TaskError::Unknown(format!("{doing} the VM: {e}")))?;
+        Ok(self.apply(change))
+    }
+}
+
+fn already_finished() -> TaskError {
+    TaskError::NotFound("process already finished".into())
+}
+
+#[async_trait]
+impl Container for Vm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn bundle(&self) -> &Path {
+        &self.bundle
+    }
+
+    fn stdio(&self) -> &Stdio {
+        &self.stdio
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn state(&self) -> State {
+        *self.lock_state()
+    }
+
+    /// Lets the guest CPUs run for the first time.
+    async fn start(&self) -> Result<(), TaskError> {
+        self.request(Request::Start, Change::Started, "starting", || self.qmp.cont()).await.map(|_| ())
+    }
+
+    /// Whether this call made the change: the monitor may see QEMU's STOP first, and
+    /// whoever changes the state publishes it, once.
+    async fn pause(&self) -> Result<bool, TaskError> {
+        self.request(Request::Pause, Change::Paused, "pausing", || self.qmp.stop()).await
+    }
+
+    async fn resume(&self) -> Result<bool, TaskError> {
+        self.request(Request::Resume, Change::Resumed, "resuming", || self.qmp.cont()).await
+    }
+
+    /// SIGTERM/SIGINT ask the guest to power off (ACPI), SIGKILL stops QEMU at once,
+    /// SIGHUP resets the guest. A VM that never started is simply stopped.
+    async fn kill(&self, signal: u32) -> Result<(), TaskError> {
+        if !self.state().can_signal() {
+            return Err(already_finished());
+        }
+        let unsupported = || {
+            TaskError::InvalidArgument(format!(
+                "signal {signal} is not supported for a VM: use SIGTERM (ACPI power-off), SIGKILL (stop at once) or SIGHUP (reset)"
+            ))
+        };
+        let sig = Signal::try_from(signal as i32).map_err(|_| unsupported())?;
+        if sig == Signal::SIGKILL {
+            return if self.order_kill() { Ok(()) } else { Err(already_finished()) };
+        }
+        // The other signals depend on the state: not while a Start is changing it.
+        let _one_at_a_time = self.requests.lock().await;
+        let state = self.state();
+        if !state.can_signal() {
+            return Err(already_finished());
+        }
+        let failed = |e: qmp::QmpError| TaskError::Unknown(e.to_string());
+        match sig {
+            // A guest that never ran cannot power off: stop it, reporting the signal as runc would.
+            Signal::SIGTERM | Signal::SIGINT if state == State::Created => {
+                *self.exit_override.lock().unwrap_or_else(|p| p.into_inner()) = Some(128 + signal);
+                if self.order_kill() {
+                    Ok(())
+                } else {
+                    Err(already_finished())
+                }
+            }
+            Signal::SIGTERM | Signal::SIGINT => self.qmp.system_powerdown().await.map_err(failed),
+            Signal::SIGHUP => self.qmp.system_reset().await.map_err(failed),
+            _ => Err(unsupported()),
+        }
+    }
+
+    async fn wait(&self) -> Exit {
+        let mut published = self.exit_published.clone();
+        loop {
+            if let Some(exit) = *published.borrow_and_update() {
+                return exit;
+            }
+            if published.changed().await.is_err() {
+                // The monitor is gone without reporting: treat as killed.
+                warn!("the VM's monitor ended without an exit");
+                return Exit { status: 255, at: std::time::SystemTime::now() };
+            }
+        }
+    }
+
+    fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError> {
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        self.console
+            .resize(clamp(width), clamp(height))
+            .map_err(|e| TaskError::Unknown(format!("resizing the console: {e}")))
+    }
+
+    fn close_stdin(&self) {
+        if let Some(pumps) = self.pumps.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            pumps.close_input();
+        }
+    }
+
+    fn stats(&self) -> Result<Any, TaskError> {
+        let held = self.held();
+        let cgroup = held
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| TaskError::FailedPrecondition(format!("task {} has no cgroup", self.id)))?;
+        let metrics = containerd_shim::cgroup::collect_metrics(cgroup.cgroup())
+            .map_err(|e| TaskError::Unknown(format!("reading cgroup metrics: {e}")))?;
+        containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(|e| TaskError::Unknown(e.to_string()))
+    }
+
+    async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError> {
+        let limits = update::limits(resources, self.memory_bytes, self.memory_overhead_bytes)?;
+        let held = self.held();
+        let cgroup = held.cgroup.as_ref().ok_or_else(|| {
+            TaskError::FailedPrecondition(format!(
+                "task {} has no cgroup (the spec names no linux.cgroupsPath)",
+                self.id
+            ))
+        })?;
+        cgroup.update(&limits).map_err(|e| TaskError::Unknown(e.to_string()))
+    }
+
+    /// Releases every host resource by replaying the journal. Taken out first, so Stats
+    /// never waits on the release.
+    async fn release(&self) {
+        let journal = {
+            let mut held = self.held();
+            held.cgroup = None;
+            held.journal.take()
+        };
+        if let Some(journal) = journal {
+            match tokio::task::spawn_blocking(move || journal.replay()).await {
+                Ok(replayed) if replayed.failures.is_empty() => {}
+                Ok(replayed) => warn!("left for a later cleanup: {}", replayed.failures.join("; ")),
+                Err(e) => warn!("releasing the VM's resources: {e}"),
+            }
+        }
+    }
+}

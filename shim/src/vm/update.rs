@@ -1,0 +1,84 @@
+//! `Update` (`ctr task update`, kubelet's in-place resize): which new limits a running
+//! VM's cgroup can take. Guest memory and vCPUs are fixed while the VM runs.
+
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::LinuxResources;
+
+use crate::plan::CgroupLimits;
+use crate::quantity::format_bytes;
+use crate::service::error::TaskError;
+
+/// containerd sends the new resources as JSON under this type.
+const LINUX_RESOURCES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The cgroup limits an Update asks for, or why they cannot apply to a VM with
+/// `memory_bytes` of guest memory.
+pub(super) fn limits(
+    resources: Option<&Any>,
+    memory_bytes: u64,
+    overhead_bytes: u64,
+) -> Result<CgroupLimits, TaskError> {
+    let invalid = TaskError::InvalidArgument;
+    let any = resources.ok_or_else(|| invalid("update: no resources given".into()))?;
+    if any.type_url != LINUX_RESOURCES_TYPE {
+        return Err(invalid(format!("update: resources of type {:?}: expected {LINUX_RESOURCES_TYPE}", any.type_url)));
+    }
+    let resources: LinuxResources =
+        serde_json::from_slice(&any.value).map_err(|e| invalid(format!("update: resources: {e}")))?;
+    let memory_limit = resources.memory().as_ref().and_then(|m| m.limit()).filter(|l| *l > 0).map(|l| l as u64);
+    if let Some(limit) = memory_limit {
+        let needed = memory_bytes.saturating_add(overhead_bytes);
+        if limit < needed {
+            return Err(invalid(format!(
+                "update linux.resources.memory.limit={limit}: below the running VM's guest memory {} plus QEMU overhead {}; guest memory cannot change while the VM runs",
+                format_bytes(memory_bytes),
+                format_bytes(overhead_bytes)
+            )));
+        }
+    }
+    let cpu = resources.cpu().as_ref();
+    let text = |v: Option<&String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    Ok(CgroupLimits {
+        memory_limit_bytes: memory_limit,
+        cpu_quota: cpu.and_then(|c| c.quota()).filter(|q| *q != 0),
+        cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p > 0),
+        cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s > 0),
+        cpuset_cpus: text(cpu.and_then(|c| c.cpus().as_ref())),
+        cpuset_mems: text(cpu.and_then(|c| c.mems().as_ref())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(json: &str) -> Any {
+        Any { type_url: LINUX_RESOURCES_TYPE.into(), value: json.as_bytes().to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn cpu_limits_and_a_larger_memory_limit_apply() {
+        let l = limits(
+            Some(&any(r#"{"memory":{"limit":1073741824},"cpu":{"quota":50000,"period":100000,"cpus":"0-1"}}"#)),
+            256 << 20,
+            128 << 20,
+        )
+        .unwrap();
+        assert_eq!(l.memory_limit_bytes, Some(1 << 30));
+        assert_eq!((l.cpu_quota, l.cpu_period, l.cpuset_cpus.as_deref()), (Some(50000), Some(100000), Some("0-1")));
+    }
+
+    #[test]
+    fn memory_below_the_guest_is_refused_with_field_and_value() {
+        let e = limits(Some(&any(r#"{"memory":{"limit":134217728}}"#)), 256 << 20, 128 << 20).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.memory.limit=134217728") && e.contains("cannot change"), "{e}");
+    }
+
+    #[test]
+    fn other_types_and_garbage_are_refused() {
+        let other = Any { type_url: "x".into(), value: vec![], ..Default::default() };
+        assert!(limits(Some(&other), 1, 1).unwrap_err().to_string().contains("expected"));
+        assert!(limits(Some(&any("{")), 1, 1).is_err());
+        assert!(limits(None, 1, 1).is_err());
+    }
+}
