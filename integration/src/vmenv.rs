@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::images::{tiny_images, TinyImages};
-use crate::rig::{processes_of, Namespace, Rig, VM_RUNTIME};
+use crate::rig::{processes_of, Namespace, Rig, VM_RUNTIME, VM_SHIM_BINARY};
 
 /// Guest boot marker printed by the tiny image's init.
 pub const BOOTED: &str = "TINY-VM-BOOTED";
@@ -211,6 +211,66 @@ pub fn wait_status(ns: &Namespace<'_>, id: &str, status: &str, timeout: Duration
 pub fn cmdline(pid: u32) -> Result<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).with_context(|| format!("reading cmdline of {pid}"))?;
     Ok(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+}
+
+/// How long the test gives the KVM probe. Longer than the shim's own deadline: the test
+/// only wants to know whether KVM runs a guest at all, not how fast it answers.
+const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The accelerator QEMU should get with `accel = "auto"` on this host (`"kvm"` or
+/// `"tcg"`, as in `-accel`), and why. Judged by the test, not read back from the shim:
+/// * no `/dev/kvm`: TCG;
+/// * KVM provided by the PVM module alone (`/sys/module/kvm_pvm` without `kvm_intel` or
+///   `kvm_amd`): TCG, because PVM runs an ordinary guest kernel only by emulating it, so the
+///   guest appears to hang (this machine is such a host);
+/// * otherwise the shim binary's KVM probe (`containerd-shim-vm-v1 --probe-kvm`, which runs a
+///   few instructions in a real KVM guest) is run here, directly, with a generous deadline:
+///   exit 0 means KVM runs a guest, anything else (including no answer) means TCG.
+///
+/// The PVM rule is the test's own knowledge: on such a host TCG is expected even if the
+/// probe were to say otherwise.
+pub fn expected_auto_accel(rig: &Rig) -> Result<(&'static str, String)> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(("tcg", "no /dev/kvm".into()));
+    }
+    let module = |name: &str| Path::new("/sys/module").join(name).exists();
+    if module("kvm_pvm") && !module("kvm_intel") && !module("kvm_amd") {
+        return Ok(("tcg", "KVM is the PVM module, which cannot run an ordinary guest".into()));
+    }
+    let probe = rig.shim_bin_dir().join(VM_SHIM_BINARY);
+    let mut child = std::process::Command::new(&probe)
+        .arg("--probe-kvm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} --probe-kvm", probe.display()))?;
+    let deadline = Instant::now() + KVM_PROBE_DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(if status.success() {
+                ("kvm", format!("{} --probe-kvm ran a KVM guest", probe.display()))
+            } else {
+                ("tcg", format!("{} --probe-kvm: KVM unusable ({status})", probe.display()))
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(("tcg", format!("{} --probe-kvm hung for {KVM_PROBE_DEADLINE:?}", probe.display())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The accelerator in a QEMU argv: the value of its only `-accel` option up to the first
+/// comma (`tcg,tb-size=64` → `tcg`). Fails unless there is exactly one.
+pub fn accel_of(argv: &[String]) -> Result<String> {
+    let values: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-accel").map(|w| &w[1]).collect();
+    match values.as_slice() {
+        [value] => Ok(value.split(',').next().unwrap_or_default().to_string()),
+        _ => bail!("expected one -accel option in QEMU's argv, found {}: {argv:?}", values.len()),
+    }
 }
 
 /// Deletes a stopped task and returns its exit status, which `ctr task rm` reports
