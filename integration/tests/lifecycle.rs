@@ -122,13 +122,42 @@ fn attach_reaches_the_console_after_the_first_client_is_gone() -> Result<()> {
     env.assert_gone(&ns, "vm7")
 }
 
+/// A terminal size nobody uses by default, so seeing it proves it was passed on.
+const TERM_ROWS: u16 = 37;
+const TERM_COLS: u16 = 111;
+
+nix::ioctl_read_bad!(get_window_size, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
+
+/// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds.
+fn console_size(qemu_pid: u32) -> Result<(u16, u16)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut ttys = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{qemu_pid}/fd"))? {
+        let path = entry?.path();
+        if std::fs::read_link(&path).is_ok_and(|t| t.starts_with("/dev/pts/")) {
+            ttys.push(path);
+        }
+    }
+    ensure!(ttys.len() == 1, "QEMU {qemu_pid} holds {} ptys: {ttys:?}", ttys.len());
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+        .open(&ttys[0])
+        .with_context(|| format!("opening {}", ttys[0].display()))?;
+    let mut size = nix::pty::Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize struct through the pointer, valid for the call.
+    unsafe { get_window_size(std::os::fd::AsRawFd::as_raw_fd(&tty), &mut size) }?;
+    Ok((size.ws_row, size.ws_col))
+}
+
 #[test]
 fn interactive_terminal_run_gets_a_pty_console() -> Result<()> {
     let env = VmEnv::start()?;
     let ns = env.namespace("terminal")?;
-    // `ctr run -t` needs a terminal of its own: `script` gives it one.
+    // `ctr run -t` needs a terminal of its own: `script` gives it a pty, whose size (0x0, as
+    // script's stdin is no terminal) is set before ctr starts; ctr passes it on (ResizePty).
     let ctr = format!(
-        "{} --address {} --namespace {} run -t --rm --runtime io.containerd.vm.v1 {TINY} vm3",
+        "stty rows {TERM_ROWS} cols {TERM_COLS} && exec {} --address {} --namespace {} run -t --rm --runtime io.containerd.vm.v1 {TINY} vm3",
         env.rig.ctr_command().get_program().to_string_lossy(),
         env.rig.address().display(),
         ns.name()
@@ -137,7 +166,26 @@ fn interactive_terminal_run_gets_a_pty_console() -> Result<()> {
     script.args(["-qfec", &ctr, "/dev/null"]);
     let mut vm = integration::rig::Spawned::from_command(script)?;
     vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
-    vm.send("stty size; echo term-$((6*7))\r")?;
+    let pid = wait_status(&ns, "vm3", "RUNNING", Duration::from_secs(5))?;
+    // The size reaches the console pty the shim gives QEMU.
+    let mut last = (0, 0);
+    integration::vmenv::wait_until("the console pty to get the terminal's size", Duration::from_secs(10), || {
+        last = console_size(pid)?;
+        Ok((last == (TERM_ROWS, TERM_COLS)).then_some(()))
+    })
+    .with_context(|| {
+        format!("console pty of QEMU {pid} is {last:?}, expected ({TERM_ROWS}, {TERM_COLS}) as set on ctr's terminal")
+    })?;
+    // The guest cannot learn that size: a serial port has no way to carry it (README: run
+    // `stty rows R cols C` in the guest), so its tty has none and busybox's `stty size` says so
+    // by naming the device without a size. `size2<...>` is told from the echoed command line by
+    // the arithmetic the shell did.
+    vm.send("echo \"size$((1+1))<$(stty size 2>&1)>\"\r")?;
+    vm.wait_for_output("size2<", Duration::from_secs(30))?;
+    let answer = vm.wait_for_output(">", Duration::from_secs(5))?;
+    let answer = answer.trim_end_matches('>');
+    ensure!(answer == "stty: standard input", "guest's `stty size`: {answer:?}");
+    vm.send("echo term-$((6*7))\r")?;
     vm.wait_for_output("term-42", Duration::from_secs(30))?;
     let state = ns.ctr_ok(["task", "ls"])?;
     ensure!(state.contains("vm3") && state.contains("RUNNING"), "{state}");
