@@ -244,7 +244,7 @@ fn a_task_started_again_keeps_its_disk_and_removing_the_container_drops_it() -> 
     let ns = env.namespace("restart")?;
     let log = env.rig.dir().join("vm6.log");
     let log_uri = format!("file://{}", log.display());
-    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
+    ns.ctr_ok(env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
     // SIGINT, like SIGTERM, is the ACPI power button.
     ns.ctr_ok(["task", "kill", "-s", "SIGINT", "vm6"])?;
@@ -261,7 +261,7 @@ fn a_task_started_again_keeps_its_disk_and_removing_the_container_drops_it() -> 
 
     // A new container from the same image starts from the image's pristine disk.
     std::fs::remove_file(&log)?;
-    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
+    ns.ctr_ok(env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vm6"))?;
     wait_for_file(&log, "BOOT-COUNT=1", BOOT_TIMEOUT)?;
     ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "vm6"])?;
     wait_status(&ns, "vm6", "STOPPED", EXIT_TIMEOUT)?;
@@ -281,7 +281,7 @@ fn raw_and_partitioned_images_boot_with_accel_auto() -> Result<()> {
     let ns = env.namespace("formats")?;
     for (image, id) in [(TINY_RAW, "raw"), (TINY_PART, "part")] {
         let log = env.rig.dir().join(format!("{id}.log"));
-        ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], image, id))?;
+        ns.ctr_ok(env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], image, id))?;
     }
     // Checked before waiting for the boot: a guest wrongly put on a broken KVM never boots.
     for id in ["raw", "part"] {
@@ -312,7 +312,7 @@ fn eight_vms_at_once() -> Result<()> {
     let ids: Vec<String> = (1..=8).map(|i| format!("many{i}")).collect();
     for id in &ids {
         let log = format!("file://{}", env.rig.dir().join(format!("{id}.log")).display());
-        ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &log, "--annotation", "vm.containerd.io/memory=96Mi"], TINY, id))?;
+        ns.ctr_ok(env.run_args(&["-d", "--log-uri", &log, "--annotation", "vm.containerd.io/memory=96Mi"], TINY, id))?;
     }
     for id in &ids {
         wait_for_file(&env.rig.dir().join(format!("{id}.log")), PROMPT, Duration::from_secs(300))
@@ -337,7 +337,7 @@ fn a_dead_shim_is_cleaned_up_by_containerd_through_the_delete_action() -> Result
     let env = VmEnv::start()?;
     let ns = env.namespace("dead-shim")?;
     let log = env.rig.dir().join("vm8.log");
-    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], TINY, "vm8"))?;
+    ns.ctr_ok(env.run_args(&["-d", "--log-uri", &format!("file://{}", log.display())], TINY, "vm8"))?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
     let shims: Vec<i32> = integration::rig::processes_of(env.rig.dir())
         .into_iter()
@@ -371,7 +371,7 @@ fn console_reaches_a_logging_binary() -> Result<()> {
     )?;
     std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755))?;
     let uri = format!("binary://{}?out={}", logger.display(), out.display());
-    ns.ctr_ok(&env.run_args(&["-d", "--log-uri", &uri], TINY, "vm9"))?;
+    ns.ctr_ok(env.run_args(&["-d", "--log-uri", &uri], TINY, "vm9"))?;
     let text = wait_for_file(&out, PROMPT, BOOT_TIMEOUT)?;
     ensure!(text.starts_with(&format!("task {}/vm9\n", ns.name())), "logger environment: {text}");
     ns.ctr_ok(["task", "kill", "vm9"])?;
@@ -397,7 +397,7 @@ fn a_pause_qemu_makes_by_itself_is_reported_once_and_resume_undoes_it() -> Resul
     let config = env.fake_qemu_config(dir.path(), (7, 2, 0), true)?;
     let config = config.display().to_string();
     let mut events = ns.events()?;
-    ns.ctr_ok(&env.run_args(&["-d", "--runtime-config-path", &config], TINY, "vm9"))?;
+    ns.ctr_ok(env.run_args(&["-d", "--runtime-config-path", &config], TINY, "vm9"))?;
     wait_status(&ns, "vm9", "PAUSED", Duration::from_secs(30))?;
     ns.ctr_ok(["task", "resume", "vm9"])?;
     wait_status(&ns, "vm9", "RUNNING", Duration::from_secs(10))?;
