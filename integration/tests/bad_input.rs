@@ -218,8 +218,8 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
         .map(|(pid, _)| pid)
         .collect();
     ensure!(shims.len() == 1, "expected one VM shim, found {shims:?}");
-    let fds = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    let before = fds(shims[0]);
+    let shim = LiveProcess::of(shims[0])?;
+    let before = shim.fd_count()?;
 
     // Failures after the QMP socket is made and QEMU started must leak nothing either.
     let failing_qemu = dir.path().join("failing-qemu.toml");
@@ -243,7 +243,7 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
         ensure!(!out.status.success(), "{id} was not refused");
         env.assert_gone(&ns, id)?;
     }
-    let after = fds(shims[0]);
+    let after = shim.fd_count()?;
     ensure!(after <= before, "shim fds grew from {before} to {after} over refused creates");
 
     // A second VM in the same shim: each QEMU holds its own console and nobody else's.
@@ -270,12 +270,68 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
     wait_status(&ns, "second", "STOPPED", Duration::from_secs(60))?;
     ns.ctr_ok(["task", "rm", "second"])?;
     ns.ctr_ok(["container", "rm", "second"])?;
-    let still = processes_of(env.rig.dir()).into_iter().filter(|(pid, _)| *pid == shims[0]).count();
-    ensure!(still == 1, "the pod's shim must keep serving");
+    shim.check().context("the pod's shim must keep serving")?;
     wait_status(&ns, "good", "RUNNING", Duration::from_secs(5))?;
     ns.ctr_ok(["task", "kill", "good"])?;
     wait_status(&ns, "good", "STOPPED", Duration::from_secs(60))?;
     ns.ctr_ok(["task", "rm", "good"])?;
     ns.ctr_ok(["container", "rm", "good"])?;
     env.assert_gone(&ns, "good")
+}
+
+/// A process that must stay the same one: its pid and its start time (field 22 of
+/// /proc/<pid>/stat, in clock ticks since boot), so a pid reused by another process is noticed.
+struct LiveProcess {
+    pid: i32,
+    start_time: u64,
+}
+
+impl LiveProcess {
+    fn of(pid: i32) -> Result<LiveProcess> {
+        let (state, start_time) = Self::stat(pid)?;
+        ensure!(state != "Z" && state != "X", "process {pid} is already dead (state {state})");
+        Ok(LiveProcess { pid, start_time })
+    }
+
+    /// (state, start time) from /proc/<pid>/stat; an error if there is no such process.
+    fn stat(pid: i32) -> Result<(String, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("process {pid} is gone: reading /proc/{pid}/stat"))?;
+        // The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+        let state = fields.first().with_context(|| format!("no state in /proc/{pid}/stat: {stat}"))?;
+        let start_time = fields
+            .get(19)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("no start time in /proc/{pid}/stat: {stat}"))?;
+        Ok((state.to_string(), start_time))
+    }
+
+    /// Fails unless the process is still running and still the one first seen.
+    fn check(&self) -> Result<()> {
+        let (state, start_time) = Self::stat(self.pid)?;
+        ensure!(state != "Z" && state != "X", "process {} has exited (state {state})", self.pid);
+        ensure!(
+            start_time == self.start_time,
+            "pid {} is another process now (started at tick {start_time}, not {})",
+            self.pid,
+            self.start_time
+        );
+        Ok(())
+    }
+
+    /// Open fds of the process; fails if it is gone or changed, or its fd table is unreadable.
+    fn fd_count(&self) -> Result<usize> {
+        self.check()?;
+        let dir = format!("/proc/{}/fd", self.pid);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            entry.with_context(|| format!("reading {dir}"))?;
+            count += 1;
+        }
+        // Still the same live process after the count (an exited one shows no fds).
+        self.check()?;
+        ensure!(count > 0, "{dir} lists no fds");
+        Ok(count)
+    }
 }
