@@ -34,8 +34,17 @@ fn qemu_img(args: &[&str]) -> Result<()> {
 }
 
 /// Images a hostile or careless publisher could push, as (name, image).
+///
+/// `dir` must be an absolute path: the symlink image points at a host disk written there.
 fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
     let tiny = std::fs::read(tiny_disk)?;
+    // A disk the shim would accept and boot, on the host, for the symlink to aim at: only
+    // a refused escape keeps it from being used (an absolute target is looked up inside
+    // the image, where this path does not exist).
+    let host_disk = dir.join("host-disk.qcow2");
+    ensure!(host_disk.is_absolute(), "{} is not absolute", host_disk.display());
+    std::fs::write(&host_disk, &tiny)?;
+    let host_disk = host_disk.to_str().context("scratch dir is not UTF-8")?;
     let backing = dir.join("backing.qcow2");
     qemu_img(&[
         "create",
@@ -69,7 +78,7 @@ fn bad_images(dir: &Path, tiny_disk: &Path) -> Result<Vec<Image>> {
             "not a disk, just text\n".repeat(200).into_bytes()[..4096].to_vec(),
         )),
         Image::new("example.org/bad/gzip:1").entry(Entry::bytes("/disk/disk.img.gz", gzip)),
-        Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", "/etc/passwd")),
+        Image::new("example.org/bad/symlink:1").entry(Entry::symlink("/disk/evil.qcow2", host_disk)),
         Image::new("example.org/bad/fifo:1").entry(Entry::fifo("/disk/pipe.qcow2")),
     ])
 }
@@ -133,7 +142,9 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
             &["readme.img", "neither qcow2 nor a bootable raw disk", "text"],
         ),
         case("gzip", "example.org/bad/gzip:1", &[], &["disk.img.gz", "gzip"]),
-        case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2"]),
+        // evil.qcow2 -> <scratch>/host-disk.qcow2, a valid disk on the host: refused only if the
+        // link is resolved inside the image, where its target does not exist.
+        case("symlink", "example.org/bad/symlink:1", &[], &["/disk/evil.qcow2", "No such file"]),
         // must fail at once, not block the shim opening a pipe nobody writes
         case("fifo", "example.org/bad/fifo:1", &[], &["/disk/pipe.qcow2", "not a regular file"]),
         case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
