@@ -112,7 +112,7 @@ impl VmEnv {
             format!(
                 r#"#!/usr/bin/env python3
 import json, socket, sys
-conn, _ = socket.socket(fileno=3).accept()
+conn = socket.socket(fileno=3)  # the shim hands QEMU one end of a connected socketpair
 def send(message):
     conn.sendall(json.dumps(message).encode() + b"\r\n")
 def event(name):

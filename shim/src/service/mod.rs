@@ -6,6 +6,8 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod task;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
