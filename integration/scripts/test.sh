@@ -28,6 +28,15 @@ run_suites() { # run_suites LABEL [cargo test args...]
   fi
 }
 
+# Style and lints first: cheap, and a failure here is named like any suite's.
+echo "== formatting and lints"
+if cargo fmt --all -- --check && cargo clippy -q --workspace --all-targets -- -D warnings; then
+  echo "== formatting and lints: clean"
+else
+  echo "== formatting and lints: FAILED" >&2
+  failed+=("formatting and lints")
+fi
+
 # Selected together so that cargo builds the workspace's dependencies once, with one feature set.
 run_suites "unit tests, and the QMP client against real QEMU" --workspace --lib --bins --test qemu
 run_suites "doc examples" --workspace --doc

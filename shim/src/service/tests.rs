@@ -129,7 +129,8 @@ async fn a_create_whose_caller_gave_up_is_undone_and_a_retry_succeeds() {
     let dropped = tokio::time::timeout(Duration::from_millis(300), fx.service.create(&ctx(), req.clone())).await;
     assert!(dropped.is_err(), "the slow create should still be under way");
     // The retry waits until the first attempt is undone, then creates the task afresh.
-    let retry = tokio::time::timeout(Duration::from_secs(30), fx.service.create(&ctx(), req.clone()));
+    let context = ctx();
+    let retry = tokio::time::timeout(Duration::from_secs(30), fx.service.create(&context, req.clone()));
     let created =
         retry.await.expect("the retry is not stuck behind the dropped create").expect("the retry of the same id");
     assert_eq!(processes_running(&fx.qemu), vec![created.pid], "one QEMU: the retry's");
