@@ -28,6 +28,8 @@ pub struct StandIn {
     pub greet_after_secs: f32,
     /// Seconds after the first `cont` when it exits by itself with status 0.
     pub exit_after_cont_secs: Option<f32>,
+    /// MiB it fills with data after the first `cont` (to meet a cgroup's memory limit).
+    pub hog_after_cont_mib: Option<u32>,
 }
 
 /// Writes a stand-in QEMU into `dir`: a small program that speaks enough QMP on fd 3
@@ -35,6 +37,7 @@ pub struct StandIn {
 pub fn stand_in_qemu(dir: &Path, behaviour: StandIn) -> PathBuf {
     let script = dir.join("qemu-stand-in");
     let exit_after = behaviour.exit_after_cont_secs.map(|s| s.to_string()).unwrap_or_else(|| "None".into());
+    let hog = behaviour.hog_after_cont_mib.map(|m| m.to_string()).unwrap_or_else(|| "None".into());
     let text = format!(
         r#"#!/usr/bin/env python3
 import json, os, socket, sys, threading, time
@@ -48,6 +51,8 @@ def event(name, data={{}}):
     send({{"event": name, "data": data, "timestamp": {{"seconds": 0, "microseconds": 0}}}})
 send({{"QMP": {{"version": {{"qemu": {{"major": 7, "minor": 2, "micro": 0}}, "package": ""}}, "capabilities": []}}}})
 exit_after = {exit_after}
+hog = {hog}
+hoard = []
 started = False
 for line in conn.makefile("rb"):
     request = json.loads(line)
@@ -61,6 +66,9 @@ for line in conn.makefile("rb"):
     if command == "cont" and not started and exit_after is not None:
         started = True
         threading.Timer(exit_after, lambda: os._exit(0)).start()
+    if command == "cont" and hog is not None:
+        for _ in range(hog):
+            hoard.append(b"x" * (1 << 20))
     if command == "system_powerdown":
         event("SHUTDOWN", {{"guest": True, "reason": "guest-shutdown"}})
         os._exit(0)

@@ -68,6 +68,10 @@ impl Fixture {
     /// A bundle whose root (given as an absolute path, as `ctr run --rootfs` does) holds
     /// a raw disk with a boot record, and a Create request naming the stand-in's config.
     fn request(&self, id: &str) -> CreateTaskRequest {
+        self.request_with(id, serde_json::json!({}), serde_json::json!({}))
+    }
+
+    fn request_with(&self, id: &str, linux: serde_json::Value, annotations: serde_json::Value) -> CreateTaskRequest {
         let bundle = self.bundle(id);
         std::fs::create_dir_all(&bundle).unwrap();
         let disk = self.disk(id);
@@ -79,7 +83,8 @@ impl Fixture {
             "ociVersion": "1.0.2",
             "root": {"path": disk.parent().unwrap().parent().unwrap()},
             "process": {"cwd": "/", "args": ["/init"], "terminal": false, "user": {"uid": 0, "gid": 0}},
-            "linux": {}
+            "annotations": annotations,
+            "linux": linux
         });
         std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
         let mut options = Vec::new();
@@ -239,4 +244,46 @@ async fn a_create_releases_what_a_dead_shim_left_in_the_bundle() {
     fx.kill("vm1", 9).await.unwrap();
     fx.delete("vm1").await.unwrap();
     fx.assert_nothing_left("vm1");
+}
+
+/// CRI reports OOMKilled from /tasks/oom: an OOM kill in the VM's cgroup is published.
+#[tokio::test]
+async fn an_oom_kill_in_the_vms_cgroup_is_published() {
+    let mut fx = Fixture::new("oom", StandIn { hog_after_cont_mib: Some(400), ..Default::default() });
+    let cgroup = format!("/containerd-shim-vm-unit/oom-{}", std::process::id());
+    // 32 MiB of guest memory and 128 MiB of QEMU overhead fit a 200 MiB limit; the
+    // stand-in then fills 400 MiB.
+    let req = fx.request_with(
+        "vm1",
+        serde_json::json!({"cgroupsPath": cgroup, "resources": {"memory": {"limit": 200 << 20}}}),
+        serde_json::json!({"vm.containerd.io/memory": "32Mi"}),
+    );
+    let created = fx.service.create(&ctx(), req).await.unwrap();
+    let procs = std::fs::read_to_string(format!("/proc/{}/cgroup", created.pid)).unwrap();
+    assert!(procs.contains(&cgroup), "QEMU is in its cgroup from the start: {procs}");
+    fx.service.start(&ctx(), StartRequest { id: "vm1".into(), ..Default::default() }).await.unwrap();
+    let context = ctx();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        fx.service.wait(&context, WaitRequest { id: "vm1".into(), ..Default::default() }),
+    );
+    let exit = waited.await.expect("the hog is killed").unwrap();
+    assert_eq!(exit.exit_status, 137, "killed by the kernel");
+    fx.delete("vm1").await.unwrap();
+    fx.assert_nothing_left("vm1");
+    let topics = fx.topics();
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit");
+    assert!(oom.is_some() && oom < exit, "{topics:?}");
+    // the cgroup is removed with the task
+    let leftover: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(cgroup.trim_start_matches('/')))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join("containerd-shim-vm-unit"));
+    }
 }

@@ -166,6 +166,14 @@ async fn launch(
         None => None,
     };
 
+    // CRI reports OOMKilled from /tasks/oom: the VM's cgroup is watched from the start.
+    let oom = match cgroup.as_ref().map(crate::host::oom::OomWatch::new).transpose() {
+        Ok(watch) => watch.flatten(),
+        Err(e) => {
+            warn!("OOM kills of this VM will not be reported: watching its cgroup: {e}");
+            None
+        }
+    };
     let facts = HostFacts { accel, console_tty: console.tty_path().to_path_buf(), image_format: image.info.format };
     let log_path = state_dir.join(QEMU_LOG);
     let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
@@ -258,6 +266,7 @@ async fn launch(
         memory_overhead_bytes: config.memory_overhead_bytes,
         child,
         qmp_events,
+        oom,
     })
 }
 

@@ -62,6 +62,7 @@ struct Parts {
     memory_overhead_bytes: u64,
     child: tokio::process::Child,
     qmp_events: qmp::Events,
+    oom: Option<crate::host::oom::OomWatch>,
 }
 
 /// The host resources a running VM holds, until Delete releases them.
@@ -119,7 +120,9 @@ impl Vm {
             memory_overhead_bytes: parts.memory_overhead_bytes,
         });
         let span = tracing::info_span!("vm", id = %vm.id);
-        tokio::spawn(monitor::run(vm.clone(), parts.child, parts.qmp_events, kill_orders, published).instrument(span));
+        tokio::spawn(
+            monitor::run(vm.clone(), parts.child, parts.qmp_events, parts.oom, kill_orders, published).instrument(span),
+        );
         vm
     }
 

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use containerd_shim::protos::events::task::{TaskExit, TaskPaused, TaskResumed};
+use containerd_shim::protos::events::task::{TaskExit, TaskOOM, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
 use qmp::VmEvent;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{Vm, PANIC_EXIT_STATUS, QEMU_LOG};
+use crate::host::oom::OomWatch;
 use crate::lifecycle::{Change, Exit};
 use crate::service::events::timestamp;
 
@@ -21,6 +22,7 @@ pub(super) async fn run(
     vm: Arc<Vm>,
     mut child: tokio::process::Child,
     mut events: qmp::Events,
+    mut oom: Option<OomWatch>,
     mut kill_orders: mpsc::UnboundedReceiver<()>,
     published: watch::Sender<Option<Exit>>,
 ) {
@@ -31,6 +33,16 @@ pub(super) async fn run(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            killed = next_oom(&mut oom) => match killed {
+                Ok(()) => {
+                    warn!("the kernel killed a process of the VM's cgroup: out of memory");
+                    vm.events.send(TaskOOM { container_id: vm.id.clone(), ..Default::default() });
+                }
+                Err(e) => {
+                    warn!("watching for OOM kills: {e}");
+                    oom = None;
+                }
+            },
             Some(()) = kill_orders.recv() => {
                 // Still our child (not yet reaped): its pid is QEMU's.
                 if let Err(e) = child.start_kill() {
@@ -115,6 +127,14 @@ pub(super) async fn run(
         ..Default::default()
     });
     let _ = published.send(Some(exit));
+}
+
+/// The next OOM kill, or never when nothing is watched.
+async fn next_oom(oom: &mut Option<OomWatch>) -> std::io::Result<()> {
+    match oom {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u32 {
