@@ -45,6 +45,17 @@ impl QemuArg for BaseFlags<'_> {
     }
 }
 
+/// QEMU's seccomp sandbox: no obsolete syscalls, no privilege changes, no new processes,
+/// no changes to its own scheduling or affinity (the shim does placement from outside).
+/// A guest that escapes into QEMU meets these limits too.
+pub struct Sandbox;
+
+impl QemuArg for Sandbox {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    }
+}
+
 pub struct Machine {
     pub kind: MachineType,
     pub accel: Accel,

@@ -7,7 +7,7 @@ pub mod args;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use args::{BaseFlags, Machine, Memory, PanicDevice, QemuArg, QmpSocket, RootDisk, SerialConsole, Smp};
+use args::{BaseFlags, Machine, Memory, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SerialConsole, Smp};
 
 use crate::accel::Accel;
 use crate::disk::format::DiskFormat;
@@ -30,8 +30,9 @@ pub struct HostFacts {
 
 /// The argument vector (without the binary).
 pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
-    let pieces: [&dyn QemuArg; 8] = [
+    let pieces: [&dyn QemuArg; 9] = [
         &BaseFlags { name: &plan.name },
+        &Sandbox,
         &Machine { kind: plan.machine, accel: host.accel, tcg_translation_cache_mib: plan.tcg_translation_cache_mib },
         &Smp { cpus: plan.cpus },
         &Memory { bytes: plan.memory_bytes },
@@ -74,6 +75,7 @@ mod tests {
         assert_eq!(count("-blockdev"), 4);
         assert_eq!(count("-add-fd"), 2);
         assert_eq!(count("-serial"), 1);
+        assert!(argv.windows(2).any(|w| w[0] == "-sandbox" && w[1].starts_with("on,") && w[1].contains("spawn=deny")));
         assert!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"));
         assert!(argv.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg,tb-size=64"));
         assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "serial,id=console,path=/dev/pts/7"));
