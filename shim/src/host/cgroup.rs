@@ -53,6 +53,27 @@ fn builder(path: &str, limits: &CgroupLimits) -> CgroupBuilder {
     cpu.done()
 }
 
+/// Whether the cgroup at `path` (below the hierarchy root) exists.
+pub fn exists(path: &str) -> bool {
+    Cgroup::load(hierarchies::auto(), path).exists()
+}
+
+/// Applies new limits to the cgroup at `path` (`Update`); blocking, the kernel may
+/// reclaim memory before a lower limit takes.
+pub fn update(path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    let cgroup = Cgroup::load(hierarchies::auto(), path);
+    let mut resources = Resources::default();
+    if let Some(limit) = limits.memory_limit_bytes {
+        resources.memory.memory_hard_limit = Some(limit as i64);
+    }
+    resources.cpu.cpus = limits.cpuset_cpus.clone();
+    resources.cpu.mems = limits.cpuset_mems.clone();
+    resources.cpu.shares = limits.cpu_shares;
+    resources.cpu.quota = limits.cpu_quota;
+    resources.cpu.period = limits.cpu_period;
+    cgroup.apply(&resources).map_err(|source| CgroupError { path: path.to_string(), action: "update", source })
+}
+
 impl VmCgroup {
     pub fn create(plan: &CgroupPlan) -> Result<VmCgroup, CgroupError> {
         let path = relative_path(&plan.path);
@@ -81,24 +102,6 @@ impl VmCgroup {
         dirs.into_iter()
             .filter_map(|dir| CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok())
             .collect()
-    }
-
-    /// Applies new limits to the running VM's cgroup (`Update`).
-    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        let mut resources = Resources::default();
-        if let Some(limit) = limits.memory_limit_bytes {
-            resources.memory.memory_hard_limit = Some(limit as i64);
-        }
-        resources.cpu.cpus = limits.cpuset_cpus.clone();
-        resources.cpu.mems = limits.cpuset_mems.clone();
-        resources.cpu.shares = limits.cpu_shares;
-        resources.cpu.quota = limits.cpu_quota;
-        resources.cpu.period = limits.cpu_period;
-        self.cgroup.apply(&resources).map_err(|source| CgroupError {
-            path: self.path.clone(),
-            action: "update",
-            source,
-        })
     }
 
     pub fn cgroup(&self) -> &Cgroup {

@@ -33,8 +33,9 @@ pub enum Resource {
     /// The task's private directory under the configured state dir, with the token
     /// written inside it that proves the shim made it.
     StateDir { path: PathBuf, token: String },
-    /// The cgroup made for QEMU (path relative to the hierarchy root).
-    Cgroup { path: String },
+    /// QEMU's cgroup (path relative to the hierarchy root); `created` if the shim made it.
+    /// One that was there before is someone else's: neither emptied nor removed.
+    Cgroup { path: String, created: bool },
     /// The QEMU process; `None` between asking for it and knowing its pid.
     Qemu { process: Option<ProcessId> },
 }
@@ -215,12 +216,13 @@ impl Journal {
 fn release(record: &Record, resource: &Resource) -> Result<Option<u32>, String> {
     match resource {
         Resource::Qemu { process: Some(process) } => {
-            Ok(process.kill_and_wait(QEMU_GONE_TIMEOUT).then_some(process.pid))
+            Ok(process.kill_and_wait(QEMU_GONE_TIMEOUT)?.then_some(process.pid))
         }
         // Never started, or started and lost before its pid was written down: its
         // cgroup, released next, holds it.
         Resource::Qemu { process: None } => Ok(None),
-        Resource::Cgroup { path } => cgroup::remove(path, CGROUP_EMPTY_TIMEOUT).map(|()| None),
+        Resource::Cgroup { path, created: true } => cgroup::remove(path, CGROUP_EMPTY_TIMEOUT).map(|()| None),
+        Resource::Cgroup { created: false, .. } => Ok(None),
         Resource::StateDir { path, token } => {
             let expected = record.state_root.join(&record.namespace).join(&record.id);
             if *path != expected {

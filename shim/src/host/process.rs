@@ -39,17 +39,54 @@ impl ProcessId {
 
     /// For a process that is not this shim's child (a dead shim's QEMU): SIGKILL it if it
     /// is still the same process, and wait up to `timeout` for it to be gone. Returns
-    /// whether it was running.
-    pub fn kill_and_wait(&self, timeout: Duration) -> bool {
+    /// whether it was running; an error if it still runs after `timeout`.
+    pub fn kill_and_wait(&self, timeout: Duration) -> Result<bool, String> {
         if !self.is_running() {
-            return false;
+            return Ok(false);
         }
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         let deadline = Instant::now() + timeout;
-        while self.is_running() && Instant::now() < deadline {
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return Err(format!("process {} still runs {timeout:?} after SIGKILL", self.pid));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        true
+        Ok(true)
+    }
+}
+
+/// A handle on one process that no reused pid can stand for: signals sent through it
+/// reach that process or, once it has been reaped, nobody.
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// Opens a handle on `pid`, which must be a child not yet reaped (so it is surely ours).
+    pub fn open(pid: u32) -> std::io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+        Ok(Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// SIGKILLs the process; false if it had already exited.
+    pub fn kill(&self) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal reads only its scalar arguments (no siginfo is passed).
+        let sent = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+        };
+        if sent == 0 {
+            return Ok(true);
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            e => Err(e),
+        }
     }
 }
 
@@ -63,7 +100,16 @@ mod tests {
         assert!(me.is_running());
         let other = ProcessId { start_time: me.start_time + 1, ..me };
         assert!(!other.is_running(), "another start time is another process");
-        assert!(!other.kill_and_wait(Duration::ZERO), "never signals a process it does not name");
+        assert_eq!(other.kill_and_wait(Duration::ZERO), Ok(false), "never signals a process it does not name");
+    }
+
+    #[test]
+    fn a_pidfd_kills_its_process_and_nothing_after_it_was_reaped() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        assert!(pidfd.kill().unwrap());
+        child.wait().unwrap();
+        assert!(!pidfd.kill().unwrap(), "reaped: the signal reaches nobody");
     }
 
     #[test]
@@ -72,7 +118,7 @@ mod tests {
         let out = std::process::Command::new("sh").args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"]).output().unwrap();
         let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         let process = ProcessId::of(pid).unwrap();
-        assert!(process.kill_and_wait(Duration::from_secs(5)));
+        assert_eq!(process.kill_and_wait(Duration::from_secs(5)), Ok(true));
         assert!(!process.is_running());
     }
 }

@@ -22,15 +22,37 @@ pub fn create(dir: &Path, token: &str) -> std::io::Result<()> {
     let context =
         |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
     if dir.exists() {
+        // QEMU works in its state dir: one still running there is a live VM, not debris.
+        if let Some(pid) = working_in(dir) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("a VM for this container is still running (QEMU pid {pid}, state {})", dir.display()),
+            ));
+        }
         warn!(dir = %dir.display(), "removing a stale state dir");
         std::fs::remove_dir_all(dir).map_err(|e| context("removing stale state dir", e))?;
     }
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new().recursive(true).mode(0o711).create(parent).map_err(|e| context("creating", e))?;
     }
-    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| context("creating state dir", e))?;
-    let mut owner = std::fs::File::create(dir.join(OWNER_FILE)).map_err(|e| context("writing the token in", e))?;
-    owner.write_all(token.as_bytes()).map_err(|e| context("writing the token in", e))
+    // Made whole under a temporary name, then renamed: a directory at `dir` always
+    // carries its token, so a replay can always tell it is ours.
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = dir.with_file_name(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::DirBuilder::new().mode(0o700).create(&partial).map_err(|e| context("creating state dir", e))?;
+    let mut owner = std::fs::File::create(partial.join(OWNER_FILE)).map_err(|e| context("writing the token in", e))?;
+    owner.write_all(token.as_bytes()).map_err(|e| context("writing the token in", e))?;
+    std::fs::rename(&partial, dir).map_err(|e| context("naming state dir", e))
+}
+
+/// A process whose working directory is `dir`.
+fn working_in(dir: &Path) -> Option<u32> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_link(entry.path().join("cwd")).ok()? == dir).then_some(pid)
+    })
 }
 
 /// Removes `dir` if it holds `token`; a directory that is already gone is fine.

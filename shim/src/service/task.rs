@@ -59,17 +59,48 @@ pub struct TaskService<F: ContainerFactory> {
     factory: Arc<F>,
     slots: Slots,
     events: EventQueue,
+    ending: Arc<Ending>,
+}
+
+/// When the shim process ends: once Shutdown was asked for and no task is left, which
+/// may be only after a Delete or an undone Create that was still running.
+struct Ending {
+    asked: std::sync::atomic::AtomicBool,
     exit: Arc<ExitSignal>,
+    events: EventQueue,
+}
+
+impl Ending {
+    /// Call with the slots locked, after removing one.
+    async fn if_idle(&self, slots: &HashMap<String, Slot>) {
+        if self.asked.load(std::sync::atomic::Ordering::SeqCst) && slots.is_empty() {
+            // Let the last events (TaskDelete) reach containerd before the shim goes.
+            self.events.drained(Duration::from_secs(3)).await;
+            self.exit.signal();
+        }
+    }
+}
+
+/// Runs a request's work as a task of its own: ttrpc drops a handler whose deadline
+/// passes, and a Delete or Start cut off halfway would leave its task half changed.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, TaskError>> + Send + 'static,
+) -> Result<T, TaskError> {
+    let span = tracing::Span::current();
+    tokio::spawn(work.instrument(span))
+        .await
+        .unwrap_or_else(|e| Err(TaskError::Unknown(format!("request failed: {e}"))))
 }
 
 impl<F: ContainerFactory> TaskService<F> {
     pub fn new(namespace: &str, factory: F, events: EventQueue, exit: Arc<ExitSignal>) -> TaskService<F> {
+        let ending = Arc::new(Ending { asked: Default::default(), exit, events: events.clone() });
         TaskService {
             namespace: namespace.to_string(),
             factory: Arc::new(factory),
             slots: Arc::default(),
             events,
-            exit,
+            ending,
         }
     }
 
@@ -110,8 +141,13 @@ impl<F: ContainerFactory> TaskService<F> {
         let id = req.id.clone();
         let done = self.claim(&id).await?;
         let (answer, answered) = oneshot::channel::<Result<u32, TaskError>>();
-        let (factory, slots, events, namespace) =
-            (self.factory.clone(), self.slots.clone(), self.events.clone(), self.namespace.clone());
+        let (factory, slots, events, namespace, ending) = (
+            self.factory.clone(),
+            self.slots.clone(),
+            self.events.clone(),
+            self.namespace.clone(),
+            self.ending.clone(),
+        );
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
@@ -146,7 +182,9 @@ impl<F: ContainerFactory> TaskService<F> {
                         warn!("the undone task did not stop in {DISCARD_TIMEOUT:?}");
                     }
                     container.release().await;
-                    slots.lock().await.remove(&id);
+                    let mut held = slots.lock().await;
+                    held.remove(&id);
+                    ending.if_idle(&held).await;
                 }
                 done.notify_waiters();
             }
@@ -174,20 +212,27 @@ impl<F: ContainerFactory> TaskService<F> {
                 info!("stopping the never-started task: {e}");
             }
         }
-        let exit = container.wait().await;
-        container.release().await;
-        self.slots.lock().await.remove(id);
-        let (pid, exited_at) = (container.pid(), MessageField::some(timestamp(exit.at)));
-        self.events.send(TaskDelete {
-            container_id: id.to_string(),
-            id: id.to_string(),
-            pid,
-            exit_status: exit.status,
-            exited_at: exited_at.clone(),
-            ..Default::default()
-        });
-        info!(exit_status = exit.status, "task deleted");
-        Ok(DeleteResponse { pid, exit_status: exit.status, exited_at, ..Default::default() })
+        let (slots, events, ending, id) =
+            (self.slots.clone(), self.events.clone(), self.ending.clone(), id.to_string());
+        detached(async move {
+            let exit = container.wait().await;
+            container.release().await;
+            let (pid, exited_at) = (container.pid(), MessageField::some(timestamp(exit.at)));
+            events.send(TaskDelete {
+                container_id: id.clone(),
+                id: id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: exited_at.clone(),
+                ..Default::default()
+            });
+            info!(exit_status = exit.status, "task deleted");
+            let mut held = slots.lock().await;
+            held.remove(&id);
+            ending.if_idle(&held).await;
+            Ok(DeleteResponse { pid, exit_status: exit.status, exited_at, ..Default::default() })
+        })
+        .await
     }
 }
 
@@ -243,7 +288,8 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         refuse_exec(&req.exec_id)?;
         let container = self.live(&req.id).await?;
-        container.start().await?;
+        let starting = container.clone();
+        detached(async move { starting.start().await }).await?;
         self.events.send(TaskStart { container_id: req.id.clone(), pid: container.pid(), ..Default::default() });
         Ok(StartResponse { pid: container.pid(), ..Default::default() })
     }
@@ -286,7 +332,7 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
         let container = self.live(&req.id).await?;
-        if container.pause().await? {
+        if detached(async move { container.pause().await }).await? {
             self.events.send(TaskPaused { container_id: req.id, ..Default::default() });
         }
         Ok(Empty::new())
@@ -295,7 +341,7 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
         let container = self.live(&req.id).await?;
-        if container.resume().await? {
+        if detached(async move { container.resume().await }).await? {
             self.events.send(TaskResumed { container_id: req.id, ..Default::default() });
         }
         Ok(Empty::new())
@@ -367,11 +413,9 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        if self.slots.lock().await.is_empty() {
-            // Let the last events (TaskDelete) reach containerd before the shim goes.
-            self.events.drained(Duration::from_secs(3)).await;
-            self.exit.signal();
-        }
+        self.ending.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        let slots = self.slots.lock().await;
+        self.ending.if_idle(&slots).await;
         Ok(Empty::new())
     }
 }

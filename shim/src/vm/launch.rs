@@ -19,7 +19,7 @@ use crate::console::{Console, Stdio};
 use crate::disk::{self, DiskError};
 use crate::host::cgroup::{CgroupError, VmCgroup};
 use crate::host::journal::{Journal, JournalError, Resource};
-use crate::host::process::ProcessId;
+use crate::host::process::{Pidfd, ProcessId};
 use crate::host::{qemu as qemu_process, rootfs, state_dir};
 use crate::plan::{AccelSetting, PlanError, VmPlan};
 use crate::qemu::{self, HostFacts};
@@ -160,7 +160,8 @@ async fn launch(
     let cgroup = match plan.cgroup.clone() {
         Some(cgroup_plan) => {
             let path = crate::plan::cgroup::relative_path(&cgroup_plan.path);
-            journal.intend(Resource::Cgroup { path })?;
+            let created = !crate::host::cgroup::exists(&path);
+            journal.intend(Resource::Cgroup { path, created })?;
             Some(blocking(move || VmCgroup::create(&cgroup_plan)).await??)
         }
         None => None,
@@ -200,18 +201,21 @@ async fn launch(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            journal.released(qemu_entry)?;
-            return Err(qemu_err(format!("cannot start: {e}")));
+            let _ = journal.released(qemu_entry);
+            let cgroup =
+                cgroup.as_ref().map(|c| format!(" (or could not join its cgroup {})", c.path())).unwrap_or_default();
+            return Err(qemu_err(format!("cannot start{cgroup}: {e}")));
         }
     };
     let Some(pid) = child.id() else {
         let _ = child.wait().await;
-        journal.released(qemu_entry)?;
+        let _ = journal.released(qemu_entry);
         return Err(qemu_err("exited before its pid was read".into()));
     };
     // From here until the monitor owns it, a failure kills and reaps QEMU right here.
     let wired: Result<_, VmError> = async {
         let process = ProcessId::of(pid).map_err(host("reading QEMU's start time"))?;
+        let pidfd = Pidfd::open(pid).map_err(host("opening QEMU's pidfd"))?;
         journal.update(qemu_entry, Resource::Qemu { process: Some(process) })?;
         info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
         let deadline = tokio::time::Instant::now() + QMP_CONNECT_TIMEOUT;
@@ -239,15 +243,17 @@ async fn launch(
             .start_pumps(&req.stdio, req.id, req.namespace)
             .await
             .map_err(|source| VmError::Host { what: "opening the task's stdio".into(), source })?;
-        Ok((qmp, qmp_events, pumps))
+        Ok((qmp, qmp_events, pumps, pidfd))
     }
     .await;
-    let (qmp, qmp_events, pumps) = match wired {
+    let (qmp, qmp_events, pumps, pidfd) = match wired {
         Ok(wired) => wired,
         Err(e) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            journal.released(qemu_entry)?;
+            // Reaped: the journal must not name it any more. Should that write fail, the
+            // replay finds the pid's start time changed and leaves it alone.
+            let _ = journal.released(qemu_entry);
             return Err(e);
         }
     };
@@ -265,6 +271,7 @@ async fn launch(
         memory_bytes: plan.memory_bytes,
         memory_overhead_bytes: config.memory_overhead_bytes,
         child,
+        pidfd,
         qmp_events,
         oom,
     })

@@ -13,7 +13,7 @@ use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use nix::sys::signal::Signal;
 use qmp::Qmp;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{warn, Instrument};
 
 pub use launch::{config_for, VmError};
@@ -21,6 +21,7 @@ pub use launch::{config_for, VmError};
 use crate::console::{Console, Pumps, Stdio};
 use crate::host::cgroup::VmCgroup;
 use crate::host::journal::{EntryId, Journal};
+use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
 use crate::service::container::{Container, ContainerFactory};
 use crate::service::error::TaskError;
@@ -61,6 +62,7 @@ struct Parts {
     memory_bytes: u64,
     memory_overhead_bytes: u64,
     child: tokio::process::Child,
+    pidfd: Pidfd,
     qmp_events: qmp::Events,
     oom: Option<crate::host::oom::OomWatch>,
 }
@@ -83,9 +85,9 @@ pub struct Vm {
     /// Held across a request's check of the state and its QMP command, so two requests
     /// (two Starts, a Pause racing a Resume) cannot both act on one state.
     requests: tokio::sync::Mutex<()>,
-    /// Asks the monitor, which owns QEMU's child handle, to SIGKILL it: only the owner
-    /// of a child knows whether its pid is still its own.
-    kill_order: mpsc::UnboundedSender<()>,
+    /// QEMU's pidfd, opened while it was an unreaped child: a SIGKILL through it reaches
+    /// QEMU or nobody, never a process that reused its pid.
+    pidfd: Pidfd,
     /// The status to report instead of QEMU's own (a VM stopped before it started).
     exit_override: Mutex<Option<u32>>,
     /// Set once QEMU is reaped, its console drained and TaskExit queued.
@@ -99,7 +101,6 @@ pub struct Vm {
 
 impl Vm {
     fn start_monitoring(parts: Parts, journal: Journal) -> Arc<Vm> {
-        let (kill_order, kill_orders) = mpsc::unbounded_channel();
         let (published, exit_published) = watch::channel(None);
         let vm = Arc::new(Vm {
             id: parts.id,
@@ -110,7 +111,7 @@ impl Vm {
             console: parts.console,
             state: Mutex::new(State::Created),
             requests: tokio::sync::Mutex::new(()),
-            kill_order,
+            pidfd: parts.pidfd,
             exit_override: Mutex::new(None),
             exit_published,
             held: Mutex::new(Held { journal: Some(journal), qemu_entry: parts.qemu_entry, cgroup: parts.cgroup }),
@@ -120,9 +121,7 @@ impl Vm {
             memory_overhead_bytes: parts.memory_overhead_bytes,
         });
         let span = tracing::info_span!("vm", id = %vm.id);
-        tokio::spawn(
-            monitor::run(vm.clone(), parts.child, parts.qmp_events, parts.oom, kill_orders, published).instrument(span),
-        );
+        tokio::spawn(monitor::run(vm.clone(), parts.child, parts.qmp_events, parts.oom, published).instrument(span));
         vm
     }
 
@@ -139,9 +138,15 @@ impl Vm {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Orders QEMU killed; false if the monitor is gone (QEMU was reaped).
+    /// SIGKILLs QEMU; false if it was already reaped.
     fn order_kill(&self) -> bool {
-        self.kill_order.send(()).is_ok()
+        match self.pidfd.kill() {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                warn!("killing QEMU: {e}");
+                false
+            }
+        }
     }
 
     /// Runs a lifecycle request: checks the state and sends the QMP command under one
@@ -283,14 +288,17 @@ impl Container for Vm {
 
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError> {
         let limits = update::limits(resources, self.memory_bytes, self.memory_overhead_bytes)?;
-        let held = self.held();
-        let cgroup = held.cgroup.as_ref().ok_or_else(|| {
+        let path = self.held().cgroup.as_ref().map(|c| c.path().to_string()).ok_or_else(|| {
             TaskError::FailedPrecondition(format!(
                 "task {} has no cgroup (the spec names no linux.cgroupsPath)",
                 self.id
             ))
         })?;
-        cgroup.update(&limits).map_err(|e| TaskError::Unknown(e.to_string()))
+        // Off the runtime: a lower memory limit makes the kernel reclaim first.
+        tokio::task::spawn_blocking(move || crate::host::cgroup::update(&path, &limits))
+            .await
+            .map_err(|e| TaskError::Unknown(format!("updating the cgroup: {e}")))?
+            .map_err(|e| TaskError::Unknown(e.to_string()))
     }
 
     /// Releases every host resource by replaying the journal. Taken out first, so Stats

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
 use qmp::VmEvent;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Vm, PANIC_EXIT_STATUS, QEMU_LOG};
@@ -23,7 +23,6 @@ pub(super) async fn run(
     mut child: tokio::process::Child,
     mut events: qmp::Events,
     mut oom: Option<OomWatch>,
-    mut kill_orders: mpsc::UnboundedReceiver<()>,
     published: watch::Sender<Option<Exit>>,
 ) {
     let mut panicked = false;
@@ -43,12 +42,6 @@ pub(super) async fn run(
                     oom = None;
                 }
             },
-            Some(()) = kill_orders.recv() => {
-                // Still our child (not yet reaped): its pid is QEMU's.
-                if let Err(e) = child.start_kill() {
-                    warn!("killing QEMU: {e}");
-                }
-            }
             event = events.next(), if events_open => match event {
                 Some(VmEvent::GuestPanicked) => {
                     warn!("guest kernel panicked; stopping the VM");
