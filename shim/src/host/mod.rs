@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod journal;
+pub mod legacy;
 pub mod oom;
 pub mod process;
 pub mod qemu;

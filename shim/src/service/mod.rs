@@ -89,7 +89,8 @@ impl Shim for VmShim {
                 );
                 None
             }
-            Ok(None) => None,
+            // No journal: perhaps a task of the release before it.
+            Ok(None) => crate::host::legacy::cleanup(&bundle),
             Err(e) => {
                 warn!("{e}");
                 None
