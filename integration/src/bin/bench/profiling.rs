@@ -70,8 +70,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         "containerd connects to the shim's socket",
         "shim mounts the image rootfs (overlay)",
         "shim has written the disk overlay (renamed into place)",
-        "shim binds QEMU's QMP socket",
-        "shim connects to it (queued until QEMU accepts)",
+        "shim makes the QMP socketpair",
         "shim execs qemu-system-x86_64",
         "QEMU sends the QMP greeting (its main loop runs)",
         "shim logs `task created` (Create returns)",
@@ -85,16 +84,14 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
     const TTRPC_CONNECT: usize = 3;
     const ROOTFS_MOUNT: usize = 4;
     const OVERLAY_WRITTEN: usize = 5;
-    const QMP_BIND: usize = 6;
-    const QMP_CONNECT: usize = 7;
-    const QEMU_EXEC: usize = 8;
-    const QMP_GREETING: usize = 9;
-    const TASK_CREATED: usize = 10;
-    const RESUMED: usize = 11;
-    const CTR_RETURNS: usize = 12;
+    const QMP_SOCKETPAIR: usize = 6;
+    const QEMU_EXEC: usize = 7;
+    const QMP_GREETING: usize = 8;
+    const TASK_CREATED: usize = 9;
+    const RESUMED: usize = 10;
+    const CTR_RETURNS: usize = 11;
     let mut steps: Vec<Series> = vec![Series::default(); STEPS.len()];
     let mut deltas: Vec<Series> = vec![Series::default(); STEPS.len()];
-    let mut attempts = Series::default();
     let mut total = Series::default();
     let mut first_log = String::new();
     let mut execs: Vec<String> = Vec::new();
@@ -136,7 +133,6 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
             }
         };
         let mut start_pid = None;
-        let mut qmp_connects = 0;
         for e in events.iter().filter(|e| e.ts >= t0_epoch - 0.001 && e.ts <= end_epoch + 0.005) {
             let text = e.text.as_str();
             if text.starts_with("execve(") && e.ok() {
@@ -176,13 +172,8 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 set(ROOTFS_MOUNT, e.ts, &mut at);
             } else if text.starts_with("rename") && text.contains(".overlay.qcow2\"") && e.ok() {
                 set(OVERLAY_WRITTEN, e.ts, &mut at);
-            } else if text.starts_with("bind(") && text.contains("qmp.sock") {
-                set(QMP_BIND, e.ts, &mut at);
-            } else if text.starts_with("connect(") && text.contains("qmp.sock") {
-                qmp_connects += 1;
-                if e.ok() {
-                    set(QMP_CONNECT, e.ts, &mut at);
-                }
+            } else if text.starts_with("socketpair(") && e.ok() && at[OVERLAY_WRITTEN].is_some() {
+                set(QMP_SOCKETPAIR, e.ts, &mut at);
             } else if text.starts_with("sendmsg(") && text.contains("QMP") && text.contains("version") {
                 set(QMP_GREETING, e.ts, &mut at);
             } else if text.starts_with("sendmsg(") && text.contains("RESUME") {
@@ -205,7 +196,6 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
                 }
             }
         }
-        attempts.push(qmp_connects as f64);
         if r == runs - 1 {
             first_log = run
                 .log
@@ -242,13 +232,6 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         )?;
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "QMP connect attempts per start: median {} (min {}, max {})",
-        fmt_opt(attempts.median(), 0),
-        fmt_opt(attempts.min(), 0),
-        fmt_opt(attempts.max(), 0)
-    )?;
     writeln!(out, "`ctr run -d` under the profiler: median {} ms", fmt_opt(total.median(), 1))?;
     if !execs.is_empty() {
         writeln!(out)?;
