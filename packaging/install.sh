@@ -7,6 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 binary=${1:-$(bash "$here/build-shim.sh")}
 [ -x "$binary" ] || { echo "install.sh: no shim binary at $binary" >&2; exit 1; }
 install -D -m 0755 "$binary" /usr/local/bin/containerd-shim-vm-v1
+bash "$here/create-qemu-user.sh"
 if [ ! -e /etc/containerd-shim-vm/config.toml ]; then
   install -D -m 0644 "$here/config.toml" /etc/containerd-shim-vm/config.toml
 fi

@@ -141,7 +141,12 @@ for line in conn.makefile("rb"):
         let config = dir.join(format!("qemu-{major}.{minor}.toml"));
         std::fs::write(
             &config,
-            format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\n", self.state_dir.display(), script.display()),
+            // The stand-in lives in a private scratch dir: it runs as root.
+            format!(
+                "accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\nqemu_user = \"root\"\n",
+                self.state_dir.display(),
+                script.display()
+            ),
         )?;
         Ok(config)
     }

@@ -271,11 +271,25 @@ fn refused_create_in_a_shared_shim_leaks_no_fd() -> Result<()> {
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .map(|p| p.display().to_string())
             .collect();
-        let ptys: Vec<&String> =
+        // QEMU holds its console's pty twice (the descriptor passed in, and its /dev/fdset
+        // copy): count distinct ptys.
+        let mut ptys: Vec<&String> =
             targets.iter().filter(|t| t.starts_with("/dev/pts/") || t.as_str() == "/dev/ptmx").collect();
+        ptys.sort();
+        ptys.dedup();
         ensure!(ptys.len() == 1 && ptys[0].starts_with("/dev/pts/"), "QEMU of {id} holds consoles {ptys:?}");
         let pipes = targets.iter().filter(|t| t.starts_with("pipe:")).count();
         ensure!(pipes == 0, "QEMU of {id} inherited pipes: {targets:?}");
+        // install-deps.sh makes the user QEMU runs as: a guest escape is not root.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default().to_string();
+        let expected = std::process::Command::new("id").args(["-u", "containerd-shim-vm"]).output()?;
+        let expected = String::from_utf8_lossy(&expected.stdout).trim().to_string();
+        ensure!(!expected.is_empty(), "no user containerd-shim-vm (integration/scripts/install-deps.sh makes it)");
+        ensure!(
+            uid.split_whitespace().all(|u| u == expected),
+            "QEMU of {id} runs with uids {uid}, not containerd-shim-vm's {expected}"
+        );
     }
     ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "second"])?;
     wait_status(&ns, "second", "STOPPED", Duration::from_secs(60))?;

@@ -128,17 +128,23 @@ const TERM_COLS: u16 = 111;
 
 nix::ioctl_read_bad!(get_window_size, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
-/// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds.
+/// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds (held
+/// twice: the descriptor the shim passed in and QEMU's /dev/fdset copy of it).
 fn console_size(qemu_pid: u32) -> Result<(u16, u16)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut ttys = Vec::new();
+    use std::path::PathBuf;
+    let mut ttys: Vec<(PathBuf, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{qemu_pid}/fd"))? {
         let path = entry?.path();
-        if std::fs::read_link(&path).is_ok_and(|t| t.starts_with("/dev/pts/")) {
-            ttys.push(path);
+        match std::fs::read_link(&path) {
+            Ok(target) if target.starts_with("/dev/pts/") && !ttys.iter().any(|(t, _)| *t == target) => {
+                ttys.push((target, path))
+            }
+            _ => {}
         }
     }
     ensure!(ttys.len() == 1, "QEMU {qemu_pid} holds {} ptys: {ttys:?}", ttys.len());
+    let ttys: Vec<PathBuf> = ttys.into_iter().map(|(_, fd)| fd).collect();
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)

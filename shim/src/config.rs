@@ -49,6 +49,7 @@ struct RawConfig {
     memory_overhead: String,
     tcg_translation_cache: String,
     host_disk_dirs: Vec<PathBuf>,
+    qemu_user: String,
 }
 
 impl Default for RawConfig {
@@ -66,6 +67,7 @@ impl Default for RawConfig {
             memory_overhead: "128Mi".into(),
             tcg_translation_cache: "64Mi".into(),
             host_disk_dirs: Vec::new(),
+            qemu_user: crate::host::qemu::DEFAULT_QEMU_USER.into(),
         }
     }
 }
@@ -91,6 +93,8 @@ pub struct Config {
     pub tcg_translation_cache_bytes: u64,
     /// Host directories whose files `vm.containerd.io/disk` may name by absolute path.
     pub host_disk_dirs: Vec<PathBuf>,
+    /// The user QEMU runs as ("root" to keep the shim's ids).
+    pub qemu_user: String,
 }
 
 impl Default for Config {
@@ -191,6 +195,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if let Some(dir) = raw.host_disk_dirs.iter().find(|d| !d.is_absolute()) {
         return Err(invalid("host_disk_dirs", dir.display().to_string(), "must be absolute paths".into()));
     }
+    if raw.qemu_user.trim().is_empty() {
+        return Err(invalid("qemu_user", raw.qemu_user.clone(), "must name a user (or \"root\")".into()));
+    }
     if raw.qemu_img.is_some() {
         tracing::warn!(config = %path.display(), "config key qemu_img is no longer used and is ignored");
     }
@@ -223,6 +230,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         memory_overhead_bytes: bytes("memory_overhead", &raw.memory_overhead)?,
         tcg_translation_cache_bytes: bytes("tcg_translation_cache", &raw.tcg_translation_cache)?,
         host_disk_dirs: raw.host_disk_dirs,
+        qemu_user: raw.qemu_user,
     })
 }
 

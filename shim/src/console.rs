@@ -27,7 +27,8 @@ pub struct Console {
 
 impl Console {
     pub fn open() -> io::Result<Console> {
-        // Both ends close-on-exec from the start: QEMU opens the slave by path, and no
+        // Both ends close-on-exec from the start: QEMU gets the slave as a descriptor
+        // mapped in at exec (it may not open /dev/pts as an unprivileged user), and no
         // other child (another VM's QEMU, qemu-img, a logger) may hold this console.
         let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(io::Error::from)?;
@@ -58,8 +59,13 @@ impl Console {
         &self.slave_path
     }
 
-    /// Once QEMU holds the slave, the shim lets go of its copy so that the master
+    /// The slave, for QEMU: once QEMU holds it, the shim has no copy, so the master's
     /// reads end (EIO) exactly when QEMU exits.
+    pub fn take_slave(&mut self) -> Option<OwnedFd> {
+        self.slave.take()
+    }
+
+    /// Lets go of the shim's copy of the slave (when something else opened it by path).
     pub fn release_slave(&mut self) {
         self.slave = None;
     }

@@ -37,6 +37,7 @@ pub fn runtime_info(options: &[u8]) -> Result<RuntimeInfo, String> {
         },
         "annotations": {
             "io.containerd.vm.v1.qemu.minimum": format!("{}.{}", MIN_QEMU.0, MIN_QEMU.1),
+            "io.containerd.vm.v1.qemu.user": qemu_user(options.as_ref()),
             "io.containerd.vm.v1.annotations": crate::plan::KNOWN_ANNOTATIONS.join(",")
         }
     });
@@ -55,6 +56,25 @@ pub fn runtime_info(options: &[u8]) -> Result<RuntimeInfo, String> {
         }),
         ..Default::default()
     })
+}
+
+/// Who QEMU runs as under the config these options choose, as a sentence for people.
+fn qemu_user(options: Option<&Any>) -> String {
+    let config = crate::runtime_options::runtime_config(options)
+        .map_err(|e| e.to_string())
+        .and_then(|found| crate::config::Config::find(&found).map_err(|e| e.to_string()));
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => return format!("unknown: {e}"),
+    };
+    match crate::host::qemu::credentials(&config.qemu_user) {
+        Ok(Some(c)) => format!("{} (uid {}, gid {})", c.user, c.uid, c.gid),
+        Ok(None) if config.qemu_user == "root" => "root (config qemu_user = \"root\")".into(),
+        Ok(None) => {
+            format!("root: user {} does not exist on this host (packaging/install.sh makes it)", config.qemu_user)
+        }
+        Err(e) => format!("none: {e}"),
+    }
 }
 
 #[cfg(test)]

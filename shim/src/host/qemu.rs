@@ -20,6 +20,65 @@ pub struct Launch<'a> {
     pub fds: Vec<(OwnedFd, i32)>,
     /// `cgroup.procs` files QEMU writes itself into before exec.
     pub cgroup_procs: Vec<CString>,
+    /// Who QEMU runs as; `None`: as the shim (root).
+    pub credentials: Option<Credentials>,
+}
+
+/// The system user QEMU runs as, made by packaging/install.sh (in the `kvm` group).
+pub const DEFAULT_QEMU_USER: &str = "containerd-shim-vm";
+
+/// An unprivileged user's ids, taken in the child after it joined its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Who QEMU runs as for config `qemu_user = name`. `root` keeps the shim's ids. The
+/// default user may be missing (a host where the package was not installed): then QEMU
+/// runs as root, as the README and `--info` say. A user named in the config must exist.
+///
+/// Read from /etc/passwd and /etc/group, not through NSS: the shipped shim is linked
+/// statically, where glibc's NSS cannot load its modules. The user is a local system
+/// user (packaging/create-qemu-user.sh).
+pub fn credentials(name: &str) -> Result<Option<Credentials>, String> {
+    credentials_from(name, Path::new("/etc/passwd"), Path::new("/etc/group"))
+}
+
+fn credentials_from(name: &str, passwd: &Path, group: &Path) -> Result<Option<Credentials>, String> {
+    if name == "root" {
+        return Ok(None);
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("config qemu_user = {name:?}: {}: {e}", path.display()))
+    };
+    let user = read(passwd)?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 4 && fields[0] == name).then(|| (fields[2].parse::<u32>().ok(), fields[3].parse::<u32>().ok()))
+    });
+    let (uid, gid) = match user {
+        None if name == DEFAULT_QEMU_USER => return Ok(None),
+        None => return Err(format!("config qemu_user = {name:?}: no such user in /etc/passwd")),
+        Some((Some(uid), Some(gid))) => (uid, gid),
+        Some(_) => return Err(format!("config qemu_user = {name:?}: its /etc/passwd entry has no numeric ids")),
+    };
+    let mut groups = vec![gid];
+    for line in read(group)?.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[3].split(',').any(|member| member == name) {
+            if let Ok(g) = fields[2].parse::<u32>() {
+                if !groups.contains(&g) {
+                    groups.push(g);
+                }
+            }
+        }
+    }
+    if uid == 0 {
+        return Err(format!("config qemu_user = {name:?}: has uid 0; name an unprivileged user, or \"root\""));
+    }
+    Ok(Some(Credentials { user: name.to_string(), uid, gid, groups }))
 }
 
 /// Starts QEMU. The descriptors passed in are QEMU's alone once this returns.
@@ -28,11 +87,18 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<tokio::process::Child> {
     let mappings = launch.fds.into_iter().map(|(parent_fd, child_fd)| FdMapping { parent_fd, child_fd }).collect();
     command.fd_mappings(mappings).map_err(|e| std::io::Error::other(format!("passing descriptors: {e}")))?;
     let cgroup_procs = launch.cgroup_procs;
+    let credentials = launch.credentials;
     // SAFETY: runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: open, write and close on paths prepared before the fork, no
-    // allocation, no locks.
+    // calls are allowed: open, write, close, setgroups, setgid and setuid on data
+    // prepared before the fork; no allocation, no locks.
     unsafe {
-        command.as_std_mut().pre_exec(move || join_cgroup(&cgroup_procs));
+        command.as_std_mut().pre_exec(move || {
+            join_cgroup(&cgroup_procs)?;
+            match &credentials {
+                Some(credentials) => drop_privileges(credentials),
+                None => Ok(()),
+            }
+        });
     }
     command
         .args(&launch.argv)
@@ -42,6 +108,18 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<tokio::process::Child> {
         .current_dir(launch.state_dir)
         .kill_on_drop(false)
         .spawn()
+}
+
+/// Becomes the unprivileged user, for good (libvirt does the same before exec'ing QEMU):
+/// groups first, then gid, then uid, which takes the right to change the others.
+fn drop_privileges(credentials: &Credentials) -> std::io::Result<()> {
+    let check = |result: libc::c_int| if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: setgroups reads `len` gids from a live slice; setgid/setuid take scalars.
+    unsafe {
+        check(libc::setgroups(credentials.groups.len(), credentials.groups.as_ptr()))?;
+        check(libc::setgid(credentials.gid))?;
+        check(libc::setuid(credentials.uid))
+    }
 }
 
 /// Writes "0" (the writing process) into each `cgroup.procs` file.
@@ -62,4 +140,28 @@ fn join_cgroup(procs_files: &[CString]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Scratch;
+
+    #[test]
+    fn credentials_come_from_the_local_user_and_group_files() {
+        let scratch = Scratch::new("credentials");
+        let (passwd, group) = (scratch.path("passwd"), scratch.path("group"));
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/sh\nvmq:x:999:995::/nonexistent:/usr/sbin/nologin\nevil:x:0:5::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(&group, "root:x:0:\nkvm:x:107:vmq,other\nvmq:x:995:\ndisk:x:6:other\n").unwrap();
+        let c = credentials_from("vmq", &passwd, &group).unwrap().unwrap();
+        assert_eq!((c.uid, c.gid, c.groups), (999, 995, vec![995, 107]));
+        assert_eq!(credentials_from("root", &passwd, &group).unwrap(), None);
+        assert_eq!(credentials_from(DEFAULT_QEMU_USER, &passwd, &group).unwrap(), None, "default missing: root");
+        assert!(credentials_from("nope", &passwd, &group).unwrap_err().contains("nope"));
+        assert!(credentials_from("evil", &passwd, &group).unwrap_err().contains("uid 0"));
+    }
 }

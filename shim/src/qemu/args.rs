@@ -2,7 +2,6 @@
 //! pastes strings, so quoting (`,` doubled in key=value options) lives in one place.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -18,10 +17,6 @@ pub trait QemuArg {
 /// QEMU's key=value option syntax: a literal comma is written twice.
 pub fn escape(value: &str) -> String {
     value.replace(',', ",,")
-}
-
-fn path_value(path: &Path) -> String {
-    escape(&path.to_string_lossy())
 }
 
 fn push(argv: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
@@ -113,14 +108,18 @@ impl QemuArg for QmpSocket {
     }
 }
 
-/// The first serial port, wired to a host tty (the pty the shim owns).
+/// The first serial port, wired to the slave of the pty the shim owns, handed in as
+/// descriptor `fd` (QEMU opens it as `/dev/fdset/N`, needing no access to /dev/pts).
 pub struct SerialConsole {
-    pub tty: PathBuf,
+    pub fd: i32,
 }
+
+const CONSOLE_FDSET: u32 = 3;
 
 impl QemuArg for SerialConsole {
     fn push_args(&self, argv: &mut Vec<OsString>) {
-        push(argv, "-chardev", format!("serial,id=console,path={}", path_value(&self.tty)));
+        push(argv, "-add-fd", format!("fd={},set={CONSOLE_FDSET},opaque=console", self.fd));
+        push(argv, "-chardev", format!("serial,id=console,path=/dev/fdset/{CONSOLE_FDSET}"));
         push(argv, "-serial", "chardev:console");
     }
 }
@@ -187,8 +186,18 @@ mod tests {
     #[test]
     fn commas_are_doubled() {
         assert_eq!(escape("a,b"), "a,,b");
-        let console = render(&SerialConsole { tty: "/dev/x,y".into() });
-        assert_eq!(console[1], "serial,id=console,path=/dev/x,,y");
+        let console = render(&SerialConsole { fd: 6 });
+        assert_eq!(
+            console,
+            [
+                "-add-fd",
+                "fd=6,set=3,opaque=console",
+                "-chardev",
+                "serial,id=console,path=/dev/fdset/3",
+                "-serial",
+                "chardev:console"
+            ]
+        );
         let qmp = render(&QmpSocket { fd: 3 });
         assert_eq!(qmp[1], "socket,id=qmp,fd=3,server=off");
         let base = render(&BaseFlags { name: "evil,id=x" });

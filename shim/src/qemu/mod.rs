@@ -5,7 +5,6 @@
 pub mod args;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use args::{BaseFlags, Machine, Memory, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SerialConsole, Smp};
 
@@ -19,12 +18,13 @@ pub const QMP_FD: i32 = 3;
 pub const IMAGE_FD: i32 = 4;
 /// The descriptor of the overlay that takes the guest's writes (read-write).
 pub const OVERLAY_FD: i32 = 5;
+/// The descriptor of the console pty's slave.
+pub const CONSOLE_FD: i32 = 6;
 
 /// What the host decided for the VM at launch.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
     pub accel: Accel,
-    pub console_tty: PathBuf,
     pub image_format: DiskFormat,
 }
 
@@ -37,7 +37,7 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
         &Smp { cpus: plan.cpus },
         &Memory { bytes: plan.memory_bytes },
         &QmpSocket { fd: QMP_FD },
-        &SerialConsole { tty: host.console_tty.clone() },
+        &SerialConsole { fd: CONSOLE_FD },
         &PanicDevice,
         &RootDisk { image_fd: IMAGE_FD, image_format: host.image_format, overlay_fd: OVERLAY_FD },
     ];
@@ -66,19 +66,19 @@ mod tests {
             terminal: false,
             cgroup: None,
         };
-        let host = HostFacts { accel: Accel::Tcg, console_tty: "/dev/pts/7".into(), image_format: DiskFormat::Qcow2 };
+        let host = HostFacts { accel: Accel::Tcg, image_format: DiskFormat::Qcow2 };
         let argv: Vec<String> = argv(&plan, &host).into_iter().map(|a| a.into_string().unwrap()).collect();
         let count = |flag: &str| argv.iter().filter(|a| *a == flag).count();
         assert_eq!(count("-S"), 1);
         assert_eq!(count("-smp"), 1);
         assert_eq!(count("-m"), 1);
         assert_eq!(count("-blockdev"), 4);
-        assert_eq!(count("-add-fd"), 2);
         assert_eq!(count("-serial"), 1);
         assert!(argv.windows(2).any(|w| w[0] == "-sandbox" && w[1].starts_with("on,") && w[1].contains("spawn=deny")));
         assert!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"));
         assert!(argv.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg,tb-size=64"));
-        assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "serial,id=console,path=/dev/pts/7"));
+        assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "serial,id=console,path=/dev/fdset/3"));
+        assert_eq!(count("-add-fd"), 3);
         assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "socket,id=qmp,fd=3,server=off"));
     }
 }

@@ -20,10 +20,13 @@ pub trait Container: Send + Sync {
     fn stdio(&self) -> &Stdio;
     fn pid(&self) -> u32;
     fn state(&self) -> State;
+    /// Start, Pause and Resume publish their own event (TaskStart, TaskPaused,
+    /// TaskResumed) at the moment the state changes, so that a change the task makes by
+    /// itself right after (QEMU pausing a guest whose disk is full) comes after it, and
+    /// one change is published once whoever saw it first.
     async fn start(&self) -> Result<(), TaskError>;
-    /// Returns whether this call made the change (so one TaskPaused is published).
-    async fn pause(&self) -> Result<bool, TaskError>;
-    async fn resume(&self) -> Result<bool, TaskError>;
+    async fn pause(&self) -> Result<(), TaskError>;
+    async fn resume(&self) -> Result<(), TaskError>;
     async fn kill(&self, signal: u32) -> Result<(), TaskError>;
     /// Waits until the process has exited and its TaskExit is on its way.
     async fn wait(&self) -> Exit;

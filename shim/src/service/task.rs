@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
@@ -290,7 +290,6 @@ impl<F: ContainerFactory> Task for TaskService<F> {
         let container = self.live(&req.id).await?;
         let starting = container.clone();
         detached(async move { starting.start().await }).await?;
-        self.events.send(TaskStart { container_id: req.id.clone(), pid: container.pid(), ..Default::default() });
         Ok(StartResponse { pid: container.pid(), ..Default::default() })
     }
 
@@ -332,18 +331,14 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
         let container = self.live(&req.id).await?;
-        if detached(async move { container.pause().await }).await? {
-            self.events.send(TaskPaused { container_id: req.id, ..Default::default() });
-        }
+        detached(async move { container.pause().await }).await?;
         Ok(Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
         let container = self.live(&req.id).await?;
-        if detached(async move { container.resume().await }).await? {
-            self.events.send(TaskResumed { container_id: req.id, ..Default::default() });
-        }
+        detached(async move { container.resume().await }).await?;
         Ok(Empty::new())
     }
 

@@ -43,13 +43,23 @@ fn code(e: &ttrpc::Error) -> Code {
 
 impl Fixture {
     fn new(tag: &str, behaviour: StandIn) -> Fixture {
+        Fixture::as_user(tag, behaviour, "root")
+    }
+
+    /// QEMU runs as `user`: the scratch dir is opened up so that user can run the stand-in.
+    fn as_user(tag: &str, behaviour: StandIn, user: &str) -> Fixture {
         let scratch = Scratch::new(tag);
+        std::fs::set_permissions(scratch.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let qemu = stand_in_qemu(scratch.dir(), behaviour);
         let config = scratch.path("shim.toml");
         let state = scratch.path("state");
         std::fs::write(
             &config,
-            format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\n", state.display(), qemu.display()),
+            format!(
+                "accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\nqemu_user = \"{user}\"\n",
+                state.display(),
+                qemu.display()
+            ),
         )
         .unwrap();
         let (queue, events) = EventQueue::new();
@@ -286,4 +296,37 @@ async fn an_oom_kill_in_the_vms_cgroup_is_published() {
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(hierarchy.path().join("containerd-shim-vm-unit"));
     }
+}
+
+/// QEMU runs as the configured unprivileged user, with everything it needs handed in as
+/// descriptors (it opens no disk, console or socket by path).
+#[tokio::test]
+async fn qemu_runs_as_the_configured_user() {
+    let fx = Fixture::as_user("qemu-user", StandIn::default(), "nobody");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
+    let created = fx.service.create(&ctx(), fx.request("vm1")).await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", created.pid)).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert!(ids("Uid:").iter().all(|id| *id == nobody.uid.to_string()), "{status}");
+    assert!(ids("Gid:").iter().all(|id| *id == nobody.gid.to_string()), "{status}");
+    assert!(!ids("Groups:").contains(&"0".to_string()), "no root group kept: {status}");
+    fx.service.start(&ctx(), StartRequest { id: "vm1".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(fx.state("vm1").await.unwrap().status(), Status::RUNNING);
+    fx.kill("vm1", 9).await.unwrap();
+    fx.service.wait(&ctx(), WaitRequest { id: "vm1".into(), ..Default::default() }).await.unwrap();
+    fx.delete("vm1").await.unwrap();
+    fx.assert_nothing_left("vm1");
+    // a user that does not exist is refused by name, leaving nothing
+    let missing = Fixture::as_user("qemu-user-missing", StandIn::default(), "no-such-user-here");
+    let e = missing.service.create(&ctx(), missing.request("vm1")).await.unwrap_err();
+    assert!(e.to_string().contains("qemu_user") && e.to_string().contains("no-such-user-here"), "{e}");
+    missing.assert_nothing_left("vm1");
 }

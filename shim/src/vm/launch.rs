@@ -139,17 +139,21 @@ async fn launch(
         rootfs::mount(req.rootfs_mounts, &rootfs).await.map_err(VmError::Invalid)?;
     }
 
-    let (image, overlay, accel) = {
+    let (image, overlay, accel, credentials) = {
         let (rootfs, disk_request, config, accel) =
             (rootfs.clone(), plan.root_disk.clone(), config.clone(), plan.accel);
         blocking(move || -> Result<_, VmError> {
             let image = disk::locate(&rootfs, &disk_request, &config.host_disk_dirs)?;
             check_executable(&config.qemu)?;
+            let credentials = qemu_process::credentials(&config.qemu_user).map_err(VmError::Invalid)?;
             let overlay = disk::prepare_overlay(&rootfs, &image)?;
-            Ok((image, overlay, resolve_accel(accel)?))
+            Ok((image, overlay, resolve_accel(accel)?, credentials))
         })
         .await??
     };
+    if credentials.is_none() && config.qemu_user != "root" {
+        warn!(user = %config.qemu_user, "QEMU runs as root: the user does not exist (packaging/install.sh makes it)");
+    }
 
     let state_dir = config.state_dir.join(req.namespace).join(req.id);
     let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
@@ -175,7 +179,8 @@ async fn launch(
             None
         }
     };
-    let facts = HostFacts { accel, console_tty: console.tty_path().to_path_buf(), image_format: image.info.format };
+    let facts = HostFacts { accel, image_format: image.info.format };
+    let console_slave = console.take_slave().ok_or_else(|| VmError::Invalid("the console has no pty slave".into()))?;
     let log_path = state_dir.join(QEMU_LOG);
     let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
     let qemu_err = |reason: String| VmError::Qemu { binary: config.qemu.display().to_string(), reason };
@@ -195,7 +200,9 @@ async fn launch(
             (OwnedFd::from(qmp_theirs), qemu::QMP_FD),
             (OwnedFd::from(image.file), qemu::IMAGE_FD),
             (OwnedFd::from(overlay.file), qemu::OVERLAY_FD),
+            (console_slave, qemu::CONSOLE_FD),
         ],
+        credentials,
         cgroup_procs: cgroup.as_ref().map(VmCgroup::procs_files).unwrap_or_default(),
     });
     let mut child = match spawned {
@@ -238,7 +245,6 @@ async fn launch(
         if (version.major, version.minor) < (major, minor) {
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
-        console.release_slave();
         let pumps = console
             .start_pumps(&req.stdio, req.id, req.namespace)
             .await

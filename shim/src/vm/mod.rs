@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::protos::events::task::{TaskPaused, TaskResumed, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use nix::sys::signal::Signal;
 use qmp::Qmp;
@@ -150,14 +151,8 @@ impl Vm {
     }
 
     /// Runs a lifecycle request: checks the state and sends the QMP command under one
-    /// lock, then records the change.
-    async fn request<F, Fut>(
-        &self,
-        request: Request,
-        change: Change,
-        doing: &str,
-        command: F,
-    ) -> Result<bool, TaskError>
+    /// lock, then records the change and publishes it, still under the lock.
+    async fn request<F, Fut>(&self, request: Request, change: Change, doing: &str, command: F) -> Result<(), TaskError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), qmp::QmpError>>,
@@ -165,7 +160,18 @@ impl Vm {
         let _one_at_a_time = self.requests.lock().await;
         self.state().check(request)?;
         command().await.map_err(|e| TaskError::Unknown(format!("{doing} the VM: {e}")))?;
-        Ok(self.apply(change))
+        if self.apply(change) {
+            let id = self.id.clone();
+            match change {
+                Change::Started => {
+                    self.events.send(TaskStart { container_id: id, pid: self.pid, ..Default::default() })
+                }
+                Change::Paused => self.events.send(TaskPaused { container_id: id, ..Default::default() }),
+                Change::Resumed => self.events.send(TaskResumed { container_id: id, ..Default::default() }),
+                Change::Exited(_) => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -197,16 +203,15 @@ impl Container for Vm {
 
     /// Lets the guest CPUs run for the first time.
     async fn start(&self) -> Result<(), TaskError> {
-        self.request(Request::Start, Change::Started, "starting", || self.qmp.cont()).await.map(|_| ())
+        self.request(Request::Start, Change::Started, "starting", || self.qmp.cont()).await
     }
 
-    /// Whether this call made the change: the monitor may see QEMU's STOP first, and
-    /// whoever changes the state publishes it, once.
-    async fn pause(&self) -> Result<bool, TaskError> {
+    /// The monitor may see QEMU's STOP first: whoever changes the state publishes it, once.
+    async fn pause(&self) -> Result<(), TaskError> {
         self.request(Request::Pause, Change::Paused, "pausing", || self.qmp.stop()).await
     }
 
-    async fn resume(&self) -> Result<bool, TaskError> {
+    async fn resume(&self) -> Result<(), TaskError> {
         self.request(Request::Resume, Change::Resumed, "resuming", || self.qmp.cont()).await
     }
 
