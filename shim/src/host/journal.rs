@@ -243,6 +243,17 @@ mod tests {
     use super::*;
     use crate::test_support::Scratch;
 
+    /// A task's world: (state root, bundle, its state dir at `<root>/ns/vm1`, its token).
+    fn task_dirs(scratch: &Scratch) -> (PathBuf, PathBuf, PathBuf, String) {
+        let root = scratch.path("state");
+        let bundle = scratch.path("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let dir = root.join("ns").join("vm1");
+        let token = state_dir::new_token().unwrap();
+        state_dir::create(&dir, &token).unwrap();
+        (root, bundle, dir, token)
+    }
+
     #[test]
     fn records_survive_a_reopen_and_replay_removes_the_journal() {
         let scratch = Scratch::new("journal");
@@ -266,12 +277,7 @@ mod tests {
     #[test]
     fn a_state_dir_is_removed_only_where_the_config_puts_it_and_only_if_ours() {
         let scratch = Scratch::new("journal-state");
-        let root = scratch.path("state");
-        let bundle = scratch.path("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        let ours = root.join("ns").join("vm1");
-        let token = state_dir::new_token().unwrap();
-        state_dir::create(&ours, &token).unwrap();
+        let (root, bundle, ours, token) = task_dirs(&scratch);
 
         // A journal that names a directory elsewhere (or one without our token) leaves it.
         let elsewhere = scratch.path("precious");
@@ -296,12 +302,7 @@ mod tests {
     #[test]
     fn begin_replays_an_old_journal_first() {
         let scratch = Scratch::new("journal-old");
-        let root = scratch.path("state");
-        let bundle = scratch.path("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        let dir = root.join("ns").join("vm1");
-        let token = state_dir::new_token().unwrap();
-        state_dir::create(&dir, &token).unwrap();
+        let (root, bundle, dir, token) = task_dirs(&scratch);
         let mut old = Journal::begin(&bundle, "ns", "vm1", &root).unwrap();
         old.intend(Resource::StateDir { path: dir.clone(), token }).unwrap();
         drop(old); // the shim died
@@ -313,12 +314,7 @@ mod tests {
     #[test]
     fn released_resources_are_not_released_again() {
         let scratch = Scratch::new("journal-released");
-        let root = scratch.path("state");
-        let bundle = scratch.path("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        let dir = root.join("ns").join("vm1");
-        let token = state_dir::new_token().unwrap();
-        state_dir::create(&dir, &token).unwrap();
+        let (root, bundle, dir, token) = task_dirs(&scratch);
         let mut journal = Journal::begin(&bundle, "ns", "vm1", &root).unwrap();
         let entry = journal.intend(Resource::StateDir { path: dir.clone(), token }).unwrap();
         journal.released(entry).unwrap();

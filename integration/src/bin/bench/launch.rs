@@ -260,7 +260,8 @@ impl Drop for DomainGuard<'_> {
 
 /// The shim's own QEMU argv (captured from a VM it started), changed only where it must be
 /// for a QEMU started by hand: no `-S` (nobody sends `cont`), the QMP socket and disk files
-/// in the bench directory, and the serial console to a file instead of the shim's pty.
+/// in the bench directory opened by path (no `-add-fd`), and the serial console to a file
+/// instead of the shim's pty.
 fn bare_argv(
     shim_argv: &[String],
     name: &str,
@@ -281,6 +282,8 @@ fn bare_argv(
                 i += 1;
                 continue;
             }
+            // The shim hands QEMU its files as descriptors; bare QEMU opens them by path.
+            ("-add-fd", Some(_)) => {}
             ("-name", Some(_)) => {
                 out.push(a.clone());
                 out.push(format!("guest={name},debug-threads=on"));
@@ -325,9 +328,9 @@ fn bare_argv(
              image {saw_image}, overlay {saw_overlay}); update bare_argv in integration/src/bin/bench/launch.rs: {shim_argv:?}"
         );
     }
-    if let Some(left) =
-        out.iter().find(|a| a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd"))
-    {
+    if let Some(left) = out.iter().find(|a| {
+        a.contains("/tmp/ctrd-") || a.contains("/dev/pts/") || a.contains("/run/containerd") || a.contains("/dev/fdset")
+    }) {
         bail!("bare QEMU argv still points into the shim's world: {left}");
     }
     Ok(out)
