@@ -99,7 +99,8 @@ impl Journal {
                 });
             }
         }
-        let journal = Journal {
+        // Written with its first resources (`intend`): an empty journal has nothing to say.
+        Ok(Journal {
             path: bundle.join(JOURNAL_FILE),
             record: Record {
                 version: FORMAT_VERSION,
@@ -108,9 +109,7 @@ impl Journal {
                 state_root: state_root.to_path_buf(),
                 entries: Vec::new(),
             },
-        };
-        journal.write()?;
-        Ok(journal)
+        })
     }
 
     /// The journal in `bundle`, if there is one.
@@ -139,9 +138,17 @@ impl Journal {
 
     /// Writes `resource` down before it is taken.
     pub fn intend(&mut self, resource: Resource) -> Result<EntryId, JournalError> {
-        self.record.entries.push(Entry { resource, released: false });
+        Ok(self.intend_all(vec![resource])?[0])
+    }
+
+    /// Writes several resources down at once (one write, one sync), before any is taken.
+    /// Releasing one that was never taken is harmless, so a plan's resources can all be
+    /// recorded up front.
+    pub fn intend_all(&mut self, resources: Vec<Resource>) -> Result<Vec<EntryId>, JournalError> {
+        let first = self.record.entries.len();
+        self.record.entries.extend(resources.into_iter().map(|resource| Entry { resource, released: false }));
         self.write()?;
-        Ok(EntryId(self.record.entries.len() - 1))
+        Ok((first..self.record.entries.len()).map(EntryId).collect())
     }
 
     /// Records what was learnt while taking a resource (QEMU's pid).
@@ -286,7 +293,8 @@ mod tests {
         journal.intend(Resource::StateDir { path: elsewhere.clone(), token: token.clone() }).unwrap();
         journal.intend(Resource::StateDir { path: ours.clone(), token: "not-the-token".into() }).unwrap();
         let replayed = journal.replay();
-        assert_eq!(replayed.failures.len(), 2, "{replayed:?}");
+        // elsewhere: refused; ours with another token: not ours, nothing to release
+        assert_eq!(replayed.failures.len(), 1, "{replayed:?}");
         assert!(elsewhere.is_dir() && ours.is_dir());
         // what failed stays in the journal for a later replay
         assert!(bundle.join(JOURNAL_FILE).exists());

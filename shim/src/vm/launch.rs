@@ -134,8 +134,24 @@ async fn launch(
 ) -> Result<super::Parts, VmError> {
     let config = req.config;
     let rootfs = rootfs::path(spec, req.bundle);
+    let state_dir = config.state_dir.join(req.namespace).join(req.id);
+    let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
+    let cgroup_path = plan.cgroup.as_ref().map(|c| crate::plan::cgroup::relative_path(&c.path));
+    // Everything the plan will take is written down at once, before any of it is taken:
+    // one journal write (and sync) instead of one per resource.
+    let mut intended = Vec::new();
     if !req.rootfs_mounts.is_empty() {
-        journal.intend(Resource::RootfsMount { target: rootfs.clone() })?;
+        intended.push(Resource::RootfsMount { target: rootfs.clone() });
+    }
+    intended.push(Resource::StateDir { path: state_dir.clone(), token: token.clone() });
+    if let Some(path) = &cgroup_path {
+        intended.push(Resource::Cgroup { path: path.clone(), created: !crate::host::cgroup::exists(path) });
+    }
+    intended.push(Resource::Qemu { process: None });
+    let entries = journal.intend_all(intended)?;
+    let qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
+
+    if !req.rootfs_mounts.is_empty() {
         rootfs::mount(req.rootfs_mounts, &rootfs).await.map_err(VmError::Invalid)?;
     }
 
@@ -155,19 +171,11 @@ async fn launch(
         warn!(user = %config.qemu_user, "QEMU runs as root: the user does not exist (packaging/install.sh makes it)");
     }
 
-    let state_dir = config.state_dir.join(req.namespace).join(req.id);
-    let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
-    journal.intend(Resource::StateDir { path: state_dir.clone(), token: token.clone() })?;
     state_dir::create(&state_dir, &token).map_err(host("making the state dir"))?;
 
     let mut console = Console::open().map_err(host("opening the console pty"))?;
     let cgroup = match plan.cgroup.clone() {
-        Some(cgroup_plan) => {
-            let path = crate::plan::cgroup::relative_path(&cgroup_plan.path);
-            let created = !crate::host::cgroup::exists(&path);
-            journal.intend(Resource::Cgroup { path, created })?;
-            Some(blocking(move || VmCgroup::create(&cgroup_plan)).await??)
-        }
+        Some(cgroup_plan) => Some(blocking(move || VmCgroup::create(&cgroup_plan)).await??),
         None => None,
     };
 
@@ -190,7 +198,6 @@ async fn launch(
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(qmp_ours))
         .map_err(host("registering the QMP socket"))?;
-    let qemu_entry = journal.intend(Resource::Qemu { process: None })?;
     let spawned = qemu_process::spawn(qemu_process::Launch {
         binary: &config.qemu,
         argv: qemu::argv(&plan, &facts),
