@@ -69,10 +69,11 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     ensure!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "metrics: {metrics}");
     let ps = ns.ctr_ok(["task", "ps", "vm2"])?;
     ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
-    // QEMU itself runs in the cgroup the spec names (ctr's default: /<namespace>/<id>).
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    // QEMU and every one of its threads run in the cgroup the spec names (ctr's default:
+    // /<namespace>/<id>), in every hierarchy.
     let wanted = format!("/{}/vm2", ns.name());
-    ensure!(cgroups.lines().any(|l| l.ends_with(&wanted)), "QEMU is not in {wanted}: {cgroups}");
+    let outside = threads_outside_cgroup(pid, &wanted)?;
+    ensure!(outside.is_empty(), "QEMU threads not in {wanted}: {outside:?}");
     let exec = ns.ctr(["task", "exec", "--exec-id", "e1", "vm2", "/bin/sh"])?;
     let exec_err = String::from_utf8_lossy(&exec.stderr);
     ensure!(!exec.status.success() && exec_err.contains("exec is not supported yet"), "ctr task exec: {exec_err}");
@@ -130,6 +131,23 @@ nix::ioctl_read_bad!(get_window_size, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
 /// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds (held
 /// twice: the descriptor the shim passed in and QEMU's /dev/fdset copy of it).
+/// Each thread of `pid` (with the hierarchy) that is not in cgroup `wanted`. On a
+/// hybrid host the unified hierarchy's line (`0::`) is not one the shim manages.
+fn threads_outside_cgroup(pid: u32, wanted: &str) -> Result<Vec<String>> {
+    let mut outside = Vec::new();
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let thread = thread?.path();
+        let cgroups = std::fs::read_to_string(thread.join("cgroup"))?;
+        let v1 = cgroups.lines().any(|l| !l.starts_with("0::"));
+        for line in cgroups.lines().filter(|l| !(v1 && l.starts_with("0::"))) {
+            if !line.ends_with(wanted) {
+                outside.push(format!("{}: {line}", thread.display()));
+            }
+        }
+    }
+    Ok(outside)
+}
+
 fn console_size(qemu_pid: u32) -> Result<(u16, u16)> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;

@@ -18,8 +18,8 @@ pub struct Launch<'a> {
     pub log: File,
     /// Descriptors QEMU inherits: (the shim's descriptor, the number QEMU sees it as).
     pub fds: Vec<(OwnedFd, i32)>,
-    /// `cgroup.procs` files QEMU writes itself into before exec.
-    pub cgroup_procs: Vec<CString>,
+    /// The cgroup files QEMU writes itself into before exec (`VmCgroup::join_files`).
+    pub cgroup_join_files: Vec<CString>,
     /// Who QEMU runs as; `None`: as the shim (root).
     pub credentials: Option<Credentials>,
 }
@@ -86,14 +86,14 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(launch.binary);
     let mappings = launch.fds.into_iter().map(|(parent_fd, child_fd)| FdMapping { parent_fd, child_fd }).collect();
     command.fd_mappings(mappings).map_err(|e| std::io::Error::other(format!("passing descriptors: {e}")))?;
-    let cgroup_procs = launch.cgroup_procs;
+    let cgroup_join_files = launch.cgroup_join_files;
     let credentials = launch.credentials;
     // SAFETY: runs in the child between fork and exec, where only async-signal-safe
     // calls are allowed: open, write, close, setgroups, setgid and setuid on data
     // prepared before the fork; no allocation, no locks.
     unsafe {
         command.as_std_mut().pre_exec(move || {
-            join_cgroup(&cgroup_procs)?;
+            join_cgroup(&cgroup_join_files)?;
             match &credentials {
                 Some(credentials) => drop_privileges(credentials),
                 None => Ok(()),
@@ -122,9 +122,9 @@ fn drop_privileges(credentials: &Credentials) -> std::io::Result<()> {
     }
 }
 
-/// Writes "0" (the writing process) into each `cgroup.procs` file.
-fn join_cgroup(procs_files: &[CString]) -> std::io::Result<()> {
-    for file in procs_files {
+/// Writes "0" (the writing thread, the child's only one) into each file.
+fn join_cgroup(join_files: &[CString]) -> std::io::Result<()> {
+    for file in join_files {
         // SAFETY: `file` is a valid NUL-terminated path; the fd is closed before return.
         let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
         if fd < 0 {

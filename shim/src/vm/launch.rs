@@ -210,7 +210,7 @@ async fn launch(
             (console_slave, qemu::CONSOLE_FD),
         ],
         credentials,
-        cgroup_procs: cgroup.as_ref().map(VmCgroup::procs_files).unwrap_or_default(),
+        cgroup_join_files: cgroup.as_ref().map(VmCgroup::join_files).unwrap_or_default(),
     });
     let mut child = match spawned {
         Ok(child) => child,
