@@ -18,4 +18,11 @@ pub fn init(debug: bool) {
     if let Err(e) = result {
         eprintln!("containerd-shim-vm: logging already set up: {e}");
     }
+    // The shipped shim aborts on a panic (Cargo.toml, profile.dist): say why in the shim
+    // log before it goes, since stderr may reach nobody.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("containerd-shim-vm panicked, stopping: {info}");
+        default_hook(info);
+    }));
 }
