@@ -6,9 +6,8 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod task;
-#[cfg(test)]
-mod tests;
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,24 +19,27 @@ use containerd_shim::{api::DeleteResponse, Config, Error, Flags, StartOpts};
 use tracing::warn;
 
 use crate::host::journal::Journal;
-use crate::vm::VmFactory;
+use container::ContainerFactory;
 use events::EventQueue;
 use task::TaskService;
 
 /// Containers of one Kubernetes pod share one shim, as with runc.
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-pub struct VmShim {
+/// The shim process of one pod: `start`, `delete` and the Task service for containers
+/// of the kinds `F` makes. The binary chooses `F`, so this layer names no kind.
+pub struct PodShim<F> {
     namespace: String,
     id: String,
     bundle: PathBuf,
     debug: bool,
     exit: Arc<ExitSignal>,
+    kind: PhantomData<fn() -> F>,
 }
 
 #[async_trait]
-impl Shim for VmShim {
-    type T = TaskService<VmFactory>;
+impl<F: ContainerFactory + Default> Shim for PodShim<F> {
+    type T = TaskService<F>;
 
     async fn new(_runtime_id: &str, flags: &Flags, _config: &mut Config) -> Self {
         let bundle = if flags.bundle.is_empty() {
@@ -45,12 +47,13 @@ impl Shim for VmShim {
         } else {
             PathBuf::from(&flags.bundle)
         };
-        VmShim {
+        PodShim {
             namespace: flags.namespace.clone(),
             id: flags.id.clone(),
             bundle,
             debug: flags.debug,
             exit: Arc::new(ExitSignal::default()),
+            kind: PhantomData,
         }
     }
 
@@ -114,6 +117,6 @@ impl Shim for VmShim {
         crate::logging::init(self.debug);
         let (events, outgoing) = EventQueue::new();
         tokio::spawn(events::publish(publisher, self.namespace.clone(), outgoing));
-        TaskService::new(&self.namespace, VmFactory, events, self.exit.clone())
+        TaskService::new(&self.namespace, F::default(), events, self.exit.clone())
     }
 }

@@ -3,6 +3,8 @@
 
 mod launch;
 mod monitor;
+#[cfg(test)]
+mod tests;
 mod update;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ pub const QEMU_LOG: &str = "qemu.log";
 pub const PANIC_EXIT_STATUS: u32 = 1;
 
 /// Makes VM tasks.
+#[derive(Default)]
 pub struct VmFactory;
 
 #[async_trait]

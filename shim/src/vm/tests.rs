@@ -14,11 +14,11 @@ use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext, Code};
 use containerd_shim_protos::api::Status;
 
-use super::events::{EventQueue, EventReceiver};
-use super::task::TaskService;
+use super::VmFactory;
 use crate::host::journal::JOURNAL_FILE;
+use crate::service::events::{EventQueue, EventReceiver};
+use crate::service::task::TaskService;
 use crate::test_support::{processes_running, stand_in_qemu, Scratch, StandIn};
-use crate::vm::VmFactory;
 
 const NAMESPACE: &str = "unit";
 
