@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # integration/bench/compare.sh — this tree's shim against the shim of an earlier revision,
 # on this machine, in alternating runs of run.sh. Absolute figures move with the host's
-# speed and load (bare QEMU's start has ranged 34-56 ms on machines of one kind), so a
+# speed and load (bare QEMU's start has ranged 34-60 ms on machines of one kind), so a
 # change is judged against the earlier shim measured beside it, not against old figures.
 #
 #   bash integration/bench/compare.sh 2592f89           # ROUNDS=2 alternating runs of each

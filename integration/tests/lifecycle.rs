@@ -129,8 +129,6 @@ const TERM_COLS: u16 = 111;
 
 nix::ioctl_read_bad!(get_window_size, nix::libc::TIOCGWINSZ, nix::pty::Winsize);
 
-/// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds (held
-/// twice: the descriptor the shim passed in and QEMU's /dev/fdset copy of it).
 /// Each thread of `pid` (with the hierarchy) that is not in cgroup `wanted`. On a
 /// hybrid host the unified hierarchy's line (`0::`) is not one the shim manages.
 fn threads_outside_cgroup(pid: u32, wanted: &str) -> Result<Vec<String>> {
@@ -148,6 +146,8 @@ fn threads_outside_cgroup(pid: u32, wanted: &str) -> Result<Vec<String>> {
     Ok(outside)
 }
 
+/// (rows, cols) of the pty QEMU's serial port is on: the one tty among QEMU's fds (held
+/// twice: the descriptor the shim passed in and QEMU's /dev/fdset copy of it).
 fn console_size(qemu_pid: u32) -> Result<(u16, u16)> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;

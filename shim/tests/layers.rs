@@ -25,15 +25,41 @@ fn dependencies(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             let text = std::fs::read_to_string(&path).expect("reading a source file");
             let named = graph.entry(module.clone()).or_default();
             for (index, _) in text.match_indices("crate::") {
-                let rest = &text[index + "crate::".len()..];
-                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                if !name.is_empty() && name != module {
-                    named.insert(name);
+                for name in first_segments(&text[index + "crate::".len()..]) {
+                    if name != module {
+                        named.insert(name);
+                    }
                 }
             }
         }
     }
     graph
+}
+
+/// The first path segment after `crate::`: one name (`crate::vm::X`), or one per item of
+/// a group (`crate::{vm::X, host}`).
+fn first_segments(rest: &str) -> Vec<String> {
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let Some(group) = rest.strip_prefix('{') else {
+        return Some(ident(rest)).filter(|name| !name.is_empty()).into_iter().collect();
+    };
+    let (mut depth, mut items, mut start) = (0usize, Vec::new(), 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.into_iter().map(|item| ident(item.trim_start())).filter(|name| !name.is_empty()).collect()
 }
 
 /// A cycle in `graph`, as the path that closes it, if there is one.
@@ -72,6 +98,12 @@ fn top_level_modules_have_no_import_cycles() {
     assert!(graph.contains_key("service") && graph.contains_key("vm"), "{graph:?}");
     assert!(graph["vm"].contains("service"), "the VM kind plugs into the service layer: {graph:?}");
     assert_eq!(cycle(&graph), None, "{graph:?}");
+}
+
+#[test]
+fn grouped_imports_name_each_module() {
+    assert_eq!(first_segments("vm::VmFactory;"), vec!["vm"]);
+    assert_eq!(first_segments("{vm::{A, B}, host::journal,\n    plan};"), vec!["vm", "host", "plan"]);
 }
 
 #[test]
