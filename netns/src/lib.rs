@@ -1,0 +1,31 @@
+//! The host side of a pod's network: its namespace (entered only by short-lived
+//! threads), its interfaces over netlink, macvtaps on them, and their queues' descriptors.
+
+mod links;
+mod namespace;
+mod tap;
+
+use std::path::PathBuf;
+
+pub use links::{
+    add_macvtap, delete_macvtap, interfaces, link_index, remove_addresses, restore, set_link, Address, Interface,
+    IpPrefix, MacvtapMode, Route,
+};
+pub use namespace::{NetNs, NetnsId};
+pub use tap::{open_queues, open_vhost};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: does not exist")]
+    Missing { path: PathBuf },
+    #[error("network namespace {path}: {reason}")]
+    Namespace { path: PathBuf, reason: String },
+    #[error("interface {name}: {reason}")]
+    Interface { name: String, reason: String },
+    #[error("macvtap {name}: {reason}")]
+    Tap { name: String, reason: String },
+    #[error("{what}: {source}")]
+    Netlink { what: String, source: rtnetlink::Error },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
