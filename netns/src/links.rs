@@ -301,7 +301,11 @@ pub async fn add_macvtap(
     let index = link_index(handle, name)
         .await?
         .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
-    set_link(handle, index, None, Some(true)).await?;
+    // All multicast reaches the guest: QEMU does not hand the guest's multicast
+    // filter to the macvtap, and without it IPv6 neighbour solicitations for the guest's
+    // addresses (solicited-node multicast) never arrive.
+    let message = LinkUnspec::new_with_index(index).allmulticast(true).up().build();
+    handle.link().set(message).execute().await.map_err(netlink(format!("bringing macvtap {name} up")))?;
     Ok(index)
 }
 
@@ -333,6 +337,11 @@ pub async fn delete_macvtap(handle: &Handle, name: &str) -> Result<bool, NetnsEr
     if !is_macvtap {
         return Err(NetnsError::Interface { name: name.to_string(), reason: "is not a macvtap: left alone".into() });
     }
+    // allmulticast off first: a passthru macvlan raises its lower's allmulti count when
+    // the flag is set but does not lower it again when deleted (Linux 6.1), which would
+    // leave eth0 changed.
+    let message = LinkUnspec::new_with_index(link.header.index).allmulticast(false).build();
+    handle.link().set(message).execute().await.map_err(netlink(format!("clearing allmulticast on macvtap {name}")))?;
     handle.link().del(link.header.index).execute().await.map_err(netlink(format!("deleting macvtap {name}")))?;
     Ok(true)
 }
