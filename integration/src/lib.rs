@@ -10,6 +10,7 @@
 pub mod containerd_config;
 pub mod images;
 pub mod oci;
+pub mod podnet;
 pub mod rig;
 pub mod vmenv;
 

@@ -131,7 +131,10 @@ fn a_macvtap_comes_and_goes_and_the_interface_is_put_back() {
     assert!(taken.contains("vmtest0@eth0") && taken.contains("macvtap mode passthru"), "{taken}");
     assert!(!taken.contains("10.77.0.5") && !taken.contains("fd77::5"), "{taken}");
     assert!(taken.contains("mtu 1450"), "{taken}");
-    assert!(taken.lines().any(|l| l.contains("vmtest0@eth0") && l.contains("ALLMULTI") && l.contains(",UP")), "{taken}");
+    assert!(
+        taken.lines().any(|l| l.contains("vmtest0@eth0") && l.contains("ALLMULTI") && l.contains(",UP")),
+        "{taken}"
+    );
 
     let queues = netns::open_queues(&ns, "vmtest0", 3).unwrap();
     assert_eq!(queues.len(), 3);

@@ -6,7 +6,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use crate::plan::{AccelSetting, MachineType};
-use crate::plan::{Limits, MIN_MEMORY_BYTES};
+use crate::plan::{Limits, NetworkLimits, MIN_MEMORY_BYTES};
+pub use netns::MacvtapMode;
+
+/// The kernel's limit on a macvtap's queues (MAX_TAP_QUEUES).
+const MAX_TAP_QUEUES: u32 = 256;
 use crate::quantity;
 
 /// Environment variable naming a config file when containerd sends no ConfigPath.
@@ -50,6 +54,8 @@ struct RawConfig {
     tcg_translation_cache: String,
     host_disk_dirs: Vec<PathBuf>,
     qemu_user: String,
+    macvtap_mode: MacvtapMode,
+    max_net_queues: u32,
 }
 
 impl Default for RawConfig {
@@ -68,6 +74,8 @@ impl Default for RawConfig {
             tcg_translation_cache: "64Mi".into(),
             host_disk_dirs: Vec::new(),
             qemu_user: crate::host::qemu::DEFAULT_QEMU_USER.into(),
+            macvtap_mode: MacvtapMode::Passthru,
+            max_net_queues: 8,
         }
     }
 }
@@ -95,6 +103,10 @@ pub struct Config {
     pub host_disk_dirs: Vec<PathBuf>,
     /// The user QEMU runs as ("root" to keep the shim's ids).
     pub qemu_user: String,
+    /// How a VM's macvtaps share the pod's interfaces, unless annotated otherwise.
+    pub macvtap_mode: MacvtapMode,
+    /// The most queues a VM's NIC gets (one per vCPU up to this).
+    pub max_net_queues: u32,
 }
 
 impl Default for Config {
@@ -151,6 +163,7 @@ impl Config {
             default_memory_bytes: self.default_memory_bytes,
             max_memory_bytes: self.max_memory_bytes,
             memory_overhead_bytes: self.memory_overhead_bytes,
+            network: NetworkLimits { macvtap_mode: self.macvtap_mode, max_queues: self.max_net_queues },
         }
     }
 
@@ -195,6 +208,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if let Some(dir) = raw.host_disk_dirs.iter().find(|d| !d.is_absolute()) {
         return Err(invalid("host_disk_dirs", dir.display().to_string(), "must be absolute paths".into()));
     }
+    if raw.max_net_queues == 0 || raw.max_net_queues > MAX_TAP_QUEUES {
+        return Err(invalid(
+            "max_net_queues",
+            raw.max_net_queues.to_string(),
+            format!("must be between 1 and {MAX_TAP_QUEUES}"),
+        ));
+    }
     if raw.qemu_user.trim().is_empty() {
         return Err(invalid("qemu_user", raw.qemu_user.clone(), "must name a user (or \"root\")".into()));
     }
@@ -231,6 +251,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         tcg_translation_cache_bytes: bytes("tcg_translation_cache", &raw.tcg_translation_cache)?,
         host_disk_dirs: raw.host_disk_dirs,
         qemu_user: raw.qemu_user,
+        macvtap_mode: raw.macvtap_mode,
+        max_net_queues: raw.max_net_queues,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod qemu;
 pub mod quantity;
 pub mod runtime_options;
+pub mod seed;
 pub mod service;
 #[cfg(test)]
 mod test_support;

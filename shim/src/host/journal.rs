@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::process::ProcessId;
-use super::{cgroup, rootfs, state_dir};
+use super::{cgroup, network, rootfs, state_dir};
+use netns::{Interface, NetnsId};
 
 /// The journal's file name in the bundle.
 pub const JOURNAL_FILE: &str = "vm-journal.json";
@@ -38,6 +39,10 @@ pub enum Resource {
     Cgroup { path: String, created: bool },
     /// The QEMU process; `None` between asking for it and knowing its pid.
     Qemu { process: Option<ProcessId> },
+    /// A pod interface as it was before the VM took it: put back on release.
+    PodInterface { netns: PathBuf, netns_id: NetnsId, saved: Box<Interface> },
+    /// A macvtap the task made on a pod interface.
+    Macvtap { netns: PathBuf, netns_id: NetnsId, name: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +247,10 @@ fn release(record: &Record, resource: &Resource) -> Result<Option<u32>, String> 
             state_dir::remove(path, token).map(|()| None)
         }
         Resource::RootfsMount { target } => rootfs::unmount(target).map(|()| None),
+        Resource::Macvtap { netns, netns_id, name } => network::release_macvtap(netns, *netns_id, name).map(|()| None),
+        Resource::PodInterface { netns, netns_id, saved } => {
+            network::restore_interface(netns, *netns_id, saved).map(|()| None)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod journal;
 pub mod legacy;
+pub mod network;
 pub mod oom;
 pub mod process;
 pub mod qemu;

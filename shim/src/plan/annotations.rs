@@ -9,7 +9,13 @@ pub const ANNOTATION_PREFIX: &str = "vm.containerd.io/";
 pub const ANNOTATION_CPUS: &str = "vm.containerd.io/cpus";
 pub const ANNOTATION_MEMORY: &str = "vm.containerd.io/memory";
 pub const ANNOTATION_DISK: &str = "vm.containerd.io/disk";
-pub const KNOWN_ANNOTATIONS: &[&str] = &[ANNOTATION_CPUS, ANNOTATION_MEMORY, ANNOTATION_DISK];
+pub const KNOWN_ANNOTATIONS: &[&str] = &[
+    ANNOTATION_CPUS,
+    ANNOTATION_MEMORY,
+    ANNOTATION_DISK,
+    super::network::ANNOTATION_NETWORK,
+    super::network::ANNOTATION_MACVTAP_MODE,
+];
 
 /// Smallest guest memory the shim will start: a Linux guest below this cannot boot.
 pub const MIN_MEMORY_BYTES: u64 = 32 << 20;

@@ -4,6 +4,7 @@
 
 pub mod annotations;
 pub mod cgroup;
+pub mod network;
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use thiserror::Error;
 use annotations::MEMORY_ALIGN;
 pub use annotations::{ANNOTATION_CPUS, ANNOTATION_DISK, ANNOTATION_MEMORY, KNOWN_ANNOTATIONS, MIN_MEMORY_BYTES};
 pub use cgroup::{CgroupLimits, CgroupPlan};
+pub use network::{NetworkLimits, NetworkPlan};
 
 use crate::quantity::format_bytes;
 
@@ -58,6 +60,7 @@ pub struct Limits {
     pub max_memory_bytes: u64,
     /// QEMU's own memory beside guest RAM, counted against the container's memory limit.
     pub memory_overhead_bytes: u64,
+    pub network: NetworkLimits,
 }
 
 /// Where the guest disk comes from.
@@ -84,6 +87,9 @@ pub struct VmPlan {
     /// `terminal: true` in the spec: the console is handed out as a pty.
     pub terminal: bool,
     pub cgroup: Option<CgroupPlan>,
+    pub network: NetworkPlan,
+    /// The guest's hostname: the spec's, else the container id.
+    pub hostname: String,
 }
 
 impl VmPlan {
@@ -205,6 +211,8 @@ impl VmPlan {
         let cgroup = cgroups_path.map(|path| CgroupPlan { path, limits: limits_of_cgroup });
 
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        let network = network::plan(spec, annotations, cpus, limits.network)?;
+        let hostname = spec.hostname().clone().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| name.to_string());
         Ok(VmPlan {
             name: name.to_string(),
             machine: limits.machine,
@@ -215,6 +223,8 @@ impl VmPlan {
             root_disk,
             terminal,
             cgroup,
+            network,
+            hostname,
         })
     }
 }
@@ -247,6 +257,7 @@ mod tests {
             default_memory_bytes: 512 << 20,
             max_memory_bytes: 1 << 40,
             memory_overhead_bytes: 128 << 20,
+            network: NetworkLimits { macvtap_mode: netns::MacvtapMode::Passthru, max_queues: 8 },
         }
     }
 
@@ -256,7 +267,7 @@ mod tests {
             "root": {"path": "rootfs"},
             "process": {"cwd": "/", "args": ["/init"], "terminal": false, "user": {"uid": 0, "gid": 0}},
             "annotations": annotations,
-            "linux": {"cgroupsPath": "/default/vm1", "resources": resources}
+            "linux": {"cgroupsPath": "/default/vm1", "resources": resources, "namespaces": [{"type": "network"}]}
         }))
         .unwrap()
     }

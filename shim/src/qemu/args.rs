@@ -173,6 +173,74 @@ impl QemuArg for RootDisk {
     }
 }
 
+/// The NoCloud seed: a small vfat image the shim wrote, read-only to the guest,
+/// handed in as descriptor `fd`.
+pub struct SeedDisk {
+    pub fd: i32,
+}
+
+const SEED_FDSET: u32 = 4;
+
+impl QemuArg for SeedDisk {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-add-fd", format!("fd={},set={SEED_FDSET},opaque=seed", self.fd));
+        let nodes = [
+            json!({"driver": "file", "node-name": "seed-file", "filename": format!("/dev/fdset/{SEED_FDSET}"),
+                   "read-only": true}),
+            json!({"driver": "raw", "node-name": "seed", "file": "seed-file", "read-only": true}),
+        ];
+        for node in nodes {
+            push(argv, "-blockdev", node.to_string());
+        }
+        push(argv, "-device", "virtio-blk-pci,drive=seed,id=seed-disk,read-only=on");
+    }
+}
+
+/// One NIC on a macvtap: its queues' descriptors (and vhost-net's, when the host has
+/// it), the pod interface's MAC and MTU. The descriptors carry IFF_VNET_HDR, which QEMU
+/// finds itself and then enables the offloads the guest negotiates; `vnet_hdr=` is not
+/// given (QEMU refuses it beside `fds=`).
+pub struct Nic {
+    /// Index among the VM's NICs: names its netdev and device.
+    pub index: usize,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub queue_fds: Vec<i32>,
+    /// Empty without vhost-net; else one per queue.
+    pub vhost_fds: Vec<i32>,
+}
+
+fn fd_list(fds: &[i32]) -> String {
+    // QEMU splits fds= on ':' (',' would end the option).
+    fds.iter().map(i32::to_string).collect::<Vec<_>>().join(":")
+}
+
+impl QemuArg for Nic {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        let id = format!("net{}", self.index);
+        let mut netdev = format!("tap,id={id}");
+        let queues = self.queue_fds.len();
+        if queues == 1 {
+            netdev.push_str(&format!(",fd={}", self.queue_fds[0]));
+        } else {
+            netdev.push_str(&format!(",fds={}", fd_list(&self.queue_fds)));
+        }
+        match self.vhost_fds.as_slice() {
+            [] => netdev.push_str(",vhost=off"),
+            [one] if queues == 1 => netdev.push_str(&format!(",vhost=on,vhostfd={one}")),
+            many => netdev.push_str(&format!(",vhost=on,vhostfds={}", fd_list(many))),
+        }
+        push(argv, "-netdev", netdev);
+        let mac = self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mut device = format!("virtio-net-pci,netdev={id},id=nic{},mac={mac},host_mtu={}", self.index, self.mtu);
+        if queues > 1 {
+            // A vector per queue each way, one for config changes, one for the control queue.
+            device.push_str(&format!(",mq=on,vectors={}", 2 * queues + 2));
+        }
+        push(argv, "-device", device);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +315,36 @@ mod tests {
         assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
         let raw = render(&RootDisk { image_fd: 4, image_format: DiskFormat::Raw, overlay_fd: 5 });
         assert!(raw.iter().any(|a| a.contains(r#""driver":"raw""#)), "{raw:?}");
+    }
+
+    #[test]
+    fn the_seed_is_read_only() {
+        let argv = render(&SeedDisk { fd: 7 });
+        assert_eq!(argv[..2], ["-add-fd", "fd=7,set=4,opaque=seed"]);
+        assert!(argv.iter().filter(|a| a.contains("read-only")).count() == 3, "{argv:?}");
+        assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=seed,id=seed-disk,read-only=on");
+    }
+
+    #[test]
+    fn nics_take_their_queues_and_vhost_descriptors() {
+        let mac = [0x02, 0x42, 0x0a, 0x58, 0x00, 0x05];
+        let one = render(&Nic { index: 0, mac, mtu: 1450, queue_fds: vec![8], vhost_fds: vec![] });
+        assert_eq!(
+            one,
+            [
+                "-netdev",
+                "tap,id=net0,fd=8,vhost=off",
+                "-device",
+                "virtio-net-pci,netdev=net0,id=nic0,mac=02:42:0a:58:00:05,host_mtu=1450"
+            ]
+        );
+        let one_vhost = render(&Nic { index: 0, mac, mtu: 1500, queue_fds: vec![8], vhost_fds: vec![9] });
+        assert_eq!(one_vhost[1], "tap,id=net0,fd=8,vhost=on,vhostfd=9");
+        let multi = render(&Nic { index: 1, mac, mtu: 9000, queue_fds: vec![8, 9, 10], vhost_fds: vec![11, 12, 13] });
+        assert_eq!(multi[1], "tap,id=net1,fds=8:9:10,vhost=on,vhostfds=11:12:13");
+        assert_eq!(multi[3], "virtio-net-pci,netdev=net1,id=nic1,mac=02:42:0a:58:00:05,host_mtu=9000,mq=on,vectors=8");
+        let multi_no_vhost = render(&Nic { index: 0, mac, mtu: 1500, queue_fds: vec![8, 9], vhost_fds: vec![] });
+        assert_eq!(multi_no_vhost[1], "tap,id=net0,fds=8:9,vhost=off");
+        assert!(!multi_no_vhost.iter().any(|a| a.contains("vnet_hdr")));
     }
 }

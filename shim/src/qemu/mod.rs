@@ -6,7 +6,9 @@ pub mod args;
 
 use std::ffi::OsString;
 
-use args::{BaseFlags, Machine, Memory, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SerialConsole, Smp};
+use args::{
+    BaseFlags, Machine, Memory, Nic, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SeedDisk, SerialConsole, Smp,
+};
 
 use crate::accel::Accel;
 use crate::disk::format::DiskFormat;
@@ -20,12 +22,40 @@ pub const IMAGE_FD: i32 = 4;
 pub const OVERLAY_FD: i32 = 5;
 /// The descriptor of the console pty's slave.
 pub const CONSOLE_FD: i32 = 6;
+/// The descriptor of the NoCloud seed image (read-only).
+pub const SEED_FD: i32 = 7;
+/// The first of the NICs' queue and vhost descriptors, numbered on from here.
+pub const FIRST_NIC_FD: i32 = 8;
 
 /// What the host decided for the VM at launch.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
     pub accel: Accel,
     pub image_format: DiskFormat,
+    /// Whether a seed image is at SEED_FD.
+    pub seed: bool,
+    pub nics: Vec<NicFacts>,
+}
+
+/// A NIC as the host made it: its MAC and MTU, how many queues, whether vhost-net.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicFacts {
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub queues: usize,
+    pub vhost: bool,
+}
+
+/// The descriptor numbers of each NIC's queues and vhost-net descriptors, in the
+/// order `argv` uses them: from FIRST_NIC_FD on, NIC by NIC, queues then vhost.
+pub fn nic_fds(nics: &[NicFacts]) -> Vec<(Vec<i32>, Vec<i32>)> {
+    let mut next = FIRST_NIC_FD;
+    let mut take = |n: usize| -> Vec<i32> {
+        let fds: Vec<i32> = (next..next + n as i32).collect();
+        next += n as i32;
+        fds
+    };
+    nics.iter().map(|nic| (take(nic.queues), if nic.vhost { take(nic.queues) } else { Vec::new() })).collect()
 }
 
 /// The argument vector (without the binary).
@@ -44,6 +74,12 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
     let mut argv = Vec::new();
     for piece in pieces {
         piece.push_args(&mut argv);
+    }
+    if host.seed {
+        SeedDisk { fd: SEED_FD }.push_args(&mut argv);
+    }
+    for (index, (nic, (queue_fds, vhost_fds))) in host.nics.iter().zip(nic_fds(&host.nics)).enumerate() {
+        Nic { index, mac: nic.mac, mtu: nic.mtu, queue_fds, vhost_fds }.push_args(&mut argv);
     }
     argv
 }
@@ -65,8 +101,10 @@ mod tests {
             root_disk: DiskRequest::ImageDiskDir,
             terminal: false,
             cgroup: None,
+            network: crate::plan::NetworkPlan::None,
+            hostname: "vm1".into(),
         };
-        let host = HostFacts { accel: Accel::Tcg, image_format: DiskFormat::Qcow2 };
+        let host = HostFacts { accel: Accel::Tcg, image_format: DiskFormat::Qcow2, seed: false, nics: Vec::new() };
         let argv: Vec<String> = argv(&plan, &host).into_iter().map(|a| a.into_string().unwrap()).collect();
         let count = |flag: &str| argv.iter().filter(|a| *a == flag).count();
         assert_eq!(count("-S"), 1);
@@ -80,5 +118,13 @@ mod tests {
         assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "serial,id=console,path=/dev/fdset/3"));
         assert_eq!(count("-add-fd"), 3);
         assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "socket,id=qmp,fd=3,server=off"));
+        assert_eq!(count("-netdev"), 0, "no network: no NIC");
+    }
+
+    #[test]
+    fn nic_descriptors_are_numbered_nic_by_nic() {
+        let nic = |queues, vhost| NicFacts { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, queues, vhost };
+        assert_eq!(nic_fds(&[nic(1, false)]), [(vec![8], vec![])]);
+        assert_eq!(nic_fds(&[nic(2, true), nic(1, false)]), [(vec![8, 9], vec![10, 11]), (vec![12], vec![])]);
     }
 }

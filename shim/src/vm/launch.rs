@@ -19,13 +19,16 @@ use crate::console::{Console, Stdio};
 use crate::disk::{self, DiskError};
 use crate::host::cgroup::{CgroupError, VmCgroup};
 use crate::host::journal::{Journal, JournalError, Resource};
+use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
 use crate::host::process::{Pidfd, ProcessId};
 use crate::host::{qemu as qemu_process, rootfs, state_dir};
-use crate::plan::{AccelSetting, PlanError, VmPlan};
-use crate::qemu::{self, HostFacts};
+use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
+use crate::qemu::{self, HostFacts, NicFacts};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
+/// The NoCloud seed image in the state dir.
+const SEED_IMAGE: &str = "seed.img";
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -46,6 +49,10 @@ pub enum VmError {
     Cgroup(#[from] CgroupError),
     #[error("QEMU {binary}: {reason}")]
     Qemu { binary: String, reason: String },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
 }
 
 impl From<VmError> for TaskError {
@@ -53,10 +60,15 @@ impl From<VmError> for TaskError {
         let message = format!("containerd-shim-vm: {e}");
         // The request's fault, or the host's: containerd and its clients tell them apart.
         match e {
-            VmError::Plan(_) | VmError::Disk(_) | VmError::Invalid(_) => TaskError::InvalidArgument(message),
-            VmError::Host { .. } | VmError::Journal(_) | VmError::Cgroup(_) | VmError::Qemu { .. } => {
-                TaskError::Unknown(message)
+            VmError::Plan(_) | VmError::Disk(_) | VmError::Invalid(_) | VmError::Network(NetworkError::Unusable(_)) => {
+                TaskError::InvalidArgument(message)
             }
+            VmError::Host { .. }
+            | VmError::Journal(_)
+            | VmError::Cgroup(_)
+            | VmError::Qemu { .. }
+            | VmError::Network(_)
+            | VmError::Seed(_) => TaskError::Unknown(message),
         }
     }
 }
@@ -147,9 +159,14 @@ async fn launch(
     if let Some(path) = &cgroup_path {
         intended.push(Resource::Cgroup { path: path.clone(), created: !crate::host::cgroup::exists(path) });
     }
-    intended.push(Resource::Qemu { process: None });
+    // A networked VM's interfaces are written down (once inspected) before QEMU: the
+    // replay, newest first, stops QEMU before it gives the pod its interfaces back.
+    let networked = matches!(plan.network, NetworkPlan::Pod { .. });
+    if !networked {
+        intended.push(Resource::Qemu { process: None });
+    }
     let entries = journal.intend_all(intended)?;
-    let qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
+    let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
 
     if !req.rootfs_mounts.is_empty() {
         rootfs::mount(req.rootfs_mounts, &rootfs).await.map_err(VmError::Invalid)?;
@@ -173,6 +190,16 @@ async fn launch(
 
     state_dir::create(&state_dir, &token).map_err(host("making the state dir"))?;
 
+    let network = match &plan.network {
+        NetworkPlan::None => None,
+        NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
+            let network = take_network(req.id, netns, *mode, *queues, journal).await?;
+            qemu_entry = journal.intend(Resource::Qemu { process: None })?;
+            let seed = write_seed(&plan, &state_dir, &network, resolv_conf.clone()).await?;
+            Some((network, seed))
+        }
+    };
+
     let mut console = Console::open().map_err(host("opening the console pty"))?;
     let cgroup = match plan.cgroup.clone() {
         Some(cgroup_plan) => Some(blocking(move || VmCgroup::create(&cgroup_plan)).await??),
@@ -187,7 +214,12 @@ async fn launch(
             None
         }
     };
-    let facts = HostFacts { accel, image_format: image.info.format };
+    let facts = HostFacts {
+        accel,
+        image_format: image.info.format,
+        seed: network.is_some(),
+        nics: network.as_ref().map(|(n, _)| nic_facts(n)).unwrap_or_default(),
+    };
     let console_slave = console.take_slave().ok_or_else(|| VmError::Invalid("the console has no pty slave".into()))?;
     let log_path = state_dir.join(QEMU_LOG);
     let log = std::fs::File::create(&log_path).map_err(host(format!("creating {}", log_path.display())))?;
@@ -203,12 +235,15 @@ async fn launch(
         argv: qemu::argv(&plan, &facts),
         state_dir: &state_dir,
         log,
-        fds: vec![
-            (OwnedFd::from(qmp_theirs), qemu::QMP_FD),
-            (OwnedFd::from(image.file), qemu::IMAGE_FD),
-            (OwnedFd::from(overlay.file), qemu::OVERLAY_FD),
-            (console_slave, qemu::CONSOLE_FD),
-        ],
+        fds: qemu_fds(
+            vec![
+                (OwnedFd::from(qmp_theirs), qemu::QMP_FD),
+                (OwnedFd::from(image.file), qemu::IMAGE_FD),
+                (OwnedFd::from(overlay.file), qemu::OVERLAY_FD),
+                (console_slave, qemu::CONSOLE_FD),
+            ],
+            network,
+        ),
         credentials,
         cgroup_join_files: cgroup.as_ref().map(VmCgroup::join_files).unwrap_or_default(),
     });
@@ -288,6 +323,80 @@ async fn launch(
         qmp_events,
         oom,
     })
+}
+
+/// Takes the pod's interfaces: inspected, written in the journal, then changed.
+async fn take_network(
+    id: &str,
+    netns: &Path,
+    mode: netns::MacvtapMode,
+    queues: u32,
+    journal: &mut Journal,
+) -> Result<PodNetwork, VmError> {
+    let path = netns.to_path_buf();
+    let (ns, interfaces) = blocking(move || pod_network::inspect(&path)).await??;
+    journal.intend_all(pod_network::intended(id, &ns, &interfaces))?;
+    let id = id.to_string();
+    Ok(blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues)).await??)
+}
+
+/// Writes the NoCloud seed that tells the guest its network (and name) into the
+/// state dir; returns it opened read-only for QEMU.
+async fn write_seed(
+    plan: &VmPlan,
+    state_dir: &Path,
+    network: &PodNetwork,
+    resolv_conf: Option<PathBuf>,
+) -> Result<std::fs::File, VmError> {
+    let dns = match resolv_conf {
+        Some(path) => match blocking(move || std::fs::read_to_string(&path).map_err(|e| (path, e))).await? {
+            Ok(text) => crate::seed::Dns::from_resolv_conf(&text),
+            Err((path, e)) => {
+                warn!(resolv_conf = %path.display(), "the guest gets no DNS servers: {e}");
+                crate::seed::Dns::default()
+            }
+        },
+        None => crate::seed::Dns::default(),
+    };
+    let seed = crate::seed::NoCloudSeed {
+        instance_id: plan.name.clone(),
+        hostname: plan.hostname.clone(),
+        network: Some(pod_network::guest_network(&network.interfaces, dns)?),
+    };
+    let path = state_dir.join(SEED_IMAGE);
+    blocking(move || -> Result<std::fs::File, VmError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(host(format!("creating {}", path.display())))?;
+        seed.write_image(&file)?;
+        file.sync_all().map_err(host(format!("writing {}", path.display())))?;
+        std::fs::File::open(&path).map_err(host(format!("reopening {}", path.display())))
+    })
+    .await?
+}
+
+fn nic_facts(network: &PodNetwork) -> Vec<NicFacts> {
+    network
+        .nics
+        .iter()
+        .map(|nic| NicFacts { mac: nic.mac, mtu: nic.mtu, queues: nic.queues.len(), vhost: !nic.vhost.is_empty() })
+        .collect()
+}
+
+/// Every descriptor QEMU inherits, at the numbers `qemu::argv` names: the fixed ones,
+/// the seed's, then each NIC's queues and vhost-net descriptors.
+fn qemu_fds(mut fds: Vec<(OwnedFd, i32)>, network: Option<(PodNetwork, std::fs::File)>) -> Vec<(OwnedFd, i32)> {
+    let Some((network, seed)) = network else { return fds };
+    fds.push((OwnedFd::from(seed), qemu::SEED_FD));
+    let numbers = qemu::nic_fds(&nic_facts(&network));
+    for (nic, (queue_numbers, vhost_numbers)) in network.nics.into_iter().zip(numbers) {
+        fds.extend(nic.queues.into_iter().zip(queue_numbers));
+        fds.extend(nic.vhost.into_iter().zip(vhost_numbers));
+    }
+    fds
 }
 
 /// What `accel = "auto"` means now. A KVM that works is remembered for the shim's life;

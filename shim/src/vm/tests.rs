@@ -81,7 +81,16 @@ impl Fixture {
         self.request_with(id, serde_json::json!({}), serde_json::json!({}))
     }
 
-    fn request_with(&self, id: &str, linux: serde_json::Value, annotations: serde_json::Value) -> CreateTaskRequest {
+    fn request_with(
+        &self,
+        id: &str,
+        mut linux: serde_json::Value,
+        annotations: serde_json::Value,
+    ) -> CreateTaskRequest {
+        // A namespace of its own, as ctr gives: no network to take.
+        if linux.get("namespaces").is_none() {
+            linux["namespaces"] = serde_json::json!([{"type": "network"}]);
+        }
         let bundle = self.bundle(id);
         std::fs::create_dir_all(&bundle).unwrap();
         let disk = self.disk(id);

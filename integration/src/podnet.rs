@@ -1,0 +1,153 @@
+//! Pod networks for tests, as a CNI bridge plugin leaves them: a "host" namespace and
+//! a pod namespace joined by a veth, the pod's end (`eth0`) carrying the pod IP and a
+//! default route through the host end. Removed (with everything in them) on drop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct PodNet {
+    pub pod: String,
+    pub host: String,
+    /// The pod's IPv4 address (without prefix).
+    pub pod_ip: String,
+    /// The host end's address: the pod's gateway.
+    pub gateway: String,
+    pub mac: String,
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl PodNet {
+    /// A pod network numbered by `subnet` (10.78.<subnet>.0/24; the pod is .5, the
+    /// gateway .1), its names unique to this process and `tag`.
+    pub fn new(tag: &str, subnet: u8) -> Result<PodNet> {
+        let id = std::process::id();
+        let net = PodNet {
+            pod: format!("podnet-{tag}-{id}"),
+            host: format!("hostnet-{tag}-{id}"),
+            pod_ip: format!("10.78.{subnet}.5"),
+            gateway: format!("10.78.{subnet}.1"),
+            mac: format!("02:42:0a:4e:{subnet:02x}:05"),
+        };
+        ip(&["netns", "add", &net.pod])?;
+        ip(&["netns", "add", &net.host])?;
+        let host_end = format!("veth{subnet}");
+        ip(&["link", "add", "eth0", "netns", &net.pod, "type", "veth", "peer", "name", &host_end, "netns", &net.host])?;
+        ip(&["-n", &net.host, "addr", "add", &format!("{}/24", net.gateway), "dev", &host_end])?;
+        ip(&["-n", &net.host, "link", "set", &host_end, "up"])?;
+        ip(&["-n", &net.pod, "link", "set", "lo", "up"])?;
+        ip(&["-n", &net.pod, "link", "set", "eth0", "address", &net.mac, "mtu", "1400", "up"])?;
+        ip(&["-n", &net.pod, "addr", "add", &format!("{}/24", net.pod_ip), "dev", "eth0"])?;
+        ip(&["-n", &net.pod, "route", "add", "default", "via", &net.gateway, "dev", "eth0"])?;
+        Ok(net)
+    }
+
+    /// A pod namespace with nothing but `lo`.
+    pub fn empty(tag: &str) -> Result<PodNet> {
+        let id = std::process::id();
+        let net = PodNet {
+            pod: format!("podnet-{tag}-{id}"),
+            host: format!("hostnet-{tag}-{id}"),
+            pod_ip: String::new(),
+            gateway: String::new(),
+            mac: String::new(),
+        };
+        ip(&["netns", "add", &net.pod])?;
+        ip(&["netns", "add", &net.host])?;
+        Ok(net)
+    }
+
+    /// A pod whose eth0 is an ipvlan (on a veth of the host namespace), which cannot
+    /// carry a macvtap.
+    pub fn ipvlan(tag: &str, subnet: u8) -> Result<PodNet> {
+        let net = PodNet::empty(tag)?;
+        let lower = format!("vethl{subnet}");
+        ip(&["-n", &net.host, "link", "add", &lower, "type", "veth", "peer", "name", &format!("vethp{subnet}")])?;
+        ip(&["-n", &net.host, "link", "set", &lower, "up"])?;
+        ip(&["-n", &net.host, "link", "add", "link", &lower, "name", "ipvl0", "type", "ipvlan", "mode", "l2"])?;
+        ip(&["-n", &net.host, "link", "set", "ipvl0", "netns", &net.pod])?;
+        ip(&["-n", &net.pod, "link", "set", "ipvl0", "name", "eth0"])?;
+        ip(&["-n", &net.pod, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &net.pod, "addr", "add", &format!("10.78.{subnet}.5/24"), "dev", "eth0"])?;
+        Ok(net)
+    }
+
+    /// Runs `ip` with `args`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        ip(args)
+    }
+
+    /// The pod namespace's path, as a runtime is given it.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.pod)
+    }
+
+    /// What `ip` shows of the pod namespace (links, addresses, routes), without the
+    /// parts that change by themselves (counters, address lifetimes, DAD state).
+    pub fn looks(&self) -> Result<String> {
+        let links = ip(&["-n", &self.pod, "-d", "-o", "link", "show"])?;
+        let links: Vec<&str> = links.lines().map(|l| l.split(" addrgenmode").next().unwrap_or(l)).collect();
+        let addrs = ip(&["-n", &self.pod, "-o", "addr", "show"])?;
+        let addrs: Vec<String> = addrs
+            .lines()
+            .map(|l| l.split("valid_lft").next().unwrap_or(l).replace(" tentative", "").trim().to_string())
+            .collect();
+        let routes = ip(&["-n", &self.pod, "route", "show"])?;
+        Ok(format!("{}\n{}\n{routes}", links.join("\n"), addrs.join("\n")))
+    }
+
+    /// `ip -d link` of the pod namespace.
+    pub fn links(&self) -> Result<String> {
+        ip(&["-n", &self.pod, "-d", "-o", "link", "show"])
+    }
+
+    /// Pings `address` from the host namespace until it answers or `timeout` passes.
+    pub fn ping_from_host(&self, address: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.host, "ping", "-c", "1", "-W", "1", address])
+                .output()
+                .context("running ping")?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{address} does not answer ping from {}: {}", self.host, String::from_utf8_lossy(&out.stdout));
+            }
+        }
+    }
+
+    /// The host namespace's neighbour entry for `address` (its MAC), if any.
+    pub fn neighbour(&self, address: &str) -> Result<String> {
+        ip(&["-n", &self.host, "neigh", "show", address])
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.pod]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.host]).status();
+    }
+}
+
+/// The host's mounts where the shim mounts in private: opening a macvtap's queues
+/// mounts a tmpfs on /tmp and a sysfs on /tmp/sys in a mount namespace of its own, and
+/// neither may show up here.
+pub fn private_mounts() -> Result<Vec<String>> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    Ok(mounts
+        .lines()
+        .filter(|l| matches!(l.split(' ').nth(4), Some("/tmp" | "/tmp/sys" | "/tmp/tap")))
+        .map(str::to_string)
+        .collect())
+}

@@ -1,0 +1,228 @@
+//! The pod's network becomes the VM's: a VM started in a pod namespace (a veth to a
+//! "host" namespace, as a CNI bridge plugin leaves it) answers on the pod's IP with the
+//! pod's MAC, reaches its gateway, and gives the namespace back as it found it.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use integration::images::TINY;
+use integration::podnet::{private_mounts, PodNet};
+use integration::vmenv::{cmdline, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn the_vm_takes_the_pod_ip(mode: &str, subnet: u8) -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace(&format!("net-{mode}"))?;
+    let pod = PodNet::new(mode, subnet)?;
+    let before = pod.looks()?;
+    let mounts_before = private_mounts()?;
+    let id = format!("vm-{mode}");
+    let with_ns = format!("network:{}", pod.path().display());
+    let annotation = format!("vm.containerd.io/macvtap-mode={mode}");
+    let mut vm = ns.spawn(env.run_args(
+        &["--with-ns", &with_ns, "--annotation", &annotation, "--annotation", "vm.containerd.io/cpus=2"],
+        TINY,
+        &id,
+    ))?;
+    // The guest configured itself from the seed: the pod's MAC and address on eth0.
+    vm.wait_for_output(&format!("TINY-NET-UP eth0 {} {}/24", pod.mac, pod.pod_ip), BOOT_TIMEOUT)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+
+    let pid = wait_status(&ns, &id, "RUNNING", Duration::from_secs(10))?;
+    let argv = cmdline(pid)?.join(" ");
+    ensure!(argv.contains(&format!("mac={}", pod.mac)) && argv.contains("host_mtu=1400"), "QEMU argv: {argv}");
+    ensure!(argv.contains("fds=") && argv.contains("mq=on,vectors=6"), "two vCPUs, two queues: {argv}");
+    let links = pod.links()?;
+    ensure!(links.contains(&format!("macvtap mode {mode}")), "no {mode} macvtap in the pod: {links}");
+    ensure!(!pod.looks()?.contains(&format!("inet {}/24", pod.pod_ip)), "the pod IP stayed on eth0");
+    ensure!(private_mounts()? == mounts_before, "a private mount leaked to the host: {:?}", private_mounts()?);
+
+    // The host side reaches the VM at the pod IP, and sees the pod's MAC there.
+    pod.ping_from_host(&pod.pod_ip, PING_TIMEOUT)?;
+    let neighbour = pod.neighbour(&pod.pod_ip)?;
+    ensure!(neighbour.contains(&pod.mac), "the pod IP answers from another MAC: {neighbour}");
+    // The VM reaches its gateway.
+    vm.send(&format!("ping -c 1 -W 5 {} && echo PING-$((40+2))-OK\n", pod.gateway))?;
+    vm.wait_for_output("PING-42-OK", Duration::from_secs(60))?;
+
+    vm.send("poweroff\n")?;
+    let status = vm.wait(EXIT_TIMEOUT)?;
+    ensure!(status.success(), "ctr run exited {status}; stderr: {}", vm.stderr());
+    ns.ctr_ok(["container", "rm", &id])?;
+    env.assert_gone(&ns, &id)?;
+    let after = pod.looks()?;
+    ensure!(after == before, "the pod namespace changed:\nbefore:\n{before}\nafter:\n{after}");
+    ensure!(private_mounts()? == mounts_before, "a private mount leaked to the host");
+    Ok(())
+}
+
+#[test]
+fn passthru_vm_answers_on_the_pod_ip_and_gives_the_namespace_back() -> Result<()> {
+    the_vm_takes_the_pod_ip("passthru", 1)
+}
+
+#[test]
+fn bridge_vm_answers_on_the_pod_ip_and_gives_the_namespace_back() -> Result<()> {
+    the_vm_takes_the_pod_ip("bridge", 2)
+}
+
+/// id, `ctr run` arguments, what the error must say, the pod namespace to compare.
+struct NetCase<'a>(&'a str, Vec<String>, Vec<String>, Option<&'a PodNet>);
+
+/// A Create refused for the network says which namespace, interface or value, and
+/// leaves the namespace as it was: no macvtap, the addresses where they were.
+#[test]
+fn bad_networks_are_refused_and_leave_the_namespace_alone() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("net-bad")?;
+    let empty = PodNet::empty("empty")?;
+    let down = PodNet::new("down", 3)?;
+    down.ip(&["-n", &down.pod, "link", "set", "eth0", "down"])?;
+    let ipvlan = PodNet::ipvlan("ipvlan", 4)?;
+    let good = PodNet::new("good", 5)?;
+    let failing_qemu = env.rig.dir().join("failing-qemu.toml");
+    std::fs::write(
+        &failing_qemu,
+        format!("accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"/bin/false\"\n", env.state_dir.display()),
+    )?;
+    let with_ns = |p: &PodNet| format!("network:{}", p.path().display());
+    let cases: Vec<NetCase> = vec![
+        NetCase(
+            "missing",
+            vec!["--with-ns".into(), "network:/var/run/netns/no-such-pod".into()],
+            vec!["/var/run/netns/no-such-pod".into(), "does not exist".into()],
+            None,
+        ),
+        NetCase(
+            "not-a-netns",
+            vec!["--with-ns".into(), "network:/etc/hostname".into()],
+            vec!["/etc/hostname".into(), "not a namespace".into()],
+            None,
+        ),
+        NetCase(
+            "only-lo",
+            vec!["--with-ns".into(), with_ns(&empty)],
+            vec![empty.pod.clone(), "only lo".into()],
+            Some(&empty),
+        ),
+        NetCase(
+            "lower-down",
+            vec!["--with-ns".into(), with_ns(&down)],
+            vec!["eth0".into(), "is down".into()],
+            Some(&down),
+        ),
+        NetCase(
+            "lower-ipvlan",
+            vec!["--with-ns".into(), with_ns(&ipvlan)],
+            vec!["eth0".into(), "ipvlan".into(), "cannot carry a macvtap".into()],
+            Some(&ipvlan),
+        ),
+        NetCase(
+            "bad-mode",
+            vec![
+                "--with-ns".into(),
+                with_ns(&good),
+                "--annotation".into(),
+                "vm.containerd.io/macvtap-mode=vepa".into(),
+            ],
+            vec!["vm.containerd.io/macvtap-mode".into(), "vepa".into()],
+            Some(&good),
+        ),
+        NetCase(
+            "host-network",
+            vec!["--net-host".into()],
+            vec!["host network".into(), "vm.containerd.io/network=none".into()],
+            None,
+        ),
+        // Refused after the macvtap was made and the addresses moved: all put back.
+        NetCase(
+            "qemu-fails",
+            vec![
+                "--with-ns".into(),
+                with_ns(&good),
+                "--runtime-config-path".into(),
+                failing_qemu.display().to_string(),
+            ],
+            vec!["/bin/false".into(), "exited at once".into()],
+            Some(&good),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for NetCase(id, args, expect, pod) in &cases {
+        let result = (|| -> Result<()> {
+            let before = pod.map(|p| p.looks()).transpose()?;
+            let mut all: Vec<&str> = vec!["--rm"];
+            all.extend(args.iter().map(String::as_str));
+            let out = ns.ctr(env.run_args(&all, TINY, id))?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(!out.status.success(), "ctr run succeeded");
+            for e in expect {
+                ensure!(stderr.contains(e.as_str()), "error lacks {e:?}: {stderr}");
+            }
+            env.assert_gone(&ns, id)?;
+            if let (Some(pod), Some(before)) = (pod, before) {
+                let after = pod.looks()?;
+                ensure!(after == before, "the pod namespace changed:\nbefore:\n{before}\nafter:\n{after}");
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failures.push(format!("{id}: {e:#}"));
+        }
+    }
+    ensure!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+
+    // The host's network with network=none: a VM without a NIC.
+    ns.ctr_ok(env.run_args(&["-d", "--net-host", "--annotation", "vm.containerd.io/network=none"], TINY, "no-nic"))?;
+    let pid = wait_status(&ns, "no-nic", "RUNNING", Duration::from_secs(30))?;
+    let argv = cmdline(pid)?.join(" ");
+    ensure!(!argv.contains("-netdev"), "network=none got a NIC: {argv}");
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "no-nic"])?;
+    wait_status(&ns, "no-nic", "STOPPED", EXIT_TIMEOUT)?;
+    ns.ctr_ok(["task", "rm", "no-nic"])?;
+    ns.ctr_ok(["container", "rm", "no-nic"])?;
+    env.assert_gone(&ns, "no-nic")
+}
+
+/// QEMU killed, or the shim killed (containerd then runs the shim's `delete`): either
+/// way the pod's interface comes back as it was.
+#[test]
+fn a_killed_qemu_or_shim_gives_the_namespace_back() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("net-killed")?;
+    let pod = PodNet::new("killed", 6)?;
+    let before = pod.looks()?;
+    let with_ns = format!("network:{}", pod.path().display());
+
+    ns.ctr_ok(env.run_args(&["-d", "--with-ns", &with_ns], TINY, "vm-q"))?;
+    let qemu = wait_status(&ns, "vm-q", "RUNNING", Duration::from_secs(30))?;
+    ensure!(pod.links()?.contains("macvtap"), "no macvtap while running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu as i32), nix::sys::signal::Signal::SIGKILL)?;
+    wait_status(&ns, "vm-q", "STOPPED", EXIT_TIMEOUT)?;
+    ns.ctr_ok(["task", "rm", "vm-q"])?;
+    ns.ctr_ok(["container", "rm", "vm-q"])?;
+    env.assert_gone(&ns, "vm-q")?;
+    let after = pod.looks()?;
+    ensure!(after == before, "after QEMU was killed the pod namespace changed:\n{before}\n---\n{after}");
+
+    ns.ctr_ok(env.run_args(&["-d", "--with-ns", &with_ns], TINY, "vm-s"))?;
+    wait_status(&ns, "vm-s", "RUNNING", Duration::from_secs(30))?;
+    let shims: Vec<i32> = integration::rig::processes_of(env.rig.dir())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-vm-v1") && cmd.contains("vm-s"))
+        .map(|(pid, _)| pid)
+        .collect();
+    ensure!(shims.len() == 1, "expected one shim for vm-s: {shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL)?;
+    integration::vmenv::wait_until("vm-s's task to go", Duration::from_secs(60), || {
+        Ok(integration::vmenv::task_status(&ns, "vm-s")?.filter(|(_, s)| s != "STOPPED").is_none().then_some(()))
+    })?;
+    let _ = ns.ctr(["task", "rm", "vm-s"])?;
+    ns.ctr_ok(["container", "rm", "vm-s"])?;
+    env.assert_gone(&ns, "vm-s")?;
+    let after = pod.looks()?;
+    ensure!(after == before, "after the shim was killed the pod namespace changed:\n{before}\n---\n{after}");
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Which network a VM gets: the pod's interfaces (through macvtaps), or none.
+//! Decided from the spec's network namespace and the network annotations.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use netns::MacvtapMode;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+
+use super::PlanError;
+
+pub const ANNOTATION_NETWORK: &str = "vm.containerd.io/network";
+pub const ANNOTATION_MACVTAP_MODE: &str = "vm.containerd.io/macvtap-mode";
+
+/// What the VM's network is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NetworkPlan {
+    /// No NIC: asked for (`network: none`), or the task has a new namespace of its own
+    /// that nobody set up (`ctr run` without `--cni`, `nerdctl --net none`): as a
+    /// container there would see only `lo`, the VM sees no network at all.
+    None,
+    /// Every interface of the pod's namespace, each through a macvtap.
+    Pod {
+        netns: PathBuf,
+        mode: MacvtapMode,
+        /// Queues per interface (one per vCPU, capped by config).
+        queues: u32,
+        /// The resolv.conf the container would have had (bind-mounted by CRI or nerdctl).
+        resolv_conf: Option<PathBuf>,
+    },
+}
+
+/// What the shim's config says about networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkLimits {
+    pub macvtap_mode: MacvtapMode,
+    pub max_queues: u32,
+}
+
+pub(super) fn plan(
+    spec: &Spec,
+    annotations: &HashMap<String, String>,
+    cpus: u32,
+    limits: NetworkLimits,
+) -> Result<NetworkPlan, PlanError> {
+    let wanted = match annotations.get(ANNOTATION_NETWORK).map(|v| v.trim()) {
+        None | Some("pod") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_NETWORK.into(),
+                value: other.to_string(),
+                reason: "must be \"pod\" (the pod's interfaces, the default) or \"none\" (no NIC)".into(),
+            })
+        }
+    };
+    let mode = match annotations.get(ANNOTATION_MACVTAP_MODE).map(|v| v.trim()) {
+        None => limits.macvtap_mode,
+        Some("passthru") => MacvtapMode::Passthru,
+        Some("bridge") => MacvtapMode::Bridge,
+        Some(other) => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_MACVTAP_MODE.into(),
+                value: other.to_string(),
+                reason: "must be \"passthru\" or \"bridge\"".into(),
+            })
+        }
+    };
+    if !wanted {
+        return Ok(NetworkPlan::None);
+    }
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    let network = namespaces.and_then(|list| list.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let Some(network) = network else {
+        return Err(PlanError::Spec {
+            field: "linux.namespaces",
+            value: "no network namespace (host network)".into(),
+            reason: format!(
+                "a VM cannot take the host's network; give the task a network namespace, or set {ANNOTATION_NETWORK}=none for a VM without a NIC"
+            ),
+        });
+    };
+    let Some(path) = network.path().as_ref().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(NetworkPlan::None);
+    };
+    if !path.is_absolute() {
+        return Err(PlanError::Spec {
+            field: "linux.namespaces[network].path",
+            value: path.display().to_string(),
+            reason: "must be an absolute path".into(),
+        });
+    }
+    let resolv_conf = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .find(|m| m.destination() == std::path::Path::new("/etc/resolv.conf"))
+        .and_then(|m| m.source().clone());
+    Ok(NetworkPlan::Pod { netns: path.clone(), mode, queues: cpus.min(limits.max_queues).max(1), resolv_conf })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: NetworkLimits = NetworkLimits { macvtap_mode: MacvtapMode::Passthru, max_queues: 4 };
+
+    fn spec(namespaces: serde_json::Value, mounts: serde_json::Value) -> Spec {
+        serde_json::from_value(json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": mounts,
+            "linux": {"namespaces": namespaces}
+        }))
+        .unwrap()
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_pod_namespace_is_taken_with_queues_per_vcpu() {
+        let s = spec(
+            json!([{"type": "pid"}, {"type": "network", "path": "/proc/42/ns/net"}]),
+            json!([{"destination": "/etc/resolv.conf", "source": "/var/lib/x/resolv.conf", "type": "bind"}]),
+        );
+        let p = plan(&s, &annotations(&[]), 8, LIMITS).unwrap();
+        assert_eq!(
+            p,
+            NetworkPlan::Pod {
+                netns: "/proc/42/ns/net".into(),
+                mode: MacvtapMode::Passthru,
+                queues: 4,
+                resolv_conf: Some("/var/lib/x/resolv.conf".into())
+            }
+        );
+        let p = plan(&s, &annotations(&[(ANNOTATION_MACVTAP_MODE, "bridge")]), 1, LIMITS).unwrap();
+        assert!(matches!(p, NetworkPlan::Pod { mode: MacvtapMode::Bridge, queues: 1, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn a_fresh_namespace_or_network_none_means_no_nic() {
+        let fresh = spec(json!([{"type": "network"}]), json!([]));
+        assert_eq!(plan(&fresh, &annotations(&[]), 1, LIMITS).unwrap(), NetworkPlan::None);
+        let given = spec(json!([{"type": "network", "path": "/var/run/netns/x"}]), json!([]));
+        assert_eq!(plan(&given, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
+    }
+
+    #[test]
+    fn host_network_is_refused_unless_network_none() {
+        let host = spec(json!([{"type": "pid"}]), json!([]));
+        let e = plan(&host, &annotations(&[]), 1, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("linux.namespaces") && e.contains("host network") && e.contains(ANNOTATION_NETWORK), "{e}");
+        assert_eq!(plan(&host, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
+    }
+
+    #[test]
+    fn unknown_values_are_named() {
+        let s = spec(json!([{"type": "network", "path": "/var/run/netns/x"}]), json!([]));
+        let e = plan(&s, &annotations(&[(ANNOTATION_MACVTAP_MODE, "vepa")]), 1, LIMITS).unwrap_err().to_string();
+        assert!(e.contains(ANNOTATION_MACVTAP_MODE) && e.contains("vepa"), "{e}");
+        let e = plan(&s, &annotations(&[(ANNOTATION_NETWORK, "host")]), 1, LIMITS).unwrap_err().to_string();
+        assert!(e.contains(ANNOTATION_NETWORK) && e.contains("host"), "{e}");
+        let relative = spec(json!([{"type": "network", "path": "netns/x"}]), json!([]));
+        let e = plan(&relative, &annotations(&[]), 1, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("netns/x") && e.contains("absolute"), "{e}");
+    }
+}
