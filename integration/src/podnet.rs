@@ -66,16 +66,16 @@ impl PodNet {
         Ok(net)
     }
 
-    /// A pod whose eth0 is an ipvlan (on a veth of the host namespace), which cannot
-    /// carry a macvtap.
-    pub fn ipvlan(tag: &str, subnet: u8) -> Result<PodNet> {
+    /// A pod whose eth0 is a macvlan (as the macvlan CNI plugin makes, on a veth of the
+    /// host namespace), which the shim does not put a macvtap on.
+    pub fn macvlan(tag: &str, subnet: u8) -> Result<PodNet> {
         let net = PodNet::empty(tag)?;
         let lower = format!("vethl{subnet}");
         ip(&["-n", &net.host, "link", "add", &lower, "type", "veth", "peer", "name", &format!("vethp{subnet}")])?;
         ip(&["-n", &net.host, "link", "set", &lower, "up"])?;
-        ip(&["-n", &net.host, "link", "add", "link", &lower, "name", "ipvl0", "type", "ipvlan", "mode", "l2"])?;
-        ip(&["-n", &net.host, "link", "set", "ipvl0", "netns", &net.pod])?;
-        ip(&["-n", &net.pod, "link", "set", "ipvl0", "name", "eth0"])?;
+        ip(&["-n", &net.host, "link", "add", "link", &lower, "name", "mvl0", "type", "macvlan", "mode", "bridge"])?;
+        ip(&["-n", &net.host, "link", "set", "mvl0", "netns", &net.pod])?;
+        ip(&["-n", &net.pod, "link", "set", "mvl0", "name", "eth0"])?;
         ip(&["-n", &net.pod, "link", "set", "eth0", "up"])?;
         ip(&["-n", &net.pod, "addr", "add", &format!("10.78.{subnet}.5/24"), "dev", "eth0"])?;
         Ok(net)
@@ -103,6 +103,22 @@ impl PodNet {
             .collect();
         let routes = ip(&["-n", &self.pod, "route", "show"])?;
         Ok(format!("{}\n{}\n{routes}", links.join("\n"), addrs.join("\n")))
+    }
+
+    /// Waits until the pod namespace looks as `before` did: a link whose MAC was put back
+    /// goes down and up, and its carrier and link-local address take a moment to return.
+    pub fn wait_looks(&self, before: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.looks()?;
+            if now == before {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the pod namespace changed:\nbefore:\n{before}\nafter:\n{now}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `ip -d link` of the pod namespace.

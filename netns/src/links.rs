@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVtapMode as KernelMode,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVtapMode as KernelMode,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -301,6 +302,12 @@ pub async fn add_macvtap(
     let index = link_index(handle, name)
         .await?
         .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
+    // The macvtap is the guest's way out, not an interface of the pod: no IPv6
+    // link-local address of its own (it would share the guest's MAC, and so its address).
+    let no_ipv6_address =
+        LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
+    let message = LinkUnspec::new_with_index(index).append_extra_attribute(no_ipv6_address).build();
+    handle.link().set(message).execute().await.map_err(netlink(format!("configuring macvtap {name}")))?;
     // All multicast reaches the guest: QEMU does not hand the guest's multicast
     // filter to the macvtap, and without it IPv6 neighbour solicitations for the guest's
     // addresses (solicited-node multicast) never arrive.

@@ -82,8 +82,14 @@ impl Drop for Pod {
     }
 }
 
-fn mounts() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+/// The host's mounts where `open_queues` mounts in private (a tmpfs on /tmp, a sysfs
+/// on /tmp/sys): other tests add and remove netns mounts meanwhile, so only these count.
+fn mounts() -> Vec<String> {
+    let all = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    all.lines()
+        .filter(|l| matches!(l.split(' ').nth(4), Some("/tmp" | "/tmp/sys" | "/tmp/tap")))
+        .map(String::from)
+        .collect()
 }
 
 #[test]

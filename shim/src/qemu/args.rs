@@ -192,7 +192,7 @@ impl QemuArg for SeedDisk {
         for node in nodes {
             push(argv, "-blockdev", node.to_string());
         }
-        push(argv, "-device", "virtio-blk-pci,drive=seed,id=seed-disk,read-only=on");
+        push(argv, "-device", "virtio-blk-pci,drive=seed,id=seed-disk");
     }
 }
 
@@ -321,8 +321,8 @@ mod tests {
     fn the_seed_is_read_only() {
         let argv = render(&SeedDisk { fd: 7 });
         assert_eq!(argv[..2], ["-add-fd", "fd=7,set=4,opaque=seed"]);
-        assert!(argv.iter().filter(|a| a.contains("read-only")).count() == 3, "{argv:?}");
-        assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=seed,id=seed-disk,read-only=on");
+        assert!(argv.iter().filter(|a| a.contains(r#""read-only":true"#)).count() == 2, "{argv:?}");
+        assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=seed,id=seed-disk");
     }
 
     #[test]
