@@ -3,10 +3,12 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use qapi::futures::{QapiEvents, QapiService, QmpStreamTokio};
 use qapi::qmp::{self, QmpCommand, RunState};
 use tokio::io::DuplexStream;
@@ -24,6 +26,8 @@ const PIPE_CAPACITY: usize = 64 * 1024;
 /// Delays between connect attempts while QEMU has not created the socket yet.
 const RETRY_MIN: Duration = Duration::from_millis(5);
 const RETRY_MAX: Duration = Duration::from_millis(100);
+/// How long a descriptor may wait for room in the socket's buffer.
+const FD_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Writer = QmpStreamTokio<OwnedWriteHalf>;
 type Reader = QmpStreamTokio<DuplexStream>;
@@ -58,6 +62,11 @@ pub struct Qmp {
 
 struct Inner {
     service: QapiService<Writer>,
+    /// The same socket, for descriptors sent beside a command (SCM_RIGHTS).
+    fd_socket: OwnedFd,
+    /// One descriptor and its command at a time: QEMU's monitor holds a received
+    /// descriptor until a command takes it.
+    passing: tokio::sync::Mutex<()>,
     path: PathBuf,
     version: QemuVersion,
     commands: HashSet<String>,
@@ -93,6 +102,10 @@ impl Qmp {
     /// a caller that made QEMU's listening socket itself and connected before QEMU
     /// started, so nothing waits for the socket to appear. `path` names it in errors.
     pub async fn attach(socket: UnixStream, path: &Path, deadline: Instant) -> Result<(Qmp, Events), QmpError> {
+        let fd_socket = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
         let (socket_read, socket_write) = socket.into_split();
         let (pipe_in, pipe_out) = tokio::io::duplex(PIPE_CAPACITY);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -120,7 +133,16 @@ impl Qmp {
         tokio::spawn(route_responses(responses, closed.clone()));
         tracing::debug!(path = %path.display(), %version, "QMP connected");
 
-        let qmp = Qmp { inner: Arc::new(Inner { service, path: path.to_owned(), version, commands, closed }) };
+        let inner = Inner {
+            service,
+            fd_socket,
+            passing: tokio::sync::Mutex::new(()),
+            path: path.to_owned(),
+            version,
+            commands,
+            closed,
+        };
+        let qmp = Qmp { inner: Arc::new(inner) };
         Ok((qmp, Events::new(events_rx)))
     }
 
@@ -167,6 +189,36 @@ impl Qmp {
             let closed = inner.closed.get().map(String::as_str);
             QmpError::from_execute(inner.path.clone(), C::NAME, e, closed)
         })
+    }
+
+    /// Sends `fd` to QEMU, then runs `command`, which takes it: `getfd` (a named
+    /// descriptor, e.g. a tap queue for `netdev_add`) or `add-fd` (into an fd set, which
+    /// block nodes open as `/dev/fdset/N`). The descriptor travels with one newline,
+    /// which QEMU's JSON parser skips, ahead of the command.
+    pub async fn pass_fd<C>(&self, fd: BorrowedFd<'_>, command: C) -> Result<C::Ok, QmpError>
+    where
+        C: QmpCommand + 'static,
+        C::Ok: Send + 'static,
+    {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.passing.lock().await;
+        let failed = |source: io::Error| QmpError::Io { path: inner.path.clone(), command: C::NAME, source };
+        let fds = [fd.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let newline = [io::IoSlice::new(b"\n")];
+        let deadline = Instant::now() + FD_SEND_TIMEOUT;
+        loop {
+            match sendmsg::<()>(inner.fd_socket.as_raw_fd(), &newline, &rights, MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(1) => break,
+                Ok(_) => return Err(failed(io::Error::new(io::ErrorKind::WriteZero, "sending a descriptor"))),
+                // The socket is non-blocking (tokio's): a full buffer drains as QEMU reads.
+                Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+        }
+        self.execute(command).await
     }
 
     /// `query-status`: running, paused, prelaunch, shutdown, ...

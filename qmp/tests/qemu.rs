@@ -128,3 +128,33 @@ async fn qemu_lifecycle() {
     let error = qmp.status().await.expect_err("connection is closed");
     assert!(matches!(error, qmp::QmpError::Disconnected { .. }), "{error:?}");
 }
+
+/// Descriptors reach QEMU beside their command: into an fd set (`add-fd`, listed by
+/// `query-fdsets`) and by name (`getfd`, then usable by `netdev_add`), one after another.
+#[tokio::test]
+async fn descriptors_pass_with_their_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("qmp.sock");
+    let mut qemu = spawn_qemu(&socket);
+    let (qmp, _events) = Qmp::connect(&socket, Instant::now() + STEP).await.expect("connect");
+    let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+    for (n, file) in files.iter().enumerate() {
+        let added = qmp
+            .pass_fd(
+                std::os::fd::AsFd::as_fd(file),
+                qapi::qmp::add_fd { fdset_id: Some(7), opaque: Some(format!("file{n}")) },
+            )
+            .await
+            .expect("add-fd");
+        assert_eq!(added.fdset_id, 7);
+    }
+    let sets = qmp.execute(qapi::qmp::query_fdsets {}).await.unwrap();
+    let set = sets.iter().find(|s| s.fdset_id == 7).expect("fd set 7");
+    let mut opaque: Vec<String> = set.fds.iter().filter_map(|f| f.opaque.clone()).collect();
+    opaque.sort();
+    assert_eq!(opaque, ["file0", "file1", "file2"]);
+    qmp.pass_fd(std::os::fd::AsFd::as_fd(&files[0]), qapi::qmp::getfd { fdname: "named".into() }).await.expect("getfd");
+    qmp.execute(qapi::qmp::closefd { fdname: "named".into() }).await.expect("the named descriptor is there");
+    qmp.quit().await.unwrap();
+    let _ = qemu.wait().await;
+}
