@@ -167,3 +167,85 @@ pub fn private_mounts() -> Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// A CNI setup private to a test: a "host" namespace where `ctr run --cni` runs (the
+/// bridge plugin makes its bridge there), and overlays over /etc, /opt and /var/lib in
+/// a mount namespace of that `ctr` alone, so that its fixed paths (/etc/cni/net.d,
+/// /opt/cni/bin, the IPAM store under /var/lib/cni) hold this test's config and
+/// Debian's plugins, and nothing reaches the host's.
+pub struct CniHost {
+    pub netns: String,
+    dir: tempfile::TempDir,
+}
+
+impl CniHost {
+    /// A bridge network `subnet` (10.<subnet>.0/24 would be too wide: 10.79.<n>.0/24).
+    pub fn new(tag: &str, subnet: u8) -> Result<CniHost> {
+        let netns = format!("cnihost-{tag}-{}", std::process::id());
+        ip(&["netns", "add", &netns])?;
+        let host = CniHost { netns, dir: tempfile::tempdir()? };
+        let conflist = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": format!("vmtest{subnet}"),
+            "plugins": [{
+                "type": "bridge",
+                "bridge": format!("vmbr{subnet}"),
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": format!("10.79.{subnet}.0/24")}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                }
+            }]
+        });
+        std::fs::write(host.dir.path().join("10-vmtest.conflist"), conflist.to_string())?;
+        Ok(host)
+    }
+
+    /// `ctr` (as `base` runs it) with `args`, in the CNI host namespace with the
+    /// private overlays.
+    pub fn ctr(&self, base: Command, args: &[&str]) -> Command {
+        let d = self.dir.path().display().to_string();
+        let script = format!(
+            r#"set -e
+for top in etc opt var/lib; do
+  up={d}/$(echo $top | tr / _)
+  mkdir -p $up.upper $up.work
+  mount -t overlay overlay -o lowerdir=/$top,upperdir=$up.upper,workdir=$up.work /$top
+done
+mkdir -p /etc/cni/net.d /opt/cni
+cp {d}/10-vmtest.conflist /etc/cni/net.d/
+ln -sfn /usr/lib/cni /opt/cni/bin
+exec "$@""#
+        );
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ]);
+        command.arg(base.get_program()).args(base.get_args()).args(args);
+        for (key, value) in base.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command
+    }
+}
+
+impl Drop for CniHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}

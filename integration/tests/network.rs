@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use integration::images::TINY;
-use integration::podnet::{private_mounts, PodNet};
+use integration::podnet::{private_mounts, CniHost, PodNet};
+use integration::rig::Spawned;
 use integration::vmenv::{cmdline, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -222,5 +223,41 @@ fn a_killed_qemu_or_shim_gives_the_namespace_back() -> Result<()> {
     ns.ctr_ok(["container", "rm", "vm-s"])?;
     env.assert_gone(&ns, "vm-s")?;
     pod.wait_looks(&before, SETTLE_TIMEOUT).context("after the shim was killed")?;
+    Ok(())
+}
+
+/// `ctr run --cni`: ctr runs CNI on `/proc/<pid>/ns/net` after Create, so QEMU starts
+/// in a namespace of the task's own and the VM takes what CNI put there at Start. Two
+/// VMs on one bridge network reach each other; `--rm` gives everything back.
+#[test]
+fn ctr_run_cni_vms_get_addresses_and_reach_each_other() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("net-cni")?;
+    let cni = CniHost::new("cni", 7)?;
+    let mut vms = Vec::new();
+    let mut addresses = Vec::new();
+    for id in ["cni-a", "cni-b"] {
+        let mut args = vec!["-n".to_string(), ns.name().to_string()];
+        args.extend(env.run_args(&["--rm", "--cni"], TINY, id));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut vm = Spawned::from_command(cni.ctr(env.rig.ctr_command(), &args))?;
+        // TINY-NET-UP eth0 <mac> <address>/<prefix>
+        let line = vm.wait_for_line("TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+        let address = line.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or_default();
+        ensure!(address.starts_with("10.79.7."), "{id} got no address of the CNI network: {line}");
+        vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+        addresses.push(address.to_string());
+        vms.push(vm);
+    }
+    ensure!(addresses[0] != addresses[1], "both VMs have {}", addresses[0]);
+    // cni-a reaches cni-b through the bridge.
+    vms[0].send(&format!("ping -c 1 -W 5 {} && echo PEER-$((40+2))-OK\n", addresses[1]))?;
+    vms[0].wait_for_output("PEER-42-OK", Duration::from_secs(60))?;
+    for (vm, id) in vms.iter_mut().zip(["cni-a", "cni-b"]) {
+        vm.send("poweroff\n")?;
+        let status = vm.wait(EXIT_TIMEOUT)?;
+        ensure!(status.success(), "ctr run --cni {id} exited {status}: {}", vm.stderr());
+        env.assert_gone(&ns, id)?;
+    }
     Ok(())
 }

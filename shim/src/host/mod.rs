@@ -2,6 +2,7 @@
 //! the task's journal.
 
 pub mod cgroup;
+pub mod hooks;
 pub mod journal;
 pub mod legacy;
 pub mod network;

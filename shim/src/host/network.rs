@@ -20,6 +20,9 @@ pub enum NetworkError {
     /// The task's network is not one a VM can take: the caller's to fix.
     #[error("{0}")]
     Unusable(String),
+    /// The namespace has only `lo`.
+    #[error("{0}")]
+    OnlyLoopback(String),
     #[error(transparent)]
     Host(#[from] NetnsError),
 }
@@ -59,7 +62,7 @@ pub fn macvtap_name(id: &str, ordinal: usize) -> String {
 fn usable(path: &Path, found: Vec<Interface>) -> Result<Vec<Interface>, NetworkError> {
     let pod: Vec<Interface> = found.into_iter().filter(|i| !i.loopback).collect();
     if pod.is_empty() {
-        return Err(NetworkError::Unusable(format!(
+        return Err(NetworkError::OnlyLoopback(format!(
             "network namespace {}: has only lo, no interface to give the VM (set {}=none for a VM without a NIC)",
             path.display(),
             crate::plan::network::ANNOTATION_NETWORK

@@ -22,6 +22,8 @@ pub struct Launch<'a> {
     pub cgroup_join_files: Vec<CString>,
     /// Who QEMU runs as; `None`: as the shim (root).
     pub credentials: Option<Credentials>,
+    /// QEMU starts in a new network namespace of its own (the task asked for one).
+    pub new_network_namespace: bool,
 }
 
 /// The system user QEMU runs as, made by packaging/install.sh (in the `kvm` group).
@@ -88,12 +90,17 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<tokio::process::Child> {
     command.fd_mappings(mappings).map_err(|e| std::io::Error::other(format!("passing descriptors: {e}")))?;
     let cgroup_join_files = launch.cgroup_join_files;
     let credentials = launch.credentials;
+    let new_network_namespace = launch.new_network_namespace;
     // SAFETY: runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: open, write, close, setgroups, setgid and setuid on data
-    // prepared before the fork; no allocation, no locks.
+    // calls are allowed: open, write, close, unshare, setgroups, setgid and setuid on
+    // data prepared before the fork; no allocation, no locks.
     unsafe {
         command.as_std_mut().pre_exec(move || {
             join_cgroup(&cgroup_join_files)?;
+            // While still root: an unprivileged QEMU could not make it.
+            if new_network_namespace && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             match &credentials {
                 Some(credentials) => drop_privileges(credentials),
                 None => Ok(()),

@@ -17,10 +17,13 @@ pub const ANNOTATION_MACVTAP_MODE: &str = "vm.containerd.io/macvtap-mode";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NetworkPlan {
-    /// No NIC: asked for (`network: none`), or the task has a new namespace of its own
-    /// that nobody set up (`ctr run` without `--cni`, `nerdctl --net none`): as a
-    /// container there would see only `lo`, the VM sees no network at all.
+    /// No NIC (`network: none`).
     None,
+    /// The task asks for a new namespace of its own, as runc would make: QEMU starts in
+    /// one. Whatever interfaces CNI puts there before Start (`ctr run --cni` after Create,
+    /// nerdctl's createRuntime hook during it) are taken at Start, their NICs added
+    /// before the guest first runs; with only `lo` there, the VM has no NIC.
+    NewNamespace { mode: MacvtapMode, queues: u32, resolv_conf: Option<PathBuf> },
     /// Every interface of the pod's namespace, each through a macvtap.
     Pod {
         netns: PathBuf,
@@ -82,8 +85,15 @@ pub(super) fn plan(
             ),
         });
     };
+    let resolv_conf = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .find(|m| m.destination() == std::path::Path::new("/etc/resolv.conf"))
+        .and_then(|m| m.source().clone());
+    let queues = cpus.min(limits.max_queues).max(1);
     let Some(path) = network.path().as_ref().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(NetworkPlan::None);
+        return Ok(NetworkPlan::NewNamespace { mode, queues, resolv_conf });
     };
     if !path.is_absolute() {
         return Err(PlanError::Spec {
@@ -143,9 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_namespace_or_network_none_means_no_nic() {
+    fn a_new_namespace_is_made_and_network_none_means_no_nic() {
         let fresh = spec(json!([{"type": "network"}]), json!([]));
-        assert_eq!(plan(&fresh, &annotations(&[]), 1, LIMITS).unwrap(), NetworkPlan::None);
+        assert_eq!(
+            plan(&fresh, &annotations(&[]), 2, LIMITS).unwrap(),
+            NetworkPlan::NewNamespace { mode: MacvtapMode::Passthru, queues: 2, resolv_conf: None }
+        );
+        assert_eq!(plan(&fresh, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
         let given = spec(json!([{"type": "network", "path": "/var/run/netns/x"}]), json!([]));
         assert_eq!(plan(&given, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
     }

@@ -196,6 +196,27 @@ impl QemuArg for SeedDisk {
     }
 }
 
+/// Empty PCIe root ports on q35's root complex (which itself takes no hotplug), for
+/// NICs and the seed added before the guest first runs.
+pub struct HotplugPorts {
+    pub count: usize,
+}
+
+impl HotplugPorts {
+    pub fn id(n: usize) -> String {
+        format!("hotplug{n}")
+    }
+}
+
+impl QemuArg for HotplugPorts {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        for n in 0..self.count {
+            // Chassis numbers must be unique per port; 0 is the root complex's.
+            push(argv, "-device", format!("pcie-root-port,id={},bus=pcie.0,chassis={}", Self::id(n), n + 1));
+        }
+    }
+}
+
 /// One NIC on a macvtap: its queues' descriptors (and vhost-net's, when the host has
 /// it), the pod interface's MAC and MTU. The descriptors carry IFF_VNET_HDR, which QEMU
 /// finds itself and then enables the offloads the guest negotiates; `vnet_hdr=` is not

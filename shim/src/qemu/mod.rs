@@ -7,12 +7,13 @@ pub mod args;
 use std::ffi::OsString;
 
 use args::{
-    BaseFlags, Machine, Memory, Nic, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SeedDisk, SerialConsole, Smp,
+    BaseFlags, HotplugPorts, Machine, Memory, Nic, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SeedDisk,
+    SerialConsole, Smp,
 };
 
 use crate::accel::Accel;
 use crate::disk::format::DiskFormat;
-use crate::plan::VmPlan;
+use crate::plan::{MachineType, VmPlan};
 
 /// The descriptor QEMU finds its end of the QMP socketpair on.
 pub const QMP_FD: i32 = 3;
@@ -35,6 +36,23 @@ pub struct HostFacts {
     /// Whether a seed image is at SEED_FD.
     pub seed: bool,
     pub nics: Vec<NicFacts>,
+    /// Empty PCIe ports for devices added before the guest runs (q35; `pc` takes
+    /// them on its own bus).
+    pub hotplug_ports: usize,
+}
+
+/// Ports a VM whose network comes after Create gets: the seed and up to three NICs.
+pub const LATE_HOTPLUG_PORTS: usize = 4;
+
+/// Where the devices added before the guest runs go: the hotplug ports on q35; on
+/// `pc`, its own bus (`None`).
+pub fn hotplug_buses(machine: MachineType, ports: usize) -> Vec<Option<String>> {
+    (0..ports)
+        .map(|n| match machine {
+            MachineType::Q35 => Some(HotplugPorts::id(n)),
+            MachineType::Pc => None,
+        })
+        .collect()
 }
 
 /// A NIC as the host made it: its MAC and MTU, how many queues, whether vhost-net.
@@ -78,6 +96,9 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
     if host.seed {
         SeedDisk { fd: SEED_FD }.push_args(&mut argv);
     }
+    if plan.machine == MachineType::Q35 {
+        HotplugPorts { count: host.hotplug_ports }.push_args(&mut argv);
+    }
     for (index, (nic, (queue_fds, vhost_fds))) in host.nics.iter().zip(nic_fds(&host.nics)).enumerate() {
         Nic { index, mac: nic.mac, mtu: nic.mtu, queue_fds, vhost_fds }.push_args(&mut argv);
     }
@@ -87,7 +108,7 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{AccelSetting, DiskRequest, MachineType};
+    use crate::plan::{AccelSetting, DiskRequest};
 
     #[test]
     fn full_argv_has_each_piece_once() {
@@ -104,7 +125,13 @@ mod tests {
             network: crate::plan::NetworkPlan::None,
             hostname: "vm1".into(),
         };
-        let host = HostFacts { accel: Accel::Tcg, image_format: DiskFormat::Qcow2, seed: false, nics: Vec::new() };
+        let host = HostFacts {
+            accel: Accel::Tcg,
+            image_format: DiskFormat::Qcow2,
+            seed: false,
+            nics: Vec::new(),
+            hotplug_ports: 0,
+        };
         let argv: Vec<String> = argv(&plan, &host).into_iter().map(|a| a.into_string().unwrap()).collect();
         let count = |flag: &str| argv.iter().filter(|a| *a == flag).count();
         assert_eq!(count("-S"), 1);

@@ -12,12 +12,13 @@ use qmp::Qmp;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{Vm, QEMU_LOG};
+use super::{LateNetwork, Vm, QEMU_LOG};
 use crate::accel::{self, Accel};
 use crate::config::{Config, RuntimeConfig};
 use crate::console::{Console, Stdio};
 use crate::disk::{self, DiskError};
 use crate::host::cgroup::{CgroupError, VmCgroup};
+use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{Journal, JournalError, Resource};
 use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
 use crate::host::process::{Pidfd, ProcessId};
@@ -53,6 +54,8 @@ pub enum VmError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl From<VmError> for TaskError {
@@ -60,7 +63,10 @@ impl From<VmError> for TaskError {
         let message = format!("containerd-shim-vm: {e}");
         // The request's fault, or the host's: containerd and its clients tell them apart.
         match e {
-            VmError::Plan(_) | VmError::Disk(_) | VmError::Invalid(_) | VmError::Network(NetworkError::Unusable(_)) => {
+            VmError::Plan(_)
+            | VmError::Disk(_)
+            | VmError::Invalid(_)
+            | VmError::Network(NetworkError::Unusable(_) | NetworkError::OnlyLoopback(_)) => {
                 TaskError::InvalidArgument(message)
             }
             VmError::Host { .. }
@@ -68,7 +74,8 @@ impl From<VmError> for TaskError {
             | VmError::Cgroup(_)
             | VmError::Qemu { .. }
             | VmError::Network(_)
-            | VmError::Seed(_) => TaskError::Unknown(message),
+            | VmError::Seed(_)
+            | VmError::Hook(_) => TaskError::Unknown(message),
         }
     }
 }
@@ -80,7 +87,7 @@ fn host(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
 
 /// Runs blocking work (file I/O, the kernel's cgroup and mount calls) off the one
 /// thread that serves every RPC.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, VmError> {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, VmError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| VmError::Invalid(format!("a blocking step failed: {e}")))
 }
 
@@ -145,6 +152,7 @@ async fn launch(
     events: TaskEvents,
 ) -> Result<super::Parts, VmError> {
     let config = req.config;
+    let hooks = Hooks::of(spec);
     let rootfs = rootfs::path(spec, req.bundle);
     let state_dir = config.state_dir.join(req.namespace).join(req.id);
     let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
@@ -190,8 +198,11 @@ async fn launch(
 
     state_dir::create(&state_dir, &token).map_err(host("making the state dir"))?;
 
+    // A new namespace of the task's own: QEMU starts in it, and what CNI puts there
+    // by Start is added then (`LateNetwork`).
+    let late = matches!(plan.network, NetworkPlan::NewNamespace { .. });
     let network = match &plan.network {
-        NetworkPlan::None => None,
+        NetworkPlan::None | NetworkPlan::NewNamespace { .. } => None,
         NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
             let network = take_network(req.id, netns, *mode, *queues, journal).await?;
             qemu_entry = journal.intend(Resource::Qemu { process: None })?;
@@ -219,6 +230,7 @@ async fn launch(
         image_format: image.info.format,
         seed: network.is_some(),
         nics: network.as_ref().map(|(n, _)| nic_facts(n)).unwrap_or_default(),
+        hotplug_ports: if late { qemu::LATE_HOTPLUG_PORTS } else { 0 },
     };
     let console_slave = console.take_slave().ok_or_else(|| VmError::Invalid("the console has no pty slave".into()))?;
     let log_path = state_dir.join(QEMU_LOG);
@@ -246,6 +258,7 @@ async fn launch(
         ),
         credentials,
         cgroup_join_files: cgroup.as_ref().map(VmCgroup::join_files).unwrap_or_default(),
+        new_network_namespace: late,
     });
     let mut child = match spawned {
         Ok(child) => child,
@@ -287,6 +300,17 @@ async fn launch(
         if (version.major, version.minor) < (major, minor) {
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
+        if !hooks.create_runtime.is_empty() {
+            let state = HookState {
+                oci_version: spec.version(),
+                id: req.id,
+                status: "creating",
+                pid: Some(pid),
+                bundle: req.bundle,
+                annotations: spec.annotations().as_ref(),
+            };
+            hooks::run("createRuntime", &hooks.create_runtime, &state).await.map_err(VmError::Hook)?;
+        }
         let pumps = console
             .start_pumps(&req.stdio, req.id, req.namespace)
             .await
@@ -322,6 +346,19 @@ async fn launch(
         pidfd,
         qmp_events,
         oom,
+        late_network: match &plan.network {
+            NetworkPlan::NewNamespace { mode, queues, resolv_conf } => Some(LateNetwork {
+                mode: *mode,
+                queues: *queues,
+                resolv_conf: resolv_conf.clone(),
+                plan: plan.clone(),
+                state_dir: state_dir.clone(),
+                ports: qemu::hotplug_buses(plan.machine, qemu::LATE_HOTPLUG_PORTS),
+            }),
+            _ => None,
+        },
+        hooks,
+        annotations: spec.annotations().clone().unwrap_or_default(),
     })
 }
 
@@ -342,7 +379,7 @@ async fn take_network(
 
 /// Writes the NoCloud seed that tells the guest its network (and name) into the
 /// state dir; returns it opened read-only for QEMU.
-async fn write_seed(
+pub(super) async fn write_seed(
     plan: &VmPlan,
     state_dir: &Path,
     network: &PodNetwork,

@@ -1,6 +1,7 @@
 //! The VM, the first kind of task: created from a plan (`launch`), watched until QEMU
 //! exits (`monitor`), driven over QMP, and released by replaying its journal.
 
+mod hotplug;
 mod launch;
 mod monitor;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use launch::{config_for, VmError};
 
 use crate::console::{Console, Pumps, Stdio};
 use crate::host::cgroup::VmCgroup;
+use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{EntryId, Journal};
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
@@ -30,6 +32,8 @@ use crate::service::container::{Container, ContainerFactory};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
+/// The runtime spec version hooks are told (runc's).
+const OCI_VERSION: &str = "1.0.2";
 /// QEMU's log in the VM's state dir.
 pub const QEMU_LOG: &str = "qemu.log";
 /// Exit status of a task whose guest kernel panicked.
@@ -69,6 +73,21 @@ struct Parts {
     pidfd: Pidfd,
     qmp_events: qmp::Events,
     oom: Option<crate::host::oom::OomWatch>,
+    late_network: Option<LateNetwork>,
+    hooks: Hooks,
+    annotations: std::collections::HashMap<String, String>,
+}
+
+/// A network the task's own namespace gets after Create (CNI run by the client once
+/// it knows QEMU's pid), taken at Start.
+struct LateNetwork {
+    mode: netns::MacvtapMode,
+    queues: u32,
+    resolv_conf: Option<PathBuf>,
+    plan: crate::plan::VmPlan,
+    state_dir: PathBuf,
+    /// Where each added device goes (`None`: the machine's own bus).
+    ports: Vec<Option<String>>,
 }
 
 /// The host resources a running VM holds, until Delete releases them.
@@ -101,6 +120,9 @@ pub struct Vm {
     events: TaskEvents,
     memory_bytes: u64,
     memory_overhead_bytes: u64,
+    late_network: Mutex<Option<LateNetwork>>,
+    hooks: Hooks,
+    annotations: std::collections::HashMap<String, String>,
 }
 
 impl Vm {
@@ -123,6 +145,9 @@ impl Vm {
             events: parts.events,
             memory_bytes: parts.memory_bytes,
             memory_overhead_bytes: parts.memory_overhead_bytes,
+            late_network: Mutex::new(parts.late_network),
+            hooks: parts.hooks,
+            annotations: parts.annotations,
         });
         let span = tracing::info_span!("vm", id = %vm.id);
         tokio::spawn(monitor::run(vm.clone(), parts.child, parts.qmp_events, parts.oom, published).instrument(span));
@@ -158,11 +183,14 @@ impl Vm {
     async fn request<F, Fut>(&self, request: Request, change: Change, doing: &str, command: F) -> Result<(), TaskError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), qmp::QmpError>>,
+        Fut: std::future::Future<Output = Result<(), TaskError>>,
     {
         let _one_at_a_time = self.requests.lock().await;
         self.state().check(request)?;
-        command().await.map_err(|e| TaskError::Unknown(format!("{doing} the VM: {e}")))?;
+        command().await.map_err(|e| match e {
+            TaskError::Unknown(message) => TaskError::Unknown(format!("{doing} the VM: {message}")),
+            other => other,
+        })?;
         if self.apply(change) {
             let id = self.id.clone();
             match change {
@@ -175,6 +203,52 @@ impl Vm {
             }
         }
         Ok(())
+    }
+}
+
+fn qmp_failed(e: qmp::QmpError) -> TaskError {
+    TaskError::Unknown(e.to_string())
+}
+
+impl Vm {
+    fn hook_state(&self, status: &'static str) -> HookState<'_> {
+        HookState {
+            oci_version: OCI_VERSION,
+            id: &self.id,
+            status,
+            pid: (status != "stopped").then_some(self.pid),
+            bundle: &self.bundle,
+            annotations: Some(&self.annotations),
+        }
+    }
+
+    /// Takes what CNI put in the task's own namespace since Create, and adds its NICs
+    /// and the seed to the VM before the guest first runs. Only `lo` there: no NIC.
+    async fn attach_late_network(&self) -> Result<(), TaskError> {
+        let late = self.late_network.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(late) = late else { return Ok(()) };
+        let path = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
+        let inspected = {
+            let path = path.clone();
+            launch::blocking(move || crate::host::network::inspect(&path)).await.map_err(TaskError::from)?
+        };
+        let (ns, interfaces) = match inspected {
+            Ok(found) => found,
+            Err(crate::host::network::NetworkError::OnlyLoopback(_)) => return Ok(()),
+            Err(e) => return Err(VmError::from(e).into()),
+        };
+        let intended = crate::host::network::intended(&self.id, &ns, &interfaces);
+        match self.held().journal.as_mut() {
+            Some(journal) => journal.intend_all(intended).map_err(|e| TaskError::from(VmError::from(e)))?,
+            None => return Err(TaskError::FailedPrecondition("the VM is being deleted".into())),
+        };
+        let (id, mode, queues) = (self.id.clone(), late.mode, late.queues);
+        let network = launch::blocking(move || crate::host::network::attach(&id, &ns, interfaces, mode, queues))
+            .await
+            .map_err(TaskError::from)?
+            .map_err(|e| TaskError::from(VmError::from(e)))?;
+        let seed = launch::write_seed(&late.plan, &late.state_dir, &network, late.resolv_conf.clone()).await?;
+        hotplug::attach(&self.qmp, network, seed, &late.ports).await.map_err(TaskError::Unknown)
     }
 }
 
@@ -204,18 +278,34 @@ impl Container for Vm {
         *self.lock_state()
     }
 
-    /// Lets the guest CPUs run for the first time.
+    /// Lets the guest CPUs run for the first time, once the network CNI gave the task's
+    /// own namespace since Create is added.
     async fn start(&self) -> Result<(), TaskError> {
-        self.request(Request::Start, Change::Started, "starting", || self.qmp.cont()).await
+        self.request(Request::Start, Change::Started, "starting", || async {
+            self.attach_late_network().await?;
+            self.qmp.cont().await.map_err(qmp_failed)
+        })
+        .await?;
+        if !self.hooks.poststart.is_empty() {
+            let state = self.hook_state("running");
+            if let Err(e) = hooks::run("poststart", &self.hooks.poststart, &state).await {
+                warn!("{e}");
+            }
+        }
+        Ok(())
     }
 
     /// The monitor may see QEMU's STOP first: whoever changes the state publishes it, once.
     async fn pause(&self) -> Result<(), TaskError> {
-        self.request(Request::Pause, Change::Paused, "pausing", || self.qmp.stop()).await
+        self.request(Request::Pause, Change::Paused, "pausing", || async { self.qmp.stop().await.map_err(qmp_failed) })
+            .await
     }
 
     async fn resume(&self) -> Result<(), TaskError> {
-        self.request(Request::Resume, Change::Resumed, "resuming", || self.qmp.cont()).await
+        self.request(Request::Resume, Change::Resumed, "resuming", || async {
+            self.qmp.cont().await.map_err(qmp_failed)
+        })
+        .await
     }
 
     /// SIGTERM/SIGINT ask the guest to power off (ACPI), SIGKILL stops QEMU at once,
@@ -322,6 +412,14 @@ impl Container for Vm {
                 Ok(replayed) if replayed.failures.is_empty() => {}
                 Ok(replayed) => warn!("left for a later cleanup: {}", replayed.failures.join("; ")),
                 Err(e) => warn!("releasing the VM's resources: {e}"),
+            }
+            // As runc does at delete: what the hooks set up outside (nerdctl's CNI
+            // addresses) is given back. A failure is logged, the delete goes on.
+            if !self.hooks.poststop.is_empty() {
+                let state = self.hook_state("stopped");
+                if let Err(e) = hooks::run("poststop", &self.hooks.poststop, &state).await {
+                    warn!("{e}");
+                }
             }
         }
     }
