@@ -290,6 +290,7 @@ run_test() {
 # --- 5. measure --------------------------------------------------------------------------------
 read -r -a BL <<<"$BINDINGS"
 STARTED=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "network.sh: $ROUNDS rounds of ${BL[*]}, ${IPERF_SECS} s iperf3 each (+${IPERF_OMIT} s omitted)" >&2
 : >"$SCR/results"
 for round in $(seq "$ROUNDS"); do
@@ -320,7 +321,7 @@ describe() {
 REPORT=$SCR/report.md
 {
     qv=$("$QEMU" --version | head -n1)
-    echo "ROUNDS=$ROUNDS IPERF_SECS=$IPERF_SECS (-O $IPERF_OMIT) MEM_MIB=$MEM_MIB MTU=$MTU; $(nproc) cores; $qv; host kernel $(uname -r); guest kernel ${KVER:-$(cd /boot && ls vmlinuz-*-cloud-amd64 | sed 's/^vmlinuz-//' | sort -V | tail -n1)}; $(iperf3 --version | head -n1 | cut -d' ' -f1-2); TCG, 1 vCPU, vhost=off; run took ${ELAPSED} s"
+    echo "ROUNDS=$ROUNDS IPERF_SECS=$IPERF_SECS (-O $IPERF_OMIT) MEM_MIB=$MEM_MIB MTU=$MTU; $(nproc) cores; $qv; host kernel $(uname -r); guest kernel ${KVER:-$(cd /boot && ls vmlinuz-*-cloud-amd64 | sed 's/^vmlinuz-//' | sort -V | tail -n1)}; $(iperf3 --version | head -n1 | cut -d' ' -f1-2); TCG, 1 vCPU, vhost=off; run took ${ELAPSED} s; load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "**TCG figures.** The guest's CPU is emulated, so absolute throughput says nothing about a KVM host; the ratio of offload to no offload is what carries over (on KVM, without offloads the guest also segments and checksums every packet itself)."
     echo
@@ -379,6 +380,17 @@ REPORT=$SCR/report.md
                 printf "- %s: macvtap %.3f Gbit/s ≥ %.1f × bridge %.3f Gbit/s (ratio %s)",
                 (r + 0 >= t) ? "PASS" : "FAIL", a / 1e9, t, b / 1e9, r }')")
         fi
+        # Paired: each round's ratio (its tests ran back to back, so drift in the host's load
+        # between rounds cancels out), and their median.
+        for pair in "novnet:without vnet_hdr" "bridge:bridge"; do
+            other=${pair%%:*}
+            has "$other" || continue
+            per=$(awk -v o="$other" '$1 == "macvtap" { m[$2] = $3 } $1 == o { x[$2] = $3 }
+                END { for (r in m) if (r in x) printf "%s %.2f\n", r, m[r] / x[r] }' "$SCR/results" | sort -n)
+            med=$(awk '{ print $2 }' <<<"$per" | sort -g | awk '{ v[NR] = $1 } END {
+                if (NR) printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+            echo "| context: macvtap / ${pair#*:}, median of per-round ratios (rounds: $(awk '{ printf "%s%s", sep, $2; sep = ", " }' <<<"$per")) | $med |"
+        done
         echo
         printf '%s\n' "${verdicts[@]}"
         echo "- SKIP: tc-redirect (not built)"

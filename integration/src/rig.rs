@@ -112,6 +112,10 @@ pub struct RigConfig {
     /// Run containerd's CRI plugin, with the VM runtime registered under the handler
     /// `vm` as packaging does (but with the rig's shim config).
     pub cri: bool,
+    /// Run containerd (and so every shim, and the OCI hooks shims run) in this named
+    /// network namespace (`ip netns`), not the host's: for tests whose CNI plugins make
+    /// bridges and firewall rules. Only the network namespace: mounts stay the host's.
+    pub network_namespace: Option<String>,
 }
 
 impl RigConfig {
@@ -130,6 +134,7 @@ impl RigConfig {
             start_timeout: Duration::from_secs(30),
             ctr_timeout: Duration::from_secs(180),
             cri: false,
+            network_namespace: None,
         }
     }
 }
@@ -210,7 +215,15 @@ impl Rig {
         }
         let log = File::create(&rig.log_path).with_context(|| format!("creating {}", rig.log_path.display()))?;
         let log2 = log.try_clone().context("duplicating the log file")?;
-        let child = Command::new(&containerd_bin)
+        let mut command = match &config.network_namespace {
+            Some(netns) => {
+                let mut nsenter = Command::new("nsenter");
+                nsenter.arg(format!("--net=/var/run/netns/{netns}")).arg("--").arg(&containerd_bin);
+                nsenter
+            }
+            None => Command::new(&containerd_bin),
+        };
+        let child = command
             .arg("--config")
             .arg(&rig.config_path)
             .env("PATH", path)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::images::{tiny_images, TinyImages};
-use crate::rig::{processes_of, Namespace, Rig, VM_RUNTIME, VM_SHIM_BINARY};
+use crate::rig::{processes_of, Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
 
 /// Guest boot marker printed by the tiny image's init.
 pub const BOOTED: &str = "TINY-VM-BOOTED";
@@ -30,9 +30,19 @@ impl VmEnv {
     }
 
     pub fn start_with_accel(accel: &str) -> Result<VmEnv> {
+        Self::start_with(accel, RigConfig::from_env())
+    }
+
+    /// A TCG rig whose containerd, shims and their hooks run in the network namespace
+    /// `netns` (see [`RigConfig::network_namespace`]).
+    pub fn start_in_network_namespace(netns: &str) -> Result<VmEnv> {
+        Self::start_with("tcg", RigConfig { network_namespace: Some(netns.to_string()), ..RigConfig::from_env() })
+    }
+
+    fn start_with(accel: &str, config: RigConfig) -> Result<VmEnv> {
         let archives = tempfile::tempdir()?;
         let images = tiny_images(archives.path())?;
-        let rig = Rig::start()?;
+        let rig = Rig::start_with(config)?;
         if !rig.has_vm_shim() {
             bail!(
                 "no containerd-shim-vm-v1 in {}: run `cargo build --release` first or set SHIM_VM_BIN_DIR",

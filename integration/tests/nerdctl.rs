@@ -1,0 +1,152 @@
+//! nerdctl, the client users pick for containerd, with the VM runtime: its default
+//! bridge network (CNI run by its createRuntime hook, which the shim runs with QEMU's
+//! pid, in the task's own namespace), logs, annotations, stop and rm, and `--net none`.
+//! containerd runs in a network namespace of the test's, so nerdctl's bridge and
+//! firewall rules never touch the host's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use integration::images::TINY;
+use integration::vmenv::{cmdline, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
+
+/// nerdctl, built by integration/scripts/build-nerdctl.sh (NERDCTL_BIN_DIR if set).
+fn nerdctl_binary() -> Result<PathBuf> {
+    let dir = match std::env::var_os("NERDCTL_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let script = integration::workspace_root().join("integration/scripts/build-nerdctl.sh");
+            let out = Command::new("bash").arg(&script).output().context("running build-nerdctl.sh")?;
+            ensure!(out.status.success(), "build-nerdctl.sh: {}", String::from_utf8_lossy(&out.stderr));
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    };
+    Ok(dir.join("nerdctl"))
+}
+
+struct Nerdctl {
+    binary: PathBuf,
+    global: Vec<String>,
+}
+
+impl Nerdctl {
+    fn new(binary: PathBuf, address: &Path, namespace: &str, dir: &Path) -> Nerdctl {
+        let global = vec![
+            format!("--address={}", address.display()),
+            format!("--namespace={namespace}"),
+            format!("--data-root={}", dir.join("nerdctl").display()),
+            "--cni-path=/usr/lib/cni".to_string(),
+            format!("--cni-netconfpath={}", dir.join("net.d").display()),
+            "--cgroup-manager=cgroupfs".to_string(),
+        ];
+        Nerdctl { binary, global }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.binary)
+            .args(&self.global)
+            .args(args)
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .output()
+            .with_context(|| format!("running nerdctl {}", args.join(" ")))
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!("nerdctl {}: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `nerdctl logs` until it shows `pattern`.
+    fn wait_for_log(&self, name: &str, pattern: &str, timeout: Duration) -> Result<String> {
+        wait_until(&format!("{pattern:?} in nerdctl logs {name}"), timeout, || {
+            let logs = self.ok(&["logs", name])?;
+            Ok(logs.contains(pattern).then_some(logs))
+        })
+    }
+}
+
+/// A network namespace for containerd (and nerdctl's bridge), removed on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> Result<TestNetns> {
+        let name = format!("nerdhost-{tag}-{}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
+        ensure!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status()?;
+        Ok(TestNetns(name))
+    }
+
+    fn ping(&self, address: &str, timeout: Duration) -> Result<()> {
+        wait_until(&format!("{address} to answer ping"), timeout, || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.0, "ping", "-c", "1", "-W", "1", address])
+                .output()
+                .context("running ping")?;
+            Ok(out.status.success().then_some(()))
+        })
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn nerdctl_runs_a_vm_on_its_bridge_network_with_logs_stop_and_rm() -> Result<()> {
+    let netns = TestNetns::new("bridge")?;
+    let env = VmEnv::start_in_network_namespace(&netns.0)?;
+    let ns = env.namespace("nerdctl")?;
+    let dir = tempfile::tempdir()?;
+    let nerdctl = Nerdctl::new(nerdctl_binary()?, env.rig.address(), ns.name(), dir.path());
+
+    nerdctl.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.vm.v1",
+        "--name",
+        "vm1",
+        "--annotation",
+        "vm.containerd.io/cpus=2",
+        TINY,
+    ])?;
+    let logs = nerdctl.wait_for_log("vm1", "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+    let line = logs.lines().find(|l| l.contains("TINY-NET-UP eth0")).unwrap_or_default();
+    // nerdctl's default network: bridge nerdctl0, 10.4.0.0/24.
+    let address = line.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or_default().to_string();
+    ensure!(address.starts_with("10.4.0."), "vm1 got no address on nerdctl's bridge network: {line}");
+    nerdctl.wait_for_log("vm1", PROMPT, BOOT_TIMEOUT)?;
+    netns.ping(&address, Duration::from_secs(60))?;
+
+    let pid: u32 = nerdctl.ok(&["inspect", "--format", "{{.State.Pid}}", "vm1"])?.trim().parse()?;
+    let argv = cmdline(pid)?;
+    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "the annotation did not reach QEMU: {argv:?}");
+
+    // A clean power-off within nerdctl's default 10 s grace period: exit status 0.
+    nerdctl.ok(&["stop", "vm1"])?;
+    let status = nerdctl.ok(&["inspect", "--format", "{{.State.ExitCode}}", "vm1"])?;
+    ensure!(status.trim() == "0", "nerdctl stop: exit code {status}");
+    let logs = nerdctl.ok(&["logs", "vm1"])?;
+    ensure!(logs.contains("reboot: Power down"), "no clean power-off in the console: {logs}");
+    nerdctl.ok(&["rm", "vm1"])?;
+    env.assert_gone(&ns, "vm1")?;
+
+    // --net none: no NIC at all.
+    nerdctl.ok(&["run", "-d", "--runtime", "io.containerd.vm.v1", "--net", "none", "--name", "vm2", TINY])?;
+    nerdctl.wait_for_log("vm2", PROMPT, BOOT_TIMEOUT)?;
+    let logs = nerdctl.ok(&["logs", "vm2"])?;
+    ensure!(!logs.contains("TINY-NET-UP"), "--net none got a network: {logs}");
+    let pid: u32 = nerdctl.ok(&["inspect", "--format", "{{.State.Pid}}", "vm2"])?.trim().parse()?;
+    ensure!(!cmdline(pid)?.iter().any(|a| a.contains("virtio-net")), "--net none got a NIC");
+    nerdctl.ok(&["rm", "-f", "vm2"])?;
+    env.assert_gone(&ns, "vm2")
+}
