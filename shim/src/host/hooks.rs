@@ -134,7 +134,7 @@ mod tests {
             bundle: dir.path(),
             annotations: Some(&annotations),
         };
-        let script = format!("cat > {0}; echo \"$HOOK_ENV $(pwd) $0\" >> {0}", out.display());
+        let script = format!("cat > {0}; echo >> {0}; echo \"$HOOK_ENV $(pwd) $0\" >> {0}", out.display());
         run("createRuntime", &[hook(&script, None)], &state).await.unwrap();
         let written = std::fs::read_to_string(&out).unwrap();
         let (json_line, rest) = written.split_once('\n').unwrap_or((&written, ""));
