@@ -32,6 +32,11 @@ struct Nerdctl {
 }
 
 impl Nerdctl {
+    /// The container's id (nerdctl names are not ids): what the shim and QEMU know it by.
+    fn id(&self, name: &str) -> Result<String> {
+        Ok(self.ok(&["inspect", "--format", "{{.ID}}", name])?.trim().to_string())
+    }
+
     fn new(binary: PathBuf, address: &Path, namespace: &str, dir: &Path) -> Nerdctl {
         let global = vec![
             format!("--address={}", address.display()),
@@ -137,8 +142,9 @@ fn nerdctl_runs_a_vm_on_its_bridge_network_with_logs_stop_and_rm() -> Result<()>
     ensure!(status.trim() == "0", "nerdctl stop: exit code {status}");
     let logs = nerdctl.ok(&["logs", "vm1"])?;
     ensure!(logs.contains("reboot: Power down"), "no clean power-off in the console: {logs}");
+    let id = nerdctl.id("vm1")?;
     nerdctl.ok(&["rm", "vm1"])?;
-    env.assert_gone(&ns, "vm1")?;
+    env.assert_gone(&ns, &id)?;
 
     // --net none: no NIC at all.
     nerdctl.ok(&["run", "-d", "--runtime", "io.containerd.vm.v1", "--net", "none", "--name", "vm2", TINY])?;
@@ -146,7 +152,50 @@ fn nerdctl_runs_a_vm_on_its_bridge_network_with_logs_stop_and_rm() -> Result<()>
     let logs = nerdctl.ok(&["logs", "vm2"])?;
     ensure!(!logs.contains("TINY-NET-UP"), "--net none got a network: {logs}");
     let pid: u32 = nerdctl.ok(&["inspect", "--format", "{{.State.Pid}}", "vm2"])?.trim().parse()?;
-    ensure!(!cmdline(pid)?.iter().any(|a| a.contains("virtio-net")), "--net none got a NIC");
+    // QEMU's namespace has only lo: nothing was there to take, and no NIC was added.
+    let links = Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(["ip", "-o", "link"]).output()?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    ensure!(links.lines().count() == 1 && links.contains("lo:"), "--net none: QEMU's namespace has {links}");
+    let id = nerdctl.id("vm2")?;
     nerdctl.ok(&["rm", "-f", "vm2"])?;
-    env.assert_gone(&ns, "vm2")
+    env.assert_gone(&ns, &id)?;
+
+    // -it: the console on nerdctl's terminal (`script` gives it one), typed into.
+    let mut command = vec![nerdctl.binary.display().to_string()];
+    command.extend(nerdctl.global.iter().cloned());
+    command.extend(
+        ["run", "-it", "--rm", "--runtime", "io.containerd.vm.v1", "--net", "none", "--name", "vm4", TINY]
+            .map(String::from),
+    );
+    let mut script = Command::new("script");
+    script.args(["-qfec", &command.join(" "), "/dev/null"]);
+    let mut vm = integration::rig::Spawned::from_command(script)?;
+    vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
+    let id = nerdctl.id("vm4")?;
+    vm.send("echo tty-$((6*7))\r")?;
+    vm.wait_for_output("tty-42", Duration::from_secs(30))?;
+    vm.send("poweroff\r")?;
+    let status = vm.wait(Duration::from_secs(60))?;
+    ensure!(status.success(), "nerdctl run -it exited {status}: {}", vm.stderr());
+    env.assert_gone(&ns, &id)?;
+
+    // A shim killed: containerd's `delete` action releases the VM and runs the poststop
+    // hook the dead shim never ran, which gives nerdctl's IPAM the address back.
+    nerdctl.ok(&["run", "-d", "--runtime", "io.containerd.vm.v1", "--name", "vm3", TINY])?;
+    let logs = nerdctl.wait_for_log("vm3", "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+    let line = logs.lines().find(|l| l.contains("TINY-NET-UP eth0")).unwrap_or_default();
+    let address = line.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or_default().to_string();
+    let id = nerdctl.id("vm3")?;
+    let lease = Path::new("/var/lib/cni/networks/bridge").join(&address);
+    ensure!(lease.exists(), "no IPAM lease {} for vm3", lease.display());
+    let shims: Vec<i32> = integration::rig::processes_of(env.rig.dir())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-vm-v1") && cmd.contains(&id))
+        .map(|(pid, _)| pid)
+        .collect();
+    ensure!(shims.len() == 1, "expected one VM shim: {shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL)?;
+    wait_until("vm3's lease to be given back", Duration::from_secs(60), || Ok((!lease.exists()).then_some(())))?;
+    nerdctl.ok(&["rm", "-f", "vm3"])?;
+    env.assert_gone(&ns, &id)
 }

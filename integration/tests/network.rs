@@ -133,6 +133,12 @@ fn bad_networks_are_refused_and_leave_the_namespace_alone() -> Result<()> {
             Some(&good),
         ),
         NetCase(
+            "host-netns-path",
+            vec!["--with-ns".into(), "network:/proc/1/ns/net".into()],
+            vec!["/proc/1/ns/net".into(), "is the host's".into()],
+            None,
+        ),
+        NetCase(
             "host-network",
             vec!["--net-host".into()],
             vec!["host network".into(), "vm.containerd.io/network=none".into()],

@@ -307,7 +307,12 @@ pub async fn add_macvtap(
     let no_ipv6_address =
         LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
     let message = LinkUnspec::new_with_index(index).append_extra_attribute(no_ipv6_address).build();
-    handle.link().set(message).execute().await.map_err(netlink(format!("configuring macvtap {name}")))?;
+    match handle.link().set(message).execute().await {
+        Ok(()) => {}
+        // A host booted with IPv6 disabled: no address to avoid.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => {}
+        Err(e) => return Err(NetnsError::Netlink { what: format!("configuring macvtap {name}"), source: e }),
+    }
     // All multicast reaches the guest: QEMU does not hand the guest's multicast
     // filter to the macvtap, and without it IPv6 neighbour solicitations for the guest's
     // addresses (solicited-node multicast) never arrive.
@@ -400,8 +405,8 @@ pub async fn remove_addresses(handle: &Handle, interface: &Interface) -> Result<
 /// Puts an interface back as `saved` found it: MAC, up state, addresses, routes.
 /// What is there already stays (restoring twice is harmless).
 pub async fn restore(handle: &Handle, saved: &Interface) -> Result<(), NetnsError> {
-    let current = interfaces(handle).await?;
-    let Some(now) = current.iter().find(|i| i.index == saved.index && i.name == saved.name) else {
+    let find = |current: Vec<Interface>| current.into_iter().find(|i| i.index == saved.index && i.name == saved.name);
+    let Some(mut now) = find(interfaces(handle).await?) else {
         // The interface is gone (CNI deleted the veth): nothing to put back.
         return Ok(());
     };
@@ -409,9 +414,13 @@ pub async fn restore(handle: &Handle, saved: &Interface) -> Result<(), NetnsErro
         // A MAC changes only while the link is down (veth accepts either; others may not).
         set_link(handle, saved.index, None, Some(false)).await?;
         set_link(handle, saved.index, saved.mac, None).await?;
+        // Going down flushed addresses (IPv6 ones): look again.
+        let Some(again) = find(interfaces(handle).await?) else { return Ok(()) };
+        now = again;
     }
     // Routes need the link up; it goes back down at the end if it was down.
     set_link(handle, saved.index, None, Some(true)).await?;
+    let mut failures = Vec::new();
     for address in saved.pod_addresses() {
         if now.addresses.iter().any(|a| a.prefix == address.prefix) {
             continue;
@@ -428,19 +437,29 @@ pub async fn restore(handle: &Handle, saved: &Interface) -> Result<(), NetnsErro
         if address.flags != 0 {
             message.attributes.push(AddressAttribute::Flags(AddressFlags::from_bits_retain(address.flags)));
         }
-        let result = request.execute().await;
-        ignore_exists(result).map_err(netlink(format!("putting {} back on {}", address.prefix, saved.name)))?;
+        if let Err(e) = ignore_exists(request.execute().await) {
+            failures.push(format!("putting {} back: {e}", address.prefix));
+        }
     }
-    for route in saved.routes.iter().filter(|r| !r.from_kernel) {
-        let message = route_message(route, saved.index);
-        let result = handle.route().add(message).execute().await;
-        ignore_exists(result)
-            .map_err(netlink(format!("putting route {} back on {}", route.destination, saved.name)))?;
+    // Routes onto the link first: a gateway is reachable only once the route to it is
+    // back (Calico: `169.254.1.1 dev eth0 scope link`, then `default via 169.254.1.1`,
+    // which the kernel lists the other way round).
+    let mut routes: Vec<&Route> = saved.routes.iter().filter(|r| !r.from_kernel).collect();
+    routes.sort_by_key(|r| r.gateway.is_some());
+    for route in routes {
+        let result = handle.route().add(route_message(route, saved.index)).execute().await;
+        if let Err(e) = ignore_exists(result) {
+            failures.push(format!("putting route {} back: {e}", route.destination));
+        }
     }
     if !saved.up {
         set_link(handle, saved.index, None, Some(false)).await?;
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(NetnsError::Interface { name: saved.name.clone(), reason: failures.join("; ") })
+    }
 }
 
 fn ignore_exists(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {

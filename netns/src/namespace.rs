@@ -4,8 +4,9 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
@@ -39,17 +40,22 @@ impl NetNs {
     /// a bind mount of either) and checks that it is one.
     pub fn open(path: &Path) -> Result<NetNs, NetnsError> {
         let bad = |reason: String| NetnsError::Namespace { path: path.to_path_buf(), reason };
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NetnsError::Missing { path: path.to_path_buf() },
-            _ => bad(e.to_string()),
-        })?;
-        let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| bad(format!("statfs: {e}")))?;
+        // O_PATH first: a FIFO or a device node named here is looked at, never opened.
+        let located =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).map_err(
+                |e| match e.kind() {
+                    std::io::ErrorKind::NotFound => NetnsError::Missing { path: path.to_path_buf() },
+                    _ => bad(e.to_string()),
+                },
+            )?;
+        let fs = nix::sys::statfs::fstatfs(&located).map_err(|e| bad(format!("statfs: {e}")))?;
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             return Err(bad("not a namespace file (not on nsfs)".into()));
         }
+        let file = File::open(format!("/proc/self/fd/{}", located.as_raw_fd())).map_err(|e| bad(e.to_string()))?;
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor, which
         // `file` keeps open for the call.
-        let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE as _) };
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
         if kind < 0 {
             return Err(bad(format!("NS_GET_NSTYPE: {}", std::io::Error::last_os_error())));
         }
@@ -66,9 +72,19 @@ impl NetNs {
         match NetNs::open(path) {
             Ok(ns) if ns.id == id => Ok(Some(ns)),
             Ok(_) => Ok(None),
-            Err(NetnsError::Missing { .. }) => Ok(None),
+            // Gone, or the path now names something else (a file left where a mount was).
+            Err(NetnsError::Missing { .. } | NetnsError::Namespace { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether this is the namespace the host's init (pid 1) or this process is in: a
+    /// pod's network must never be the host's.
+    pub fn is_host(&self) -> bool {
+        ["/proc/1/ns/net", "/proc/self/ns/net"]
+            .iter()
+            .filter_map(|p| NetNs::open(Path::new(p)).ok())
+            .any(|host| host.id == self.id)
     }
 
     pub fn path(&self) -> &Path {
@@ -151,5 +167,15 @@ mod tests {
         assert!(err.contains("/nonexistent/netns") && err.contains("does not exist"), "{err}");
         assert!(NetNs::reopen(Path::new("/nonexistent/netns"), own.id()).unwrap().is_none());
         assert!(NetNs::reopen(Path::new("/proc/self/ns/net"), NetnsId { dev: 0, ino: 0 }).unwrap().is_none());
+        assert!(own.is_host());
+        // A FIFO is looked at, never opened (opening it would block).
+        let dir = std::env::temp_dir().join(format!("netns-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = NetNs::open(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not on nsfs"), "{err}");
+        assert!(NetNs::reopen(&fifo, own.id()).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

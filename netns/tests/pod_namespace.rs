@@ -202,3 +202,28 @@ fn a_namespace_that_is_gone_reopens_as_none() {
     drop(pod);
     assert!(NetNs::reopen(&path, id).unwrap().is_none());
 }
+
+/// Calico's shape: a /32 address, a link route to 169.254.1.1 and a default route
+/// through it without `onlink`, which can only come back after the link route.
+#[test]
+fn calico_shaped_routes_come_back_in_order() {
+    let pod = Pod::new("clc");
+    ip(&["-n", &pod.pod, "route", "flush", "dev", "eth0"]);
+    ip(&["-n", &pod.pod, "addr", "flush", "dev", "eth0", "scope", "global"]);
+    ip(&["-n", &pod.pod, "addr", "add", "10.1.2.3/32", "dev", "eth0"]);
+    ip(&["-n", &pod.pod, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+    ip(&["-n", &pod.pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    let before = pod.looks();
+    let ns = NetNs::open(&pod.path()).unwrap();
+    assert!(!ns.is_host());
+    ns.netlink(|handle| async move {
+        let eth0 = netns::interfaces(&handle).await?.into_iter().find(|i| i.name == "eth0").unwrap();
+        netns::remove_addresses(&handle, &eth0).await?;
+        // As a guest's pod IP left: the routes through it go with it; take the rest too.
+        let eth0_now = netns::interfaces(&handle).await?.into_iter().find(|i| i.name == "eth0").unwrap();
+        assert!(eth0_now.routes.iter().all(|r| r.destination.address.is_ipv6() || r.from_kernel), "{eth0_now:?}");
+        netns::restore(&handle, &eth0).await
+    })
+    .unwrap();
+    assert_eq!(pod.looks(), before);
+}

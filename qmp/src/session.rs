@@ -64,9 +64,11 @@ struct Inner {
     service: QapiService<Writer>,
     /// The same socket, for descriptors sent beside a command (SCM_RIGHTS).
     fd_socket: OwnedFd,
-    /// One descriptor and its command at a time: QEMU's monitor holds a received
-    /// descriptor until a command takes it.
-    passing: tokio::sync::Mutex<()>,
+    /// One command on the socket at a time: a descriptor's newline, written beside the
+    /// `qapi` writer, must never land inside another command's bytes, and QEMU's monitor
+    /// holds a received descriptor until a command takes it. (QMP runs commands one at a
+    /// time anyway.)
+    writing: tokio::sync::Mutex<()>,
     path: PathBuf,
     version: QemuVersion,
     commands: HashSet<String>,
@@ -136,7 +138,7 @@ impl Qmp {
         let inner = Inner {
             service,
             fd_socket,
-            passing: tokio::sync::Mutex::new(()),
+            writing: tokio::sync::Mutex::new(()),
             path: path.to_owned(),
             version,
             commands,
@@ -163,6 +165,16 @@ impl Qmp {
     /// (e.g. on a timeout) leaves the connection usable. The command still
     /// completes inside QEMU, and the next command waits for it.
     pub async fn execute<C>(&self, command: C) -> Result<C::Ok, QmpError>
+    where
+        C: QmpCommand + 'static,
+        C::Ok: Send + 'static,
+    {
+        let _one_at_a_time = self.inner.writing.lock().await;
+        self.execute_locked(command).await
+    }
+
+    /// `execute`, with `writing` held by the caller.
+    async fn execute_locked<C>(&self, command: C) -> Result<C::Ok, QmpError>
     where
         C: QmpCommand + 'static,
         C::Ok: Send + 'static,
@@ -201,7 +213,7 @@ impl Qmp {
         C::Ok: Send + 'static,
     {
         let inner = &self.inner;
-        let _one_at_a_time = inner.passing.lock().await;
+        let _one_at_a_time = inner.writing.lock().await;
         let failed = |source: io::Error| QmpError::Io { path: inner.path.clone(), command: C::NAME, source };
         let fds = [fd.as_raw_fd()];
         let rights = [ControlMessage::ScmRights(&fds)];
@@ -218,7 +230,7 @@ impl Qmp {
                 Err(e) => return Err(failed(e.into())),
             }
         }
-        self.execute(command).await
+        self.execute_locked(command).await
     }
 
     /// `query-status`: running, paused, prelaunch, shutdown, ...

@@ -90,12 +90,17 @@ async fn run_one(kind: &str, hook: &Hook, input: &[u8], bundle: &Path) -> Result
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{what}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its state closes the pipe early: not an error.
-        let _ = stdin.write_all(input).await;
-    }
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let stdin = child.stdin.take();
+    let finished = async move {
+        if let Some(mut stdin) = stdin {
+            // A hook that does not read its state closes the pipe early: not an error.
+            let _ = stdin.write_all(input).await;
+        }
+        child.wait_with_output().await
+    };
+    let output = match tokio::time::timeout(timeout, finished).await {
         Ok(output) => output.map_err(|e| format!("{what}: {e}"))?,
+        // Dropping the child kills it (kill_on_drop).
         Err(_) => return Err(format!("{what}: still running after {} s, killed", timeout.as_secs())),
     };
     if !output.status.success() {

@@ -58,9 +58,20 @@ pub fn macvtap_name(id: &str, ordinal: usize) -> String {
     format!("vmt{:08x}{}", hash as u32, ordinal % 100)
 }
 
-/// Checks every interface can carry a macvtap; returns the pod's (not `lo`).
+/// The devices the kernel puts in every new namespace once a tunnel module is loaded
+/// (`net.core.fb_tunnels_only_for_init_net=0`, the default): Calico's IPIP loads ipip.
+/// Down and without addresses they are not the pod's.
+const FALLBACK_TUNNELS: &[&str] =
+    &["tunl0", "sit0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip_vti0", "ip6_vti0", "ip6gre0"];
+
+fn is_fallback_tunnel(interface: &Interface) -> bool {
+    FALLBACK_TUNNELS.contains(&interface.name.as_str()) && !interface.up && interface.pod_addresses().next().is_none()
+}
+
+/// Checks every interface can carry a macvtap; returns the pod's (not `lo`, nor the
+/// kernel's idle fallback tunnels).
 fn usable(path: &Path, found: Vec<Interface>) -> Result<Vec<Interface>, NetworkError> {
-    let pod: Vec<Interface> = found.into_iter().filter(|i| !i.loopback).collect();
+    let pod: Vec<Interface> = found.into_iter().filter(|i| !i.loopback && !is_fallback_tunnel(i)).collect();
     if pod.is_empty() {
         return Err(NetworkError::OnlyLoopback(format!(
             "network namespace {}: has only lo, no interface to give the VM (set {}=none for a VM without a NIC)",
@@ -105,8 +116,19 @@ pub fn inspect(path: &Path) -> Result<(NetNs, Vec<Interface>), NetworkError> {
         NetnsError::Missing { .. } | NetnsError::Namespace { .. } => NetworkError::Unusable(e.to_string()),
         other => NetworkError::Host(other),
     })?;
+    if ns.is_host() {
+        return Err(NetworkError::Unusable(format!(
+            "network namespace {}: is the host's; a VM takes a pod's network, never the host's (set {}=none for a VM without a NIC)",
+            path.display(),
+            crate::plan::network::ANNOTATION_NETWORK
+        )));
+    }
     let found = ns.netlink(|handle| async move { netns::interfaces(&handle).await })?;
     let interfaces = usable(path, found)?;
+    // What the guest will be told must be expressible before anything is changed.
+    guest_network(&interfaces, seed::Dns::default())
+        .and_then(|g| g.validate())
+        .map_err(|e| NetworkError::Unusable(format!("network namespace {}: {e}", path.display())))?;
     Ok((ns, interfaces))
 }
 
@@ -282,7 +304,9 @@ mod tests {
         assert!(e.contains("eth0") && e.contains("ipvlan"), "{e}");
         let e = usable(path, vec![interface("eth0", "veth", false)]).unwrap_err().to_string();
         assert!(e.contains("eth0") && e.contains("down"), "{e}");
-        let pod = usable(path, vec![lo, interface("eth0", "veth", true), interface("net1", "", true)]).unwrap();
+        let mut tunnel = interface("tunl0", "ipip", false);
+        tunnel.index = 3;
+        let pod = usable(path, vec![lo, tunnel, interface("eth0", "veth", true), interface("net1", "", true)]).unwrap();
         assert_eq!(pod.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["eth0", "net1"]);
     }
 

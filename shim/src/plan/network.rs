@@ -17,8 +17,10 @@ pub const ANNOTATION_MACVTAP_MODE: &str = "vm.containerd.io/macvtap-mode";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NetworkPlan {
-    /// No NIC (`network: none`).
-    None,
+    /// No NIC (`network: none`). `own_namespace`: the spec still asks for a new
+    /// namespace of the task's own, so QEMU gets one (and a CNI a client runs on it
+    /// anyway configures that, never the host's).
+    None { own_namespace: bool },
     /// The task asks for a new namespace of its own, as runc would make: QEMU starts in
     /// one. Whatever interfaces CNI puts there before Start (`ctr run --cni` after Create,
     /// nerdctl's createRuntime hook during it) are taken at Start, their NICs added
@@ -71,11 +73,12 @@ pub(super) fn plan(
             })
         }
     };
-    if !wanted {
-        return Ok(NetworkPlan::None);
-    }
     let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
     let network = namespaces.and_then(|list| list.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let own_namespace = network.is_some_and(|n| n.path().as_ref().is_none_or(|p| p.as_os_str().is_empty()));
+    if !wanted {
+        return Ok(NetworkPlan::None { own_namespace });
+    }
     let Some(network) = network else {
         return Err(PlanError::Spec {
             field: "linux.namespaces",
@@ -159,9 +162,16 @@ mod tests {
             plan(&fresh, &annotations(&[]), 2, LIMITS).unwrap(),
             NetworkPlan::NewNamespace { mode: MacvtapMode::Passthru, queues: 2, resolv_conf: None }
         );
-        assert_eq!(plan(&fresh, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
+        // network=none still gets a namespace of its own: QEMU never shares the host's.
+        assert_eq!(
+            plan(&fresh, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(),
+            NetworkPlan::None { own_namespace: true }
+        );
         let given = spec(json!([{"type": "network", "path": "/var/run/netns/x"}]), json!([]));
-        assert_eq!(plan(&given, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
+        assert_eq!(
+            plan(&given, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(),
+            NetworkPlan::None { own_namespace: false }
+        );
     }
 
     #[test]
@@ -169,7 +179,10 @@ mod tests {
         let host = spec(json!([{"type": "pid"}]), json!([]));
         let e = plan(&host, &annotations(&[]), 1, LIMITS).unwrap_err().to_string();
         assert!(e.contains("linux.namespaces") && e.contains("host network") && e.contains(ANNOTATION_NETWORK), "{e}");
-        assert_eq!(plan(&host, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(), NetworkPlan::None);
+        assert_eq!(
+            plan(&host, &annotations(&[(ANNOTATION_NETWORK, "none")]), 1, LIMITS).unwrap(),
+            NetworkPlan::None { own_namespace: false }
+        );
     }
 
     #[test]

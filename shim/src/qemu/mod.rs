@@ -122,7 +122,7 @@ mod tests {
             root_disk: DiskRequest::ImageDiskDir,
             terminal: false,
             cgroup: None,
-            network: crate::plan::NetworkPlan::None,
+            network: crate::plan::NetworkPlan::None { own_namespace: false },
             hostname: "vm1".into(),
         };
         let host = HostFacts {

@@ -37,6 +37,28 @@ pub struct PodShim<F> {
     kind: PhantomData<fn() -> F>,
 }
 
+impl<F> PodShim<F> {
+    /// The bundle's poststop hooks, with the state a stopped task has.
+    async fn run_poststop_hooks(&self) {
+        let Ok(spec) = oci_spec::runtime::Spec::load(self.bundle.join("config.json")) else { return };
+        let hooks = crate::host::hooks::Hooks::of(&spec);
+        if hooks.poststop.is_empty() {
+            return;
+        }
+        let state = crate::host::hooks::HookState {
+            oci_version: spec.version(),
+            id: &self.id,
+            status: "stopped",
+            pid: None,
+            bundle: &self.bundle,
+            annotations: spec.annotations().as_ref(),
+        };
+        if let Err(e) = crate::host::hooks::run("poststop", &hooks.poststop, &state).await {
+            warn!("{e}");
+        }
+    }
+}
+
 #[async_trait]
 impl<F: ContainerFactory + Default> Shim for PodShim<F> {
     type T = TaskService<F>;
@@ -82,8 +104,13 @@ impl<F: ContainerFactory + Default> Shim for PodShim<F> {
     /// delete, when the journal is gone: then there is nothing to do.
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let (bundle, namespace, id) = (self.bundle.clone(), self.namespace.clone(), self.id.clone());
+        let replayed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let replayed_here = replayed.clone();
         let killed = tokio::task::spawn_blocking(move || match Journal::open(&bundle) {
-            Ok(Some(journal)) if journal.owner() == (namespace.as_str(), id.as_str()) => journal.replay().killed_qemu,
+            Ok(Some(journal)) if journal.owner() == (namespace.as_str(), id.as_str()) => {
+                replayed_here.store(true, std::sync::atomic::Ordering::Relaxed);
+                journal.replay().killed_qemu
+            }
             Ok(Some(journal)) => {
                 let (ns, owner) = journal.owner();
                 warn!(
@@ -101,6 +128,11 @@ impl<F: ContainerFactory + Default> Shim for PodShim<F> {
         })
         .await
         .unwrap_or_default();
+        // The dead shim never ran the poststop hooks (nerdctl's gives the task's CNI
+        // address back): run them now, as its Delete would have.
+        if replayed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.run_poststop_hooks().await;
+        }
         Ok(DeleteResponse {
             pid: killed.unwrap_or_default(),
             exit_status: 128 + libc::SIGKILL as u32,

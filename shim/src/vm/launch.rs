@@ -201,8 +201,9 @@ async fn launch(
     // A new namespace of the task's own: QEMU starts in it, and what CNI puts there
     // by Start is added then (`LateNetwork`).
     let late = matches!(plan.network, NetworkPlan::NewNamespace { .. });
+    let own_namespace = late || matches!(plan.network, NetworkPlan::None { own_namespace: true });
     let network = match &plan.network {
-        NetworkPlan::None | NetworkPlan::NewNamespace { .. } => None,
+        NetworkPlan::None { .. } | NetworkPlan::NewNamespace { .. } => None,
         NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
             let network = take_network(req.id, netns, *mode, *queues, journal).await?;
             qemu_entry = journal.intend(Resource::Qemu { process: None })?;
@@ -258,7 +259,7 @@ async fn launch(
         ),
         credentials,
         cgroup_join_files: cgroup.as_ref().map(VmCgroup::join_files).unwrap_or_default(),
-        new_network_namespace: late,
+        new_network_namespace: own_namespace,
     });
     let mut child = match spawned {
         Ok(child) => child,
@@ -275,8 +276,15 @@ async fn launch(
         return Err(qemu_err("exited before its pid was read".into()));
     };
     // From here until the monitor owns it, a failure kills and reaps QEMU right here.
+    let mut hooks_ran = false;
     let wired: Result<_, VmError> = async {
         let process = ProcessId::of(pid).map_err(host("reading QEMU's start time"))?;
+        // QEMU is an unreaped child here: its namespace is the one it made.
+        let qemu_netns = if late {
+            Some(netns::NetNs::open(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(NetworkError::Host)?.id())
+        } else {
+            None
+        };
         let pidfd = Pidfd::open(pid).map_err(host("opening QEMU's pidfd"))?;
         journal.update(qemu_entry, Resource::Qemu { process: Some(process) })?;
         info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
@@ -301,6 +309,7 @@ async fn launch(
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
         if !hooks.create_runtime.is_empty() {
+            hooks_ran = true;
             let state = HookState {
                 oci_version: spec.version(),
                 id: req.id,
@@ -315,10 +324,10 @@ async fn launch(
             .start_pumps(&req.stdio, req.id, req.namespace)
             .await
             .map_err(|source| VmError::Host { what: "opening the task's stdio".into(), source })?;
-        Ok((qmp, qmp_events, pumps, pidfd))
+        Ok((qmp, qmp_events, pumps, pidfd, qemu_netns))
     }
     .await;
-    let (qmp, qmp_events, pumps, pidfd) = match wired {
+    let (qmp, qmp_events, pumps, pidfd, qemu_netns) = match wired {
         Ok(wired) => wired,
         Err(e) => {
             let _ = child.start_kill();
@@ -326,6 +335,21 @@ async fn launch(
             // Reaped: the journal must not name it any more. Should that write fail, the
             // replay finds the pid's start time changed and leaves it alone.
             let _ = journal.released(qemu_entry);
+            // What the createRuntime hooks set up outside (nerdctl's CNI address) is
+            // given back, as runc's teardown of a failed create does.
+            if hooks_ran && !hooks.poststop.is_empty() {
+                let state = HookState {
+                    oci_version: spec.version(),
+                    id: req.id,
+                    status: "stopped",
+                    pid: None,
+                    bundle: req.bundle,
+                    annotations: spec.annotations().as_ref(),
+                };
+                if let Err(e) = hooks::run("poststop", &hooks.poststop, &state).await {
+                    warn!("{e}");
+                }
+            }
             return Err(e);
         }
     };
@@ -346,14 +370,15 @@ async fn launch(
         pidfd,
         qmp_events,
         oom,
-        late_network: match &plan.network {
-            NetworkPlan::NewNamespace { mode, queues, resolv_conf } => Some(LateNetwork {
+        late_network: match (&plan.network, qemu_netns) {
+            (NetworkPlan::NewNamespace { mode, queues, resolv_conf }, Some(netns_id)) => Some(LateNetwork {
                 mode: *mode,
                 queues: *queues,
                 resolv_conf: resolv_conf.clone(),
                 plan: plan.clone(),
                 state_dir: state_dir.clone(),
                 ports: qemu::hotplug_buses(plan.machine, qemu::LATE_HOTPLUG_PORTS),
+                netns_id,
             }),
             _ => None,
         },
@@ -386,7 +411,7 @@ pub(super) async fn write_seed(
     resolv_conf: Option<PathBuf>,
 ) -> Result<std::fs::File, VmError> {
     let dns = match resolv_conf {
-        Some(path) => match blocking(move || std::fs::read_to_string(&path).map_err(|e| (path, e))).await? {
+        Some(path) => match blocking(move || read_resolv_conf(&path).map_err(|e| (path, e))).await? {
             Ok(text) => crate::seed::Dns::from_resolv_conf(&text),
             Err((path, e)) => {
                 warn!(resolv_conf = %path.display(), "the guest gets no DNS servers: {e}");
@@ -421,6 +446,26 @@ fn nic_facts(network: &PodNetwork) -> Vec<NicFacts> {
         .iter()
         .map(|nic| NicFacts { mac: nic.mac, mtu: nic.mtu, queues: nic.queues.len(), vhost: !nic.vhost.is_empty() })
         .collect()
+}
+
+/// The most of a resolv.conf that is read: real ones are a few hundred bytes.
+const RESOLV_CONF_MAX: u64 = 64 << 10;
+
+/// Reads the resolv.conf a spec mount names: a regular file (never a FIFO or a device
+/// a spec could name), at most RESOLV_CONF_MAX bytes.
+fn read_resolv_conf(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_PATH first: looked at, not opened, until it is known to be a regular file.
+    let located = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path)?;
+    if !located.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let file = std::fs::File::open(format!("/proc/self/fd/{}", located.as_raw_fd()))?;
+    let mut text = String::new();
+    file.take(RESOLV_CONF_MAX).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Every descriptor QEMU inherits, at the numbers `qemu::argv` names: the fixed ones,

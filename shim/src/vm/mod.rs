@@ -88,6 +88,9 @@ struct LateNetwork {
     state_dir: PathBuf,
     /// Where each added device goes (`None`: the machine's own bus).
     ports: Vec<Option<String>>,
+    /// QEMU's namespace, read while QEMU was an unreaped child: at Start,
+    /// `/proc/<pid>/ns/net` must still be that one (a reused pid would name another).
+    netns_id: netns::NetnsId,
 }
 
 /// The host resources a running VM holds, until Delete releases them.
@@ -227,25 +230,54 @@ impl Vm {
     async fn attach_late_network(&self) -> Result<(), TaskError> {
         let late = self.late_network.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(late) = late else { return Ok(()) };
+        match self.take_late_network(&late).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Start again tries again (and fails again while the network is half
+                // taken): the guest never runs without the NICs it was meant to have.
+                *self.late_network.lock().unwrap_or_else(|p| p.into_inner()) = Some(late);
+                Err(e)
+            }
+        }
+    }
+
+    async fn take_late_network(&self, late: &LateNetwork) -> Result<(), TaskError> {
+        use crate::host::network::{self as pod_network, NetworkError};
         let path = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
         let inspected = {
-            let path = path.clone();
-            launch::blocking(move || crate::host::network::inspect(&path)).await.map_err(TaskError::from)?
+            let (path, id) = (path.clone(), late.netns_id);
+            launch::blocking(move || match netns::NetNs::reopen(&path, id) {
+                Ok(Some(_)) => pod_network::inspect(&path),
+                Ok(None) => Err(NetworkError::Unusable(format!("{}: QEMU's namespace is gone", path.display()))),
+                Err(e) => Err(NetworkError::Host(e)),
+            })
+            .await?
         };
         let (ns, interfaces) = match inspected {
             Ok(found) => found,
-            Err(crate::host::network::NetworkError::OnlyLoopback(_)) => return Ok(()),
+            Err(NetworkError::OnlyLoopback(_)) => return Ok(()),
             Err(e) => return Err(VmError::from(e).into()),
         };
-        let intended = crate::host::network::intended(&self.id, &ns, &interfaces);
+        if interfaces.len() + 1 > late.ports.len() {
+            return Err(TaskError::InvalidArgument(format!(
+                "containerd-shim-vm: network namespace {}: {} interfaces; a VM whose network is set up after Create takes at most {}",
+                path.display(),
+                interfaces.len(),
+                late.ports.len() - 1
+            )));
+        }
+        let process = crate::host::process::ProcessId::of(self.pid)
+            .map_err(|e| TaskError::Unknown(format!("reading QEMU's start time: {e}")))?;
+        let mut intended = pod_network::intended(&self.id, &ns, &interfaces);
+        // Written after the interfaces: a replay stops QEMU before it gives them back.
+        intended.push(crate::host::journal::Resource::Qemu { process: Some(process) });
         match self.held().journal.as_mut() {
             Some(journal) => journal.intend_all(intended).map_err(|e| TaskError::from(VmError::from(e)))?,
             None => return Err(TaskError::FailedPrecondition("the VM is being deleted".into())),
         };
         let (id, mode, queues) = (self.id.clone(), late.mode, late.queues);
-        let network = launch::blocking(move || crate::host::network::attach(&id, &ns, interfaces, mode, queues))
-            .await
-            .map_err(TaskError::from)?
+        let network = launch::blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues))
+            .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
         let seed = launch::write_seed(&late.plan, &late.state_dir, &network, late.resolv_conf.clone()).await?;
         hotplug::attach(&self.qmp, network, seed, &late.ports).await.map_err(TaskError::Unknown)

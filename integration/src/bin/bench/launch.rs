@@ -108,18 +108,19 @@ impl<'r> Bench<'r> {
         cmd
     }
 
-    /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG tiny ID`.
-    pub(crate) fn vm_run_command(&self, id: &str, log: &Path) -> Command {
+    /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG [EXTRA] tiny ID`.
+    pub(crate) fn vm_run_command(&self, id: &str, log: &Path, extra: &[&str]) -> Command {
         let mut cmd = self.ctr();
-        cmd.args(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display()), TINY, id]);
+        cmd.args(["run", "-d", "--runtime", VM_RUNTIME, "--log-uri", &format!("file://{}", log.display())]);
+        cmd.args(extra).args([TINY, id]);
         cmd
     }
 
-    /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG tiny ID`: timed until
+    /// `ctr run -d --runtime io.containerd.vm.v1 --log-uri file://LOG [EXTRA] tiny ID`: timed until
     /// ctr returns, then until the boot marker appears in LOG. Returns QEMU's argv too.
-    pub(crate) fn shim_run(&self, id: &str) -> Result<(Launch, Vec<String>)> {
+    pub(crate) fn shim_run(&self, id: &str, extra: &[&str]) -> Result<(Launch, Vec<String>)> {
         let log = self.work.join(format!("{id}.console"));
-        let mut cmd = self.vm_run_command(id, &log);
+        let mut cmd = self.vm_run_command(id, &log, extra);
         let t0 = Instant::now();
         run_ok(&mut cmd).context("ctr run -d (VM)")?;
         let start = t0.elapsed();

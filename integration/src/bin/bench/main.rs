@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use integration::images::{busybox_image, tiny_images, BUSYBOX, TINY};
+use integration::podnet::PodNet;
 use integration::rig::{Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
 use integration::vmenv::{task_status, PROMPT};
 
@@ -175,14 +176,22 @@ fn run() -> Result<()> {
         report.note("BENCH_LIBVIRT_URI is not set: libvirt rows skipped (run integration/bench/run.sh to get them)");
     }
 
+    // A pod network namespace as a CNI bridge plugin leaves it: the networked starts take
+    // its interface, and give it back when the task is deleted, ready for the next one.
+    let pod = PodNet::new("bench", 90)?;
+    let with_ns = format!("network:{}", pod.path().display());
+    let pod_args = ["--with-ns", with_ns.as_str()];
+    let none_args = ["--annotation", "vm.containerd.io/network=none"];
+
     let mut lv_first = Series::default();
     // Warm-up: page cache, snapshotter, libvirt's capability cache; captures the shim's argv.
     eprintln!("bench: warm-up ({warmup} run(s) each)");
-    let (_, shim_argv) = bench.shim_run("warm-shim-0")?;
+    let (_, shim_argv) = bench.shim_run("warm-shim-0", &[])?;
     eprintln!("bench: the shim's QEMU: {}", shim_argv.join(" "));
     for w in 0..warmup {
         if w > 0 {
-            bench.shim_run(&format!("warm-shim-{w}"))?;
+            bench.shim_run(&format!("warm-shim-{w}"), &[])?;
+            bench.shim_run(&format!("warm-pod-{w}"), &pod_args)?;
         }
         bench.bare_run(&shim_argv, 1000 + w)?;
         if let Some(uri) = &libvirt_uri {
@@ -196,6 +205,8 @@ fn run() -> Result<()> {
 
     // Timed runs, interleaved (order rotated each round) so drift hits every column alike.
     let mut shim_start = Series::default();
+    let mut pod_start = Series::default();
+    let mut none_start = Series::default();
     let mut shim_console = Series::default();
     let mut bare_start = Series::default();
     let mut bare_console = Series::default();
@@ -205,13 +216,23 @@ fn run() -> Result<()> {
     let mut bare_connected = Series::default();
     let mut bare_greeting = Series::default();
     for r in 0..runs {
-        let kinds = ["shim", "bare", "libvirt"];
-        for k in 0..3 {
+        let kinds = ["shim", "bare", "libvirt", "shim-pod", "shim-none"];
+        for k in 0..kinds.len() {
             // Let the previous run's teardown (QEMU exit, libvirt's cleanup) finish first.
             sleep(settle)?;
-            match kinds[(r + k) % 3] {
+            match kinds[(r + k) % kinds.len()] {
+                "shim-pod" => {
+                    let (l, _) = bench.shim_run(&format!("pod-{r}"), &pod_args)?;
+                    eprintln!("bench: run {r}: pod net  start {:8.1} ms", ms(l.start));
+                    pod_start.push(ms(l.start));
+                }
+                "shim-none" => {
+                    let (l, _) = bench.shim_run(&format!("none-{r}"), &none_args)?;
+                    eprintln!("bench: run {r}: no net   start {:8.1} ms", ms(l.start));
+                    none_start.push(ms(l.start));
+                }
                 "shim" => {
-                    let (l, _) = bench.shim_run(&format!("shim-{r}"))?;
+                    let (l, _) = bench.shim_run(&format!("shim-{r}"), &[])?;
                     eprintln!(
                         "bench: run {r}: shim     start {:8.1} ms  console {:8.1} ms",
                         ms(l.start),
@@ -372,6 +393,8 @@ fn run() -> Result<()> {
     report.row("(a) start: shim, `ctr run -d` until it returns", "ms", &shim_start);
     report.row("(a) start: bare QEMU until QMP says running", "ms", &bare_start);
     report.row("(a) start: libvirt, `virsh create` until it returns", "ms", &lv_start);
+    report.row("(a) start: shim in a pod's network (`--with-ns`: macvtap, seed, NIC)", "ms", &pod_start);
+    report.row("(a) start: shim with `vm.containerd.io/network=none`", "ms", &none_start);
     report.row("(b) first console line: shim (`--log-uri file://`)", "ms", &shim_console);
     report.row("(b) first console line: bare QEMU (serial file)", "ms", &bare_console);
     report.row("(b) first console line: libvirt (serial file; context)", "ms", &lv_console);
@@ -448,6 +471,15 @@ fn run() -> Result<()> {
         fmt_opt(l, 1),
         fmt_opt(l.map(|l| well_under * l), 1)
     )?;
+    let (p, n) = (pod_start.median(), none_start.median());
+    writeln!(
+        text,
+        "- {}: start in a pod's network {} ms ≤ start without a network {} ms + 15 ms (added: {} ms)",
+        verdict(p.zip(n).map(|(p, n)| p <= n + 15.0)),
+        fmt_opt(p, 1),
+        fmt_opt(n, 1),
+        fmt_opt(p.zip(n).map(|(p, n)| p - n), 1)
+    )?;
     let (sr, rr) = (vm_shims.rss.median(), runc_shims.rss.median());
     writeln!(
         text,
@@ -462,6 +494,8 @@ fn run() -> Result<()> {
     writeln!(text)?;
     for (label, series) in [
         ("shim start", &shim_start),
+        ("shim start, pod network", &pod_start),
+        ("shim start, network none", &none_start),
         ("bare QEMU start", &bare_start),
         ("libvirt start", &lv_start),
         ("shim first console", &shim_console),

@@ -61,7 +61,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         virtual_size: bench.virtual_size,
         libvirt_uri: None,
     };
-    pbench.shim_run("prof-warm")?;
+    pbench.shim_run("prof-warm", &[])?;
 
     const STEPS: &[&str] = &[
         "containerd execs `containerd-shim-vm-v1 start`",
@@ -106,7 +106,7 @@ pub(crate) fn profile(bench: &Bench<'_>, runs: usize) -> Result<String> {
         let id = format!("prof-{r}");
         let log_before = rig.log().len();
         let log = bench.work.join(format!("{id}.console"));
-        let mut cmd = pbench.vm_run_command(&id, &log);
+        let mut cmd = pbench.vm_run_command(&id, &log, &[]);
         let t0_epoch = now_epoch();
         let t0 = Instant::now();
         let ran = run_ok(&mut cmd);
