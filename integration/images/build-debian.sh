@@ -99,6 +99,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 DISK_MB=${DISK_MB:-2048}          # the disk's virtual size (the official image's is 2 GiB)
 ROOT_LABEL=debian-root
+FSTAB="LABEL=$ROOT_LABEL / ext4 rw,discard,errors=remount-ro 0 1"
 
 # Besides Essential and apt (mmdebstrap's "apt" variant). Official bookworm genericcloud
 # names most of these in its SYSTEM_BOOT/CLOUD/GENERIC classes; zstd is there because
@@ -120,9 +121,11 @@ MMDEBSTRAP_ARGS=(
     --dpkgopt='path-exclude=/usr/share/locale/*'
     --dpkgopt='path-include=/usr/share/locale/locale.alias'
     --aptopt='Acquire::Languages "none"'
-    # Before any kernel is installed: no resume device (the image has no swap), so neither
-    # update-initramfs nor the boot looks for one.
+    # Before any kernel is installed, so that update-initramfs sees them: no resume device (the
+    # image has no swap), and the fstab (initramfs-tools' fsck hook copies fsck.ext4 only for
+    # a root filesystem the fstab names; the initramfs then checks it before mounting it).
     --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo RESUME=none >"$1/etc/initramfs-tools/conf.d/resume"'
+    --essential-hook="echo '$FSTAB' >\"\$1/etc/fstab\""
     "$SUITE"
 )
 MIRRORS=(
@@ -173,11 +176,6 @@ cp -a "$ROOTFS" "$ROOT"
 KVER=$(cd "$ROOT/boot" && ls vmlinuz-*-cloud-amd64 | sed 's/^vmlinuz-//' | sort -V | tail -n1)
 [ -n "$KVER" ] && [ -f "$ROOT/boot/initrd.img-$KVER" ] ||
     { echo "build-debian.sh: no kernel and initramfs in $ROOTFS/boot" >&2; exit 1; }
-
-cat >"$ROOT/etc/fstab" <<EOF
-# <file system>    <mount point> <type> <options>                  <dump> <pass>
-LABEL=$ROOT_LABEL  /             ext4   rw,discard,errors=remount-ro  0      1
-EOF
 
 # As the official image leaves them: the hostname comes from cloud-init (meta-data's
 # local-hostname), the machine id is made at first boot.

@@ -134,8 +134,9 @@ fn bad_networks_are_refused_and_leave_the_namespace_alone() -> Result<()> {
         ),
         NetCase(
             "host-netns-path",
-            vec!["--with-ns".into(), "network:/proc/1/ns/net".into()],
-            vec!["/proc/1/ns/net".into(), "is the host's".into()],
+            // The shim's own namespace, which is the host's.
+            vec!["--with-ns".into(), "network:/proc/self/ns/net".into()],
+            vec!["/proc/self/ns/net".into(), "is the host's".into()],
             None,
         ),
         NetCase(

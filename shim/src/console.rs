@@ -80,14 +80,24 @@ impl Console {
     /// Starts copying console output to `stdout` and `stdin` into the console.
     /// `id` and `namespace` name the task to a logging binary.
     pub async fn start_pumps(&self, stdio: &Stdio, id: &str, namespace: &str) -> io::Result<Pumps> {
+        let named = |what: &str, path: &str| {
+            let what = format!("{what} {path:?}");
+            move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
         let (sink, logger) = if stdio.stdout.starts_with("binary://") {
-            let (logger, writer) = BinaryLogger::start(&stdio.stdout, id, namespace).await?;
+            let (logger, writer) =
+                BinaryLogger::start(&stdio.stdout, id, namespace).await.map_err(named("stdout", &stdio.stdout))?;
             (Sink::Writer(Box::new(writer)), Some(logger))
         } else {
-            (Sink::open(&stdio.stdout)?, None)
+            (Sink::open(&stdio.stdout).map_err(named("stdout", &stdio.stdout))?, None)
         };
         // Everything is opened before any pump starts, so a failure leaves no task behind.
-        let opened = open_stdin(&stdio.stdin).and_then(|source| Ok((source, open_fifo_writer(&stdio.stderr)?)));
+        // With a terminal there is no stderr stream: clients may name a FIFO they never
+        // made (containerd's cio does), as runc's shim ignores it too.
+        let stderr_path = if stdio.terminal { "" } else { stdio.stderr.as_str() };
+        let opened = open_stdin(&stdio.stdin)
+            .map_err(named("stdin", &stdio.stdin))
+            .and_then(|source| Ok((source, open_fifo_writer(stderr_path).map_err(named("stderr", stderr_path))?)));
         let (source, stderr) = match opened {
             Ok(streams) => streams,
             Err(e) => {
