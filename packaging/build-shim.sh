@@ -8,6 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
   cargo build -q --profile dist --target "$target" -p containerd-shim-vm --bin containerd-shim-vm-v1 >&2
 echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/dist/containerd-shim-vm-v1"

@@ -54,7 +54,9 @@
 #
 # Idempotent: does nothing when debian-12.qcow2 is newer than this script and the cached root;
 # the cached root is rebuilt only when its recipe (suite, mirrors, packages, options) changes,
-# or with REFRESH=1 (to pick up new package versions).
+# or with REFRESH=1 (to pick up new package versions). A first build takes 2 to 5 minutes
+# (mmdebstrap: ~200 packages, ~410 MB unpacked), a rebuild from the cache under a minute; the
+# qcow2 is ~170 MB. Under TCG the guest prints its report 1.5 to 2 minutes after power-on.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -99,7 +101,6 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 DISK_MB=${DISK_MB:-2048}          # the disk's virtual size (the official image's is 2 GiB)
 ROOT_LABEL=debian-root
-FSTAB="LABEL=$ROOT_LABEL / ext4 rw,discard,errors=remount-ro 0 1"
 
 # Besides Essential and apt (mmdebstrap's "apt" variant). Official bookworm genericcloud
 # names most of these in its SYSTEM_BOOT/CLOUD/GENERIC classes; zstd is there because
@@ -121,11 +122,11 @@ MMDEBSTRAP_ARGS=(
     --dpkgopt='path-exclude=/usr/share/locale/*'
     --dpkgopt='path-include=/usr/share/locale/locale.alias'
     --aptopt='Acquire::Languages "none"'
-    # Before any kernel is installed, so that update-initramfs sees them: no resume device (the
-    # image has no swap), and the fstab (initramfs-tools' fsck hook copies fsck.ext4 only for
-    # a root filesystem the fstab names; the initramfs then checks it before mounting it).
-    --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo RESUME=none >"$1/etc/initramfs-tools/conf.d/resume"'
-    --essential-hook="echo '$FSTAB' >\"\$1/etc/fstab\""
+    # Before any kernel is installed, so that update-initramfs sees it: no resume device (the
+    # image has no swap), and fsck for ext4 in the initramfs, which checks the root before
+    # mounting it (initramfs-tools would probe the root device for its type, and in a chroot
+    # there is none: "fsck not present, so skipping root file system" at every boot).
+    --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && printf "RESUME=none\nFSTYPE=ext4\n" >"$1/etc/initramfs-tools/conf.d/debian-guest"'
     "$SUITE"
 )
 MIRRORS=(
@@ -176,6 +177,11 @@ cp -a "$ROOTFS" "$ROOT"
 KVER=$(cd "$ROOT/boot" && ls vmlinuz-*-cloud-amd64 | sed 's/^vmlinuz-//' | sort -V | tail -n1)
 [ -n "$KVER" ] && [ -f "$ROOT/boot/initrd.img-$KVER" ] ||
     { echo "build-debian.sh: no kernel and initramfs in $ROOTFS/boot" >&2; exit 1; }
+
+cat >"$ROOT/etc/fstab" <<EOF
+# <file system>    <mount point> <type> <options>                     <dump> <pass>
+LABEL=$ROOT_LABEL  /             ext4   rw,discard,errors=remount-ro  0      1
+EOF
 
 # As the official image leaves them: the hostname comes from cloud-init (meta-data's
 # local-hostname), the machine id is made at first boot.

@@ -84,6 +84,9 @@ impl NoCloudSeed {
         if let Some(network) = &self.network {
             network.validate()?;
             files.push(SeedFile::new("network-config", render_network_config(network)));
+            // The same container (same instance id) may start again in a pod with another
+            // address: cloud-init applies network-config on every boot only if told so.
+            files.push(SeedFile::new("vendor-data", NETWORK_ON_EVERY_BOOT));
         }
         Ok(files)
     }
@@ -93,6 +96,10 @@ impl NoCloudSeed {
         write_vfat(&self.files()?, Self::LABEL, disk)
     }
 }
+
+/// vendor-data that has cloud-init apply network-config at every boot, not only an
+/// instance's first (cloud-init 22.4 honours it from the boot after it first reads it).
+pub const NETWORK_ON_EVERY_BOOT: &str = "#cloud-config\nupdates:\n  network:\n    when: [boot-new-instance, boot]\n";
 
 fn valid_instance_id(id: &str) -> bool {
     (1..=128).contains(&id.len())

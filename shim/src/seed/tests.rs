@@ -124,6 +124,8 @@ seed = util.pathprefix2dict(sys.argv[1], required=["user-data", "meta-data"], op
 out = {"meta-data": util.load_yaml(seed["meta-data"]), "user-data": seed["user-data"].decode()}
 if "network-config" in seed:
     out["network-config"] = util.load_yaml(seed["network-config"])
+if "vendor-data" in seed:
+    out["vendor-data"] = util.load_yaml(seed["vendor-data"])
 print(json.dumps(out))
 "#;
     let out = stdout_of(Command::new(cloud_init_python()).arg("-c").arg(script).arg(&dir));
@@ -153,6 +155,8 @@ fn nocloud_seed_is_read_back_by_cloud_init() {
     assert_eq!(net["ethernets"]["eth0"]["match"]["macaddress"], "ee:ee:ee:ee:ee:ee");
     assert_eq!(net["ethernets"]["eth0"]["mtu"], 1450);
     assert_eq!(net["ethernets"]["eth0"]["routes"][1]["on-link"], true);
+    // The network is applied at every boot (a restart may bring another pod IP).
+    assert_eq!(read["vendor-data"]["updates"]["network"]["when"], serde_json::json!(["boot-new-instance", "boot"]));
 }
 
 #[test]
