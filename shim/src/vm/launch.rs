@@ -205,8 +205,8 @@ async fn launch(
     let network = match &plan.network {
         NetworkPlan::None { .. } | NetworkPlan::NewNamespace { .. } => None,
         NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
-            let network = take_network(req.id, netns, *mode, *queues, journal).await?;
-            qemu_entry = journal.intend(Resource::Qemu { process: None })?;
+            let (network, entry) = take_network(req.id, netns, *mode, *queues, journal).await?;
+            qemu_entry = entry;
             let seed = write_seed(&plan, &state_dir, &network, resolv_conf.clone()).await?;
             Some((network, seed))
         }
@@ -387,19 +387,25 @@ async fn launch(
     })
 }
 
-/// Takes the pod's interfaces: inspected, written in the journal, then changed.
+/// Takes the pod's interfaces: inspected, written in the journal (with QEMU's entry
+/// after them), then changed. Returns QEMU's entry.
 async fn take_network(
     id: &str,
     netns: &Path,
     mode: netns::MacvtapMode,
     queues: u32,
     journal: &mut Journal,
-) -> Result<PodNetwork, VmError> {
+) -> Result<(PodNetwork, crate::host::journal::EntryId), VmError> {
     let path = netns.to_path_buf();
     let (ns, interfaces) = blocking(move || pod_network::inspect(&path)).await??;
-    journal.intend_all(pod_network::intended(id, &ns, &interfaces))?;
+    // QEMU's entry with the interfaces', in one write: newer, so released first.
+    let mut intended = pod_network::intended(id, &ns, &interfaces);
+    intended.push(Resource::Qemu { process: None });
+    let entries = journal.intend_all(intended)?;
+    let qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
     let id = id.to_string();
-    Ok(blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues)).await??)
+    let network = blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues)).await??;
+    Ok((network, qemu_entry))
 }
 
 /// Writes the NoCloud seed that tells the guest its network (and name) into the
@@ -433,8 +439,9 @@ pub(super) async fn write_seed(
             .create_new(true)
             .open(&path)
             .map_err(host(format!("creating {}", path.display())))?;
+        // Not synced: QEMU reads it through the page cache, and a crash loses nothing a
+        // new Create would not write again.
         seed.write_image(&file)?;
-        file.sync_all().map_err(host(format!("writing {}", path.display())))?;
         std::fs::File::open(&path).map_err(host(format!("reopening {}", path.display())))
     })
     .await?
