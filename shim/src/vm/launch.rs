@@ -279,12 +279,7 @@ async fn launch(
     let mut hooks_ran = false;
     let wired: Result<_, VmError> = async {
         let process = ProcessId::of(pid).map_err(host("reading QEMU's start time"))?;
-        // QEMU is an unreaped child here: its namespace is the one it made.
-        let qemu_netns = if late {
-            Some(netns::NetNs::open(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(NetworkError::Host)?.id())
-        } else {
-            None
-        };
+
         let pidfd = Pidfd::open(pid).map_err(host("opening QEMU's pidfd"))?;
         journal.update(qemu_entry, Resource::Qemu { process: Some(process) })?;
         info!(pid, cpus = plan.cpus, memory = plan.memory_bytes, ?accel, image = %image.path.display(), "QEMU launched paused");
@@ -308,6 +303,12 @@ async fn launch(
         if (version.major, version.minor) < (major, minor) {
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
+        // QEMU answered QMP and is an unreaped child: its namespace is the one it made.
+        let qemu_netns = if late {
+            Some(netns::NetNs::open(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(NetworkError::Host)?.id())
+        } else {
+            None
+        };
         if !hooks.create_runtime.is_empty() {
             hooks_ran = true;
             let state = HookState {
