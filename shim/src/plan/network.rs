@@ -105,13 +105,7 @@ pub(super) fn plan(
             reason: "must be an absolute path".into(),
         });
     }
-    let resolv_conf = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .find(|m| m.destination() == std::path::Path::new("/etc/resolv.conf"))
-        .and_then(|m| m.source().clone());
-    Ok(NetworkPlan::Pod { netns: path.clone(), mode, queues: cpus.min(limits.max_queues).max(1), resolv_conf })
+    Ok(NetworkPlan::Pod { netns: path.clone(), mode, queues, resolv_conf })
 }
 
 #[cfg(test)]

@@ -231,6 +231,12 @@ pub struct Nic {
     pub vhost_fds: Vec<i32>,
 }
 
+/// MSI-X vectors a multiqueue virtio-net NIC needs: one per queue each way, one for
+/// config changes, one for the control queue. `None`: one queue, no multiqueue.
+pub fn multiqueue_vectors(queues: usize) -> Option<usize> {
+    (queues > 1).then_some(2 * queues + 2)
+}
+
 fn fd_list(fds: &[i32]) -> String {
     // QEMU splits fds= on ':' (',' would end the option).
     fds.iter().map(i32::to_string).collect::<Vec<_>>().join(":")
@@ -252,11 +258,10 @@ impl QemuArg for Nic {
             many => netdev.push_str(&format!(",vhost=on,vhostfds={}", fd_list(many))),
         }
         push(argv, "-netdev", netdev);
-        let mac = self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac = crate::seed::mac_text(&self.mac);
         let mut device = format!("virtio-net-pci,netdev={id},id=nic{},mac={mac},host_mtu={}", self.index, self.mtu);
-        if queues > 1 {
-            // A vector per queue each way, one for config changes, one for the control queue.
-            device.push_str(&format!(",mq=on,vectors={}", 2 * queues + 2));
+        if let Some(vectors) = multiqueue_vectors(queues) {
+            device.push_str(&format!(",mq=on,vectors={vectors}"));
         }
         push(argv, "-device", device);
     }

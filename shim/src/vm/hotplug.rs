@@ -33,16 +33,9 @@ fn failed(what: &str) -> impl Fn(qmp::QmpError) -> String + '_ {
 }
 
 /// Adds each NIC of `network` and the seed image, each on the next of `ports`
-/// (`None`: the machine's own bus takes hotplug, as `pc` does).
+/// (`None`: the machine's own bus takes hotplug, as `pc` does). The caller checked
+/// there are enough before it took the network.
 pub async fn attach(qmp: &Qmp, network: PodNetwork, seed: File, ports: &[Option<String>]) -> Result<(), String> {
-    let needed = network.nics.len() + 1;
-    if ports.len() < needed {
-        return Err(format!(
-            "the pod's network has {} interfaces; a VM whose network is set up after Create takes at most {}",
-            network.nics.len(),
-            ports.len().saturating_sub(1)
-        ));
-    }
     let mut ports = ports.iter();
     let mut next_port = || ports.next().cloned().flatten();
 
@@ -78,12 +71,10 @@ pub async fn attach(qmp: &Qmp, network: PodNetwork, seed: File, ports: &[Option<
         qmp.execute(schema::netdev_add(schema::Netdev::tap { id: id.clone(), tap }))
             .await
             .map_err(failed(&nic.name))?;
-        let mac = nic.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let mut arguments = json!({"netdev": id, "mac": mac, "host_mtu": nic.mtu});
-        let queues = nic.queues.len();
-        if queues > 1 {
+        let mut arguments = json!({"netdev": id, "mac": crate::seed::mac_text(&nic.mac), "host_mtu": nic.mtu});
+        if let Some(vectors) = crate::qemu::args::multiqueue_vectors(nic.queues.len()) {
             arguments["mq"] = json!(true);
-            arguments["vectors"] = json!(2 * queues + 2);
+            arguments["vectors"] = json!(vectors);
         }
         device_add(qmp, "virtio-net-pci", &format!("nic{index}"), next_port(), arguments).await?;
     }
