@@ -268,7 +268,7 @@ run_test() {
     retr=$(sed -n 's/.* retransmits=\([^ ]*\).*/\1/p' <<<"$bps")
     cpu=$(sed -n 's/.* cpu=\([^ ]*\).*/\1/p' <<<"$bps")
     irc=$(sed -n 's/.* rc=\([^ ]*\).*/\1/p' <<<"$bps")
-    if [ "$rc" != 0 ] || [ -z "$recv" ] || [ "$recv" = - ] || [ "$irc" != 0 ]; then
+    if [ "$rc" != 0 ] || [ -z "$recv" ] || [ "$recv" = - ] || awk -v r="$recv" 'BEGIN { exit !(r + 0 <= 0) }' || [ "$irc" != 0 ]; then
         echo "network.sh: $b round $round failed (QEMU status $rc, guest: ${bps:-no IPERF-BPS line}); QEMU's output:" >&2
         tail -n 20 "$out" >&2
         echo "--- serial console:" >&2

@@ -126,7 +126,7 @@ pub fn tiny_images(out_dir: &Path) -> Result<TinyImages> {
     })
 }
 
-/// A busybox image (`/bin/busybox` from the host's busybox-static, `/bin/sh` linking to it,
+/// A busybox image (`/bin/busybox` from the host's busybox-static, `/bin/sh`, `cat` and `sleep` linking to it,
 /// `CMD ["sh"]`) written to `out_dir/busybox.tar`, for tests with the runc shim.
 pub fn busybox_image(out_dir: &Path) -> Result<ImageArchive> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -137,6 +137,8 @@ pub fn busybox_image(out_dir: &Path) -> Result<ImageArchive> {
     let mut image = Image::new(BUSYBOX)
         .entry(Entry::host_file("/bin/busybox", &busybox).mode(0o755))
         .entry(Entry::symlink("/bin/sh", "busybox"))
+        .entry(Entry::symlink("/bin/cat", "busybox"))
+        .entry(Entry::symlink("/bin/sleep", "busybox"))
         .entry(Entry::dir("/tmp").mode(0o1777));
     image.config.env = vec!["PATH=/bin".into()];
     image.config.cmd = vec!["sh".into()];

@@ -94,6 +94,11 @@ impl VmEnv {
         if state.exists() {
             found.push(format!("state dir {}", state.display()));
         }
+        // An ordinary container's state, kept by runc.
+        let runc_state = self.state_dir.join(".runc").join(ns).join(id);
+        if runc_state.exists() {
+            found.push(format!("runc state {}", runc_state.display()));
+        }
         let rootfs = format!("/{ns}/{id}/rootfs");
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
             for line in mounts.lines().filter(|l| l.contains(&rootfs)) {

@@ -123,12 +123,25 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
     )?;
     // A QEMU that speaks QMP but says it is 7.1: refused by version, not by accident.
     let old_qemu_config = env.fake_qemu_config(dir.path(), (7, 1, 0), false)?;
+    // VMs only: an image without a disk is refused rather than run by runc.
+    let vms_only = dir.path().join("vms-only.toml");
+    std::fs::write(
+        &vms_only,
+        format!("accel = \"tcg\"\nstate_dir = \"{}\"\nnon_vm_containers = \"refuse\"\n", env.state_dir.display()),
+    )?;
     let bad_config = dir.path().join("bad-config.toml");
     std::fs::write(&bad_config, "accel = \"xen\"\n")?;
     let cfg = |path: &Path| path.display().to_string();
 
     let cases = vec![
-        case("no-disk", "example.org/bad/no-disk:1", &[], &["no /disk directory"]),
+        case(
+            "no-disk",
+            "example.org/bad/no-disk:1",
+            &["--runtime-config-path", &cfg(&vms_only)],
+            &["no /disk directory", "non_vm_containers = \"refuse\""],
+        ),
+        // Run by runc as an ordinary container, which fails: runc's reason reaches ctr.
+        case("no-disk-no-command", "example.org/bad/no-disk:1", &[], &["runc create", "args"]),
         case("empty-disk-dir", "example.org/bad/empty-disk-dir:1", &[], &["/disk directory is empty"]),
         case("two-disks", "example.org/bad/two-disks:1", &[], &["2 files", "a.qcow2", "b.qcow2"]),
         case("backing", "example.org/bad/backing:1", &[], &["backing.qcow2", "backing file", "/etc/shadow"]),

@@ -56,6 +56,8 @@ struct RawConfig {
     qemu_user: String,
     macvtap_mode: MacvtapMode,
     max_net_queues: u32,
+    non_vm_containers: NonVmContainers,
+    runc: PathBuf,
 }
 
 impl Default for RawConfig {
@@ -76,6 +78,8 @@ impl Default for RawConfig {
             qemu_user: crate::host::qemu::DEFAULT_QEMU_USER.into(),
             macvtap_mode: MacvtapMode::Passthru,
             max_net_queues: 8,
+            non_vm_containers: NonVmContainers::Run,
+            runc: PathBuf::from("runc"),
         }
     }
 }
@@ -107,6 +111,21 @@ pub struct Config {
     pub macvtap_mode: MacvtapMode,
     /// The most queues a VM's NIC gets (one per vCPU up to this).
     pub max_net_queues: u32,
+    /// What becomes of a container whose image carries no disk (an init container, a
+    /// sidecar): run by runc as an ordinary container, or refused.
+    pub non_vm_containers: NonVmContainers,
+    /// The runc binary for the pod's sandbox and ordinary containers (looked up in PATH
+    /// unless a path).
+    pub runc: PathBuf,
+}
+
+/// `non_vm_containers`: whether containers that are not VMs run (the pod sandbox always does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonVmContainers {
+    #[default]
+    Run,
+    Refuse,
 }
 
 impl Default for Config {
@@ -215,6 +234,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             format!("must be between 1 and {MAX_TAP_QUEUES}"),
         ));
     }
+    if raw.runc.as_os_str().is_empty() {
+        return Err(invalid(
+            "runc",
+            String::new(),
+            "must name the runc binary (a path, or a name looked up in PATH)".into(),
+        ));
+    }
     if raw.qemu_user.trim().is_empty() {
         return Err(invalid("qemu_user", raw.qemu_user.clone(), "must name a user (or \"root\")".into()));
     }
@@ -253,6 +279,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         qemu_user: raw.qemu_user,
         macvtap_mode: raw.macvtap_mode,
         max_net_queues: raw.max_net_queues,
+        non_vm_containers: raw.non_vm_containers,
+        runc: raw.runc,
     })
 }
 

@@ -54,6 +54,18 @@ impl Console {
         Ok(Console { master: std::sync::Arc::new(master), slave: Some(slave), slave_path })
     }
 
+    /// The console of a container whose pty runc made and handed over (`--console-socket`):
+    /// the shim holds the master only, so its reads end when the container's last
+    /// process holding the slave exits.
+    pub fn from_master(master: OwnedFd) -> io::Result<Console> {
+        let flags = OFlag::from_bits_retain(nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)?);
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        // SAFETY: as in `open`: the AsyncFd owns the descriptor for its whole life.
+        let master = unsafe { AsyncFd::register(master) }.map_err(|e| e.into_parts().1)?;
+        Ok(Console { master: std::sync::Arc::new(master), slave: None, slave_path: PathBuf::new() })
+    }
+
     /// The tty device QEMU opens for the serial port.
     pub fn tty_path(&self) -> &Path {
         &self.slave_path

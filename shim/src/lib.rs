@@ -1,4 +1,5 @@
-//! containerd-shim-vm: a containerd shim v2 that runs each container as a QEMU VM.
+//! containerd-shim-vm: a containerd shim v2 that runs each container as a QEMU VM (and
+//! the pod's sandbox and containers whose image is not a VM through runc).
 //!
 //! Data path: OCI spec + annotations + config → `plan` (pure, validated) → `qemu` argv
 //! (pure) → `host` resources taken through one journal → `vm` launch → QMP session →
@@ -10,10 +11,13 @@ pub mod console;
 pub mod disk;
 pub mod host;
 pub mod info;
+pub mod kind;
 pub mod lifecycle;
 pub mod logger;
 pub mod logging;
+pub mod ordinary;
 pub mod plan;
+pub mod prepared;
 pub mod qemu;
 pub mod quantity;
 pub mod runtime_options;

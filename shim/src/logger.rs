@@ -101,6 +101,11 @@ impl BinaryLogger {
         Ok((BinaryLogger { child, stderr: Some(stderr) }, stdout))
     }
 
+    /// The write end of the logger's stderr stream, for a process that writes it itself.
+    pub fn take_stderr(&mut self) -> Option<pipe::Sender> {
+        self.stderr.take()
+    }
+
     /// After the console writer was dropped: closes stderr and lets the logger finish.
     pub async fn finish(mut self, deadline: Duration) {
         self.stderr = None;

@@ -1,7 +1,7 @@
 //! `containerd-shim-vm-v1`: parses flags and hands over to the shim library.
 
 use containerd_shim_protos::protobuf;
-use containerd_shim_vm::{accel, info, service::PodShim, vm::VmFactory, COMMIT, RUNTIME_ID, VERSION};
+use containerd_shim_vm::{accel, info, kind::PodFactory, service::PodShim, COMMIT, RUNTIME_ID, VERSION};
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -63,7 +63,7 @@ fn main() {
         no_sub_reaper: true,
         ..Default::default()
     };
-    runtime.block_on(containerd_shim::asynchronous::run::<PodShim<VmFactory>>(RUNTIME_ID, Some(config)));
+    runtime.block_on(containerd_shim::asynchronous::run::<PodShim<PodFactory>>(RUNTIME_ID, Some(config)));
 }
 
 /// Descriptors the shim inherited (beyond stdio) must not reach QEMU or other children.

@@ -43,6 +43,8 @@ pub enum Resource {
     PodInterface { netns: PathBuf, netns_id: NetnsId, saved: Box<Interface> },
     /// A macvtap the task made on a pod interface.
     Macvtap { netns: PathBuf, netns_id: NetnsId, name: String },
+    /// An ordinary container runc created (with its cgroup): deleted by force.
+    RuncContainer(super::runc::RuncHandle),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +253,7 @@ fn release(record: &Record, resource: &Resource) -> Result<Option<u32>, String> 
         Resource::PodInterface { netns, netns_id, saved } => {
             network::restore_interface(netns, *netns_id, saved).map(|()| None)
         }
+        Resource::RuncContainer(container) => container.delete().map(|()| None),
     }
 }
 

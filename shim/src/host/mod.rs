@@ -10,4 +10,5 @@ pub mod oom;
 pub mod process;
 pub mod qemu;
 pub mod rootfs;
+pub mod runc;
 pub mod state_dir;

@@ -13,7 +13,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
-use super::cgroup::VmCgroup;
+use cgroups_rs::fs::Cgroup;
 
 enum Source {
     /// The eventfd the kernel signals on each OOM in the cgroup; the control file tells
@@ -29,10 +29,10 @@ pub struct OomWatch {
 
 impl OomWatch {
     /// Watches the memory controller of `cgroup`; `None` if it has none.
-    pub fn new(cgroup: &VmCgroup) -> io::Result<Option<OomWatch>> {
-        let Some(memory) = cgroup.cgroup().controller_of::<MemController>() else { return Ok(None) };
+    pub fn new(cgroup: &Cgroup) -> io::Result<Option<OomWatch>> {
+        let Some(memory) = cgroup.controller_of::<MemController>() else { return Ok(None) };
         let dir = memory.path().to_path_buf();
-        let source = if cgroup.cgroup().v2() { watch_v2(&dir)? } else { watch_v1(&dir)? };
+        let source = if cgroup.v2() { watch_v2(&dir)? } else { watch_v1(&dir)? };
         Ok(Some(OomWatch { source }))
     }
 

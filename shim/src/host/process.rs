@@ -90,6 +90,32 @@ impl Pidfd {
     }
 }
 
+impl Pidfd {
+    /// Waits until the process exits and reaps it, returning its status as containerd
+    /// reports one (the exit code, or 128 + the signal that killed it). Only for a child
+    /// of this process that nothing else reaps (a container's init this shim adopted as
+    /// subreaper).
+    pub async fn reap(&self) -> std::io::Result<u32> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        use std::os::fd::AsFd;
+        let copy = self.0.try_clone()?;
+        // SAFETY: the AsyncFd owns `copy` for its whole life, so the registered fd stays
+        // open and unchanged while registered.
+        let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(copy, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        loop {
+            let mut ready = watched.readable().await?;
+            match waitid(Id::PIDFd(self.0.as_fd()), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code as u32),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as u32),
+                Ok(_) => ready.clear_ready(),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +136,19 @@ mod tests {
         assert!(pidfd.kill().unwrap());
         child.wait().unwrap();
         assert!(!pidfd.kill().unwrap(), "reaped: the signal reaches nobody");
+    }
+
+    #[tokio::test]
+    async fn reaps_a_child_with_its_exit_code_or_its_signal() {
+        // Reaped through the pidfd, not the handle (as an adopted init is).
+        let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        assert_eq!(Pidfd::open(child.id()).unwrap().reap().await.unwrap(), 7);
+        std::mem::forget(child);
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        pidfd.kill().unwrap();
+        assert_eq!(pidfd.reap().await.unwrap(), 128 + libc::SIGKILL as u32);
+        std::mem::forget(child);
     }
 
     #[test]

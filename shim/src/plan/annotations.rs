@@ -22,7 +22,7 @@ pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
 /// Guest RAM is given to QEMU in whole MiB.
 pub(super) const MEMORY_ALIGN: u64 = 1 << 20;
 
-pub(super) fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError> {
+pub fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError> {
     let mut unknown: Vec<&String> = annotations
         .keys()
         .filter(|k| k.starts_with(ANNOTATION_PREFIX) && !KNOWN_ANNOTATIONS.contains(&k.as_str()))

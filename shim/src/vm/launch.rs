@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim::api::CreateTaskRequest;
 use qmp::Qmp;
 use thiserror::Error;
 use tracing::{info, warn};
@@ -22,8 +21,9 @@ use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{Journal, JournalError, Resource};
 use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
 use crate::host::process::{Pidfd, ProcessId};
-use crate::host::{qemu as qemu_process, rootfs, state_dir};
+use crate::host::{qemu as qemu_process, state_dir};
 use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
+use crate::prepared::Prepared;
 use crate::qemu::{self, HostFacts, NicFacts};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
@@ -100,28 +100,18 @@ pub fn config_for(
     Config::find(&runtime_config).map_err(|e| TaskError::InvalidArgument(e.to_string()))
 }
 
-/// Builds the plan, takes the host resources and launches QEMU paused.
-pub async fn create(namespace: &str, req: &CreateTaskRequest, events: TaskEvents) -> Result<Arc<Vm>, TaskError> {
-    let config = config_for(req.options.as_ref())?;
-    let bundle = PathBuf::from(&req.bundle);
-    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .map_err(|e| VmError::Invalid(format!("bundle {}: config.json: {e}", bundle.display())))?;
-    let plan = VmPlan::from_spec(&req.id, &spec, &config.limits()).map_err(VmError::from)?;
-    let stdio = Stdio {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
+/// Builds the plan, takes the host resources and launches QEMU paused, from a task
+/// whose journal has begun and whose image is mounted.
+pub async fn create(prepared: Prepared, events: TaskEvents) -> Result<Arc<Vm>, TaskError> {
+    let Prepared { namespace, id, bundle, config, spec, rootfs, stdio, mut journal } = prepared;
+    let plan = match VmPlan::from_spec(&id, &spec, &config.limits()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = blocking(move || journal.replay()).await;
+            return Err(VmError::from(e).into());
+        }
     };
-    stdio.check().map_err(VmError::Invalid)?;
-    let journal = {
-        let (bundle, namespace, id, root) =
-            (bundle.clone(), namespace.to_string(), req.id.clone(), config.state_dir.clone());
-        blocking(move || Journal::begin(&bundle, &namespace, &id, &root)).await?.map_err(VmError::from)?
-    };
-    let mut journal = journal;
-    let request =
-        Request { namespace, id: &req.id, bundle: &bundle, rootfs_mounts: &req.rootfs, stdio, config: &config };
+    let request = Request { namespace: &namespace, id: &id, bundle: &bundle, rootfs: &rootfs, stdio, config: &config };
     match launch(&request, &spec, plan, &mut journal, events).await {
         Ok(parts) => {
             info!(pid = parts.pid, config = %config.source, "VM created");
@@ -139,7 +129,8 @@ struct Request<'a> {
     namespace: &'a str,
     id: &'a str,
     bundle: &'a Path,
-    rootfs_mounts: &'a [containerd_shim_protos::api::Mount],
+    /// The image, already mounted.
+    rootfs: &'a Path,
     stdio: Stdio,
     config: &'a Config,
 }
@@ -153,16 +144,13 @@ async fn launch(
 ) -> Result<super::Parts, VmError> {
     let config = req.config;
     let hooks = Hooks::of(spec);
-    let rootfs = rootfs::path(spec, req.bundle);
+    let rootfs = req.rootfs.to_path_buf();
     let state_dir = config.state_dir.join(req.namespace).join(req.id);
     let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
     let cgroup_path = plan.cgroup.as_ref().map(|c| crate::plan::cgroup::relative_path(&c.path));
     // Everything the plan will take is written down at once, before any of it is taken:
     // one journal write (and sync) instead of one per resource.
     let mut intended = Vec::new();
-    if !req.rootfs_mounts.is_empty() {
-        intended.push(Resource::RootfsMount { target: rootfs.clone() });
-    }
     intended.push(Resource::StateDir { path: state_dir.clone(), token: token.clone() });
     if let Some(path) = &cgroup_path {
         intended.push(Resource::Cgroup { path: path.clone(), created: !crate::host::cgroup::exists(path) });
@@ -175,10 +163,6 @@ async fn launch(
     }
     let entries = journal.intend_all(intended)?;
     let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
-
-    if !req.rootfs_mounts.is_empty() {
-        rootfs::mount(req.rootfs_mounts, &rootfs).await.map_err(VmError::Invalid)?;
-    }
 
     let (image, overlay, accel, credentials) = {
         let (rootfs, disk_request, config, accel) =
@@ -219,7 +203,7 @@ async fn launch(
     };
 
     // CRI reports OOMKilled from /tasks/oom: the VM's cgroup is watched from the start.
-    let oom = match cgroup.as_ref().map(crate::host::oom::OomWatch::new).transpose() {
+    let oom = match cgroup.as_ref().map(|c| crate::host::oom::OomWatch::new(c.cgroup())).transpose() {
         Ok(watch) => watch.flatten(),
         Err(e) => {
             warn!("OOM kills of this VM will not be reported: watching its cgroup: {e}");

@@ -2,17 +2,14 @@
 //! exits (`monitor`), driven over QMP, and released by replaying its journal.
 
 mod hotplug;
-mod launch;
+pub(crate) mod launch;
 mod monitor;
-#[cfg(test)]
-mod tests;
 mod update;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::events::task::{TaskPaused, TaskResumed, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use nix::sys::signal::Signal;
@@ -28,7 +25,7 @@ use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{EntryId, Journal};
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
-use crate::service::container::{Container, ContainerFactory};
+use crate::service::container::Container;
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
@@ -38,22 +35,6 @@ const OCI_VERSION: &str = "1.0.2";
 pub const QEMU_LOG: &str = "qemu.log";
 /// Exit status of a task whose guest kernel panicked.
 pub const PANIC_EXIT_STATUS: u32 = 1;
-
-/// Makes VM tasks.
-#[derive(Default)]
-pub struct VmFactory;
-
-#[async_trait]
-impl ContainerFactory for VmFactory {
-    async fn create(
-        &self,
-        namespace: &str,
-        req: &CreateTaskRequest,
-        events: TaskEvents,
-    ) -> Result<Arc<dyn Container>, TaskError> {
-        Ok(launch::create(namespace, req, events).await?)
-    }
-}
 
 /// What the launch hands over to a running VM.
 struct Parts {

@@ -14,7 +14,7 @@ use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext, Code};
 use containerd_shim_protos::api::Status;
 
-use super::VmFactory;
+use super::PodFactory;
 use crate::host::journal::JOURNAL_FILE;
 use crate::service::events::{EventQueue, EventReceiver};
 use crate::service::task::TaskService;
@@ -26,7 +26,7 @@ struct Fixture {
     scratch: Scratch,
     qemu: PathBuf,
     config: PathBuf,
-    service: TaskService<VmFactory>,
+    service: TaskService<PodFactory>,
     events: EventReceiver,
 }
 
@@ -63,7 +63,7 @@ impl Fixture {
         )
         .unwrap();
         let (queue, events) = EventQueue::new();
-        let service = TaskService::new(NAMESPACE, VmFactory, queue, Arc::new(ExitSignal::default()));
+        let service = TaskService::new(NAMESPACE, PodFactory, queue, Arc::new(ExitSignal::default()));
         Fixture { scratch, qemu, config, service, events }
     }
 
