@@ -1,6 +1,6 @@
 //! Tasks that are not VMs, through the VM runtime and a real containerd: the pod's sandbox
 //! and images without a disk run as ordinary containers by the host's runc, with their
-//! output, stdin, exit codes, signals, pause and metrics, beside a VM of the same pod in
+//! output, stdin, terminal, exit codes, signals, pause and metrics, beside a VM of the same pod in
 //! the same shim, and nothing of them is left afterwards.
 
 use std::time::Duration;
@@ -62,6 +62,23 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     let status = cat.wait(TIMEOUT)?;
     ensure!(status.success(), "cat exited {status}: {}", cat.stderr());
     env.assert_gone(&ns, "c2")?;
+
+    // A terminal (`script` gives ctr one): runc's pty, served by the shim, typed into.
+    let ctr = env.rig.ctr_command();
+    let mut command: Vec<String> =
+        std::iter::once(ctr.get_program()).chain(ctr.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    command.extend(["-n".to_string(), ns.name().to_string()]);
+    command.extend(env.run_args(&["-t", "--rm"], BUSYBOX, "c4"));
+    command.push("sh".into());
+    let mut script = std::process::Command::new("script");
+    script.args(["-qfec", &command.join(" "), "/dev/null"]);
+    let mut shell = integration::rig::Spawned::from_command(script)?;
+    shell.send("test -t 0 && echo is-a-$((6*7))-tty\r")?;
+    shell.wait_for_output("is-a-42-tty", TIMEOUT)?;
+    shell.send("exit 5\r")?;
+    let status = shell.wait(TIMEOUT)?;
+    ensure!(status.code() == Some(5), "ctr run -t exited {status}: {}", shell.stderr());
+    env.assert_gone(&ns, "c4")?;
 
     // Detached, to a log file: the process is the image's, adopted by the shim, and it
     // pauses, resumes, reports metrics and gets the signal it is sent.

@@ -338,6 +338,14 @@ impl Container for OrdinaryContainer {
         *self.lock_state()
     }
 
+    async fn pids(&self) -> Result<Vec<u32>, TaskError> {
+        if !self.state().can_signal() {
+            return Ok(Vec::new());
+        }
+        let pids = self.runc.ps(&self.id).await.map_err(|e| runc_failed("ps", &self.log, e))?;
+        Ok(pids.into_iter().filter_map(|pid| u32::try_from(pid).ok()).collect())
+    }
+
     async fn start(&self) -> Result<(), TaskError> {
         self.request(Request::Start, Change::Started, "start", async { self.runc.start(&self.id).await.map(|_| ()) })
             .await

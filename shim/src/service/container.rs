@@ -19,6 +19,10 @@ pub trait Container: Send + Sync {
     fn bundle(&self) -> &Path;
     fn stdio(&self) -> &Stdio;
     fn pid(&self) -> u32;
+    /// Every process of the task (Pids; PodSandboxStats asks): the VM is one process.
+    async fn pids(&self) -> Result<Vec<u32>, TaskError> {
+        Ok(vec![self.pid()])
+    }
     fn state(&self) -> State;
     /// Start, Pause and Resume publish their own event (TaskStart, TaskPaused,
     /// TaskResumed) at the moment the state changes, so that a change the task makes by

@@ -321,9 +321,9 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        let container = self.live(&req.id).await?;
+        let pids = self.live(&req.id).await?.pids().await?;
         Ok(PidsResponse {
-            processes: vec![ProcessInfo { pid: container.pid(), ..Default::default() }],
+            processes: pids.into_iter().map(|pid| ProcessInfo { pid, ..Default::default() }).collect(),
             ..Default::default()
         })
     }
