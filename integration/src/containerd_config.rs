@@ -101,6 +101,17 @@ pub struct ContainerdConfig {
     /// Snapshotters and other plugins that cannot work on the host.
     pub disabled_plugins: Vec<String>,
     pub vm_runtime: Option<VmRuntime>,
+    /// The image CRI runs each pod's sandbox from (tests pin a local one: no registry).
+    pub sandbox_image: Option<String>,
+    /// Where CRI finds CNI plugins and its network config.
+    pub cni: Option<CniDirs>,
+}
+
+/// CRI's CNI directories.
+#[derive(Debug, Clone)]
+pub struct CniDirs {
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
 }
 
 impl ContainerdConfig {
@@ -160,8 +171,27 @@ impl ContainerdConfig {
         if let Some(opt) = &self.opt_dir {
             let _ = writeln!(out, "\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}", quoted(opt));
         }
-        if self.restrict_oom_score_adj {
-            let _ = writeln!(out, "\n[plugins.{}]\n  restrict_oom_score_adj = true", version.cri_runtime_plugin());
+        let runtime_plugin = version.cri_runtime_plugin();
+        let sandbox_here = version == ConfigVersion::V2 && self.sandbox_image.is_some();
+        if self.restrict_oom_score_adj || sandbox_here {
+            let _ = writeln!(out, "\n[plugins.{runtime_plugin}]");
+            if self.restrict_oom_score_adj {
+                let _ = writeln!(out, "  restrict_oom_score_adj = true");
+            }
+            if let (true, Some(image)) = (sandbox_here, &self.sandbox_image) {
+                let _ = writeln!(out, "  sandbox_image = {image:?}");
+            }
+        }
+        if let (ConfigVersion::V3, Some(image)) = (version, &self.sandbox_image) {
+            let _ = writeln!(out, "\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = {image:?}");
+        }
+        if let Some(cni) = &self.cni {
+            let _ = writeln!(
+                out,
+                "\n[plugins.{runtime_plugin}.cni]\n  bin_dir = {}\n  conf_dir = {}",
+                quoted(&cni.bin_dir),
+                quoted(&cni.conf_dir)
+            );
         }
         if let Some(vm) = &self.vm_runtime {
             // containerd 1.x replaces its built-in runtimes table with a config's own, and

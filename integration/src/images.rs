@@ -146,3 +146,27 @@ pub fn busybox_image(out_dir: &Path) -> Result<ImageArchive> {
     image.write_archive(&archive).with_context(|| format!("writing {}", archive.display()))?;
     Ok(ImageArchive { name: BUSYBOX.to_string(), archive, disk: None })
 }
+
+pub const PAUSE: &str = "example.org/test/pause:1";
+
+/// The pod sandbox's image for CRI tests: `/pause` compiled here from
+/// `integration/images/pause.c` (static, so the image needs nothing else), as its entrypoint.
+/// Written to `out_dir/pause.tar`.
+pub fn pause_image(out_dir: &Path) -> Result<ImageArchive> {
+    let source = crate::workspace_root().join("integration/images/pause.c");
+    let binary = out_dir.join("pause");
+    let out = Command::new("cc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .context("running cc (install gcc and libc6-dev)")?;
+    if !out.status.success() {
+        bail!("cc {}: {}", source.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let mut image = Image::new(PAUSE).entry(Entry::host_file("/pause", &binary).mode(0o755));
+    image.config.entrypoint = vec!["/pause".into()];
+    let archive = out_dir.join("pause.tar");
+    image.write_archive(&archive).with_context(|| format!("writing {}", archive.display()))?;
+    Ok(ImageArchive { name: PAUSE.to_string(), archive, disk: None })
+}

@@ -8,6 +8,7 @@
 //! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
 pub mod containerd_config;
+pub mod cri;
 pub mod images;
 pub mod oci;
 pub mod podnet;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 pub struct PodNet {
     pub pod: String,
@@ -247,5 +247,41 @@ exec "$@""#
 impl Drop for CniHost {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// A network namespace for a test's containerd (and the bridges and firewall rules its CNI
+/// plugins make), removed on drop.
+pub struct TestNetns(String);
+
+impl TestNetns {
+    /// `<prefix>-<tag>-<this process>`, with `lo` up.
+    pub fn new(prefix: &str, tag: &str) -> Result<TestNetns> {
+        let name = format!("{prefix}-{tag}-{}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
+        ensure!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status()?;
+        Ok(TestNetns(name))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// Pings `address` from this namespace until it answers or `timeout` passes.
+    pub fn ping(&self, address: &str, timeout: Duration) -> Result<()> {
+        crate::vmenv::wait_until(&format!("{address} to answer ping"), timeout, || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.0, "ping", "-c", "1", "-W", "1", address])
+                .output()
+                .context("running ping")?;
+            Ok(out.status.success().then_some(()))
+        })
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }

@@ -116,6 +116,9 @@ pub struct RigConfig {
     /// network namespace (`ip netns`), not the host's: for tests whose CNI plugins make
     /// bridges and firewall rules. Only the network namespace: mounts stay the host's.
     pub network_namespace: Option<String>,
+    /// With `cri`: the image CRI runs sandboxes from, and its CNI directories.
+    pub sandbox_image: Option<String>,
+    pub cni: Option<crate::containerd_config::CniDirs>,
 }
 
 impl RigConfig {
@@ -135,6 +138,8 @@ impl RigConfig {
             ctr_timeout: Duration::from_secs(180),
             cri: false,
             network_namespace: None,
+            sandbox_image: None,
+            cni: None,
         }
     }
 }
@@ -264,6 +269,8 @@ impl Rig {
             vm_runtime: config
                 .cri
                 .then(|| VmRuntime { config_path: Some(self.shim_config_path.clone()), ..VmRuntime::packaged() }),
+            sandbox_image: config.sandbox_image.clone(),
+            cni: config.cni.clone(),
         };
         let mut text = description.render(self.config_version);
         text.push_str(&config.extra_config);

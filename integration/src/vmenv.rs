@@ -39,6 +39,11 @@ impl VmEnv {
         Self::start_with("tcg", RigConfig { network_namespace: Some(netns.to_string()), ..RigConfig::from_env() })
     }
 
+    /// A TCG rig started with `config`.
+    pub fn start_with_config(config: RigConfig) -> Result<VmEnv> {
+        Self::start_with("tcg", config)
+    }
+
     fn start_with(accel: &str, config: RigConfig) -> Result<VmEnv> {
         let archives = tempfile::tempdir()?;
         let images = tiny_images(archives.path())?;

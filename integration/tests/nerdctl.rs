@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use integration::images::TINY;
+use integration::podnet::TestNetns;
 use integration::vmenv::{cmdline, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 /// nerdctl, built by integration/scripts/build-nerdctl.sh (NERDCTL_BIN_DIR if set).
@@ -76,39 +77,10 @@ impl Nerdctl {
     }
 }
 
-/// A network namespace for containerd (and nerdctl's bridge), removed on drop.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new(tag: &str) -> Result<TestNetns> {
-        let name = format!("nerdhost-{tag}-{}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
-        ensure!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
-        Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status()?;
-        Ok(TestNetns(name))
-    }
-
-    fn ping(&self, address: &str, timeout: Duration) -> Result<()> {
-        wait_until(&format!("{address} to answer ping"), timeout, || {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.0, "ping", "-c", "1", "-W", "1", address])
-                .output()
-                .context("running ping")?;
-            Ok(out.status.success().then_some(()))
-        })
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn nerdctl_runs_a_vm_on_its_bridge_network_with_logs_stop_and_rm() -> Result<()> {
-    let netns = TestNetns::new("bridge")?;
-    let env = VmEnv::start_in_network_namespace(&netns.0)?;
+    let netns = TestNetns::new("nerdhost", "bridge")?;
+    let env = VmEnv::start_in_network_namespace(netns.name())?;
     let ns = env.namespace("nerdctl")?;
     let dir = tempfile::tempdir()?;
     let nerdctl = Nerdctl::new(nerdctl_binary()?, env.rig.address(), ns.name(), dir.path());
