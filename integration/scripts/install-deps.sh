@@ -13,7 +13,7 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
   containerd runc containernetworking-plugins \
   busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio kmod \
   linux-image-cloud-amd64 \
-  protobuf-compiler iproute2 procps ca-certificates git python3 libc6-dev \
+  protobuf-compiler iproute2 procps ca-certificates git python3 gcc libc6-dev \
   cloud-init util-linux iputils-ping
 # QEMU runs as this unprivileged user (config qemu_user), as it does once installed.
 bash "$(dirname "$0")/../../packaging/create-qemu-user.sh"

@@ -12,6 +12,9 @@ prepare test.sh --tests
 # nerdctl, for its suite (built from the Go module proxy, cached outside git).
 NERDCTL_BIN_DIR=$(bash integration/scripts/build-nerdctl.sh)
 export NERDCTL_BIN_DIR
+# crictl, for the CRI suites (the same way).
+CRICTL_BIN_DIR=$(bash integration/scripts/build-crictl.sh)
+export CRICTL_BIN_DIR
 # VMs boot under software emulation on small machines: two tests at a time.
 threads=${TEST_THREADS:-2}
 # A hang guard per suite run, not a target: one run takes 1-2 minutes here. timeout

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use integration::cri::{CriEnv, VM_HANDLER};
-use integration::images::TINY;
-use integration::vmenv::{cmdline, BOOTED, BOOT_TIMEOUT};
+use integration::images::{BUSYBOX, TINY};
+use integration::vmenv::{cmdline, wait_until, BOOTED, BOOT_TIMEOUT};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result<()> {
@@ -62,6 +64,147 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             Ok(status.lines().find(|l| l.starts_with("State:")).is_none_or(|s| s.contains("zombie")).then_some(()))
         })?;
+    }
+    Ok(())
+}
+
+/// A pod as Kubernetes builds one around a VM: an init container and a sidecar from an
+/// ordinary image run by runc beside the VM; a second VM cannot take the pod's network
+/// the first holds; and the VM container restarted in the same pod boots again with the
+/// pod's network given back and taken anew.
+#[test]
+fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
+    let cri = CriEnv::start("mixed", 32)?;
+    let ns = cri.namespace();
+    let pod_config = cri.pod_config("mixed", &[])?;
+    let pod_config = pod_config.to_str().context("path")?;
+    let pod = cri.crictl_ok(&["runp", "--runtime", VM_HANDLER, pod_config])?.trim().to_string();
+    let ip = cri.inspect("inspectp", &pod)?["status"]["network"]["ip"].as_str().unwrap_or_default().to_string();
+
+    let run = |name: &str, image: &str, command: &[&str], annotations: &[(&str, &str)]| -> Result<String> {
+        let config = cri.container_config(name, image, command, annotations)?;
+        let id = cri.crictl_ok(&["create", &pod, config.to_str().context("path")?, pod_config])?.trim().to_string();
+        cri.crictl_ok(&["start", &id])?;
+        Ok(id)
+    };
+    let init = run("init", BUSYBOX, &["sh", "-c", "echo init-done"], &[])?;
+    cri.wait_for_log("mixed", "init", "init-done", TIMEOUT)?;
+    let exited = wait_until("the init container to exit", TIMEOUT, || {
+        let status = cri.inspect("inspect", &init)?;
+        Ok((status["status"]["state"] == "CONTAINER_EXITED").then_some(status))
+    })?;
+    ensure!(exited["status"]["exitCode"].as_i64().unwrap_or(0) == 0, "init: {exited:#}");
+
+    let vm = run("vm", TINY, &["/disk"], &[])?;
+    cri.wait_for_log("mixed", "vm", "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+    cri.netns.ping(&ip, Duration::from_secs(60))?;
+    let sidecar = run("sidecar", BUSYBOX, &["sh", "-c", "echo sidecar-up; exec sleep 1000"], &[])?;
+    cri.wait_for_log("mixed", "sidecar", "sidecar-up", TIMEOUT)?;
+    ensure!(cri.inspect("inspect", &sidecar)?["status"]["state"] == "CONTAINER_RUNNING", "sidecar not running");
+
+    // A second VM: the pod's network is the first one's.
+    let config = cri.container_config("vm2", TINY, &["/disk"], &[])?;
+    let out = cri.crictl(&["create", &pod, config.to_str().context("path")?, pod_config])?;
+    let mut refused_id = None;
+    let refused = if out.status.success() {
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let started = cri.crictl(&["start", &id])?;
+        refused_id = Some(id);
+        started
+    } else {
+        out
+    };
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success(), "a second VM took the pod's network");
+    ensure!(stderr.contains("network") && stderr.contains("vm.containerd.io/network"), "unclear error: {stderr}");
+
+    // The VM container restarted in the same pod, as kubelet restarts it.
+    cri.crictl_ok(&["stop", "--timeout", "60", &vm])?;
+    cri.crictl_ok(&["rm", &vm])?;
+    let config = cri.container_config("vm", TINY, &["/disk"], &[])?;
+    let mut restarted: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    restarted["metadata"]["attempt"] = 1.into();
+    restarted["log_path"] = "vm-1.log".into();
+    std::fs::write(&config, serde_json::to_vec(&restarted)?)?;
+    let vm = cri.crictl_ok(&["create", &pod, config.to_str().context("path")?, pod_config])?.trim().to_string();
+    cri.crictl_ok(&["start", &vm])?;
+    cri.wait_for_log("mixed", "vm-1", "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+    cri.netns.ping(&ip, Duration::from_secs(60))?;
+
+    cri.crictl_ok(&["stopp", &pod])?;
+    cri.crictl_ok(&["rmp", &pod])?;
+    for id in [&vm, &sidecar, &init, &pod].into_iter().chain(refused_id.as_ref()) {
+        cri.env.assert_gone(&ns, id)?;
+    }
+    Ok(())
+}
+
+/// Two VM pods and a runc pod on one node at once, each on its own pod IP; a VM in a pod
+/// on the host's network is refused with an error crictl shows, and leaves nothing.
+#[test]
+fn two_vm_pods_beside_a_runc_pod_and_a_host_network_vm_refused() -> Result<()> {
+    let cri = CriEnv::start("pods", 33)?;
+    let ns = cri.namespace();
+    let mut pods = Vec::new();
+    for (name, handler, image, command) in [
+        ("vm-a", VM_HANDLER, TINY, &["/disk"][..]),
+        ("vm-b", VM_HANDLER, TINY, &["/disk"][..]),
+        ("plain", "runc", BUSYBOX, &["sh", "-c", "echo plain-up; exec sleep 1000"][..]),
+    ] {
+        let pod_config = cri.pod_config(name, &[])?;
+        let pod_config = pod_config.to_str().context("path")?.to_string();
+        let pod = cri.crictl_ok(&["runp", "--runtime", handler, &pod_config])?.trim().to_string();
+        let ip = cri.inspect("inspectp", &pod)?["status"]["network"]["ip"].as_str().unwrap_or_default().to_string();
+        let config = cri.container_config(name, image, command, &[])?;
+        let id = cri.crictl_ok(&["create", &pod, config.to_str().context("path")?, &pod_config])?.trim().to_string();
+        cri.crictl_ok(&["start", &id])?;
+        pods.push((name, pod, id, ip));
+    }
+    let addresses: std::collections::BTreeSet<&str> = pods.iter().map(|(_, _, _, ip)| ip.as_str()).collect();
+    ensure!(addresses.len() == 3, "pods share an IP: {pods:?}");
+    cri.wait_for_log("plain", "plain", "plain-up", TIMEOUT)?;
+    let plain = &pods[2];
+    let runtime = cri.inspect("inspect", &plain.2)?;
+    ensure!(runtime["info"]["runtimeType"] == "io.containerd.runc.v2", "the runc pod's runtime: {runtime:#}");
+    for (name, _, _, ip) in &pods[..2] {
+        cri.wait_for_log(name, name, "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+        cri.netns.ping(ip, Duration::from_secs(60))?;
+    }
+    cri.netns.ping(&plain.3, Duration::from_secs(60))?;
+
+    // A VM pod on the host's network: the sandbox runs, the VM is refused.
+    let host_config = cri.pod_config("hostnet", &[])?;
+    let mut host: serde_json::Value = serde_json::from_slice(&std::fs::read(&host_config)?)?;
+    // As kubelet sends a hostNetwork pod: the node's network (NODE = 2), and no hostname of its own.
+    host["linux"] = serde_json::json!({ "security_context": { "namespace_options": { "network": 2 } } });
+    host.as_object_mut().context("pod config")?.remove("hostname");
+    std::fs::write(&host_config, serde_json::to_vec(&host)?)?;
+    let host_config = host_config.to_str().context("path")?;
+    let host_pod = cri.crictl_ok(&["runp", "--runtime", VM_HANDLER, host_config])?.trim().to_string();
+    let config = cri.container_config("hostnet", TINY, &["/disk"], &[])?;
+    let created = cri.crictl(&["create", &host_pod, config.to_str().context("path")?, host_config])?;
+    let (refused, host_vm) = if created.status.success() {
+        let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+        (cri.crictl(&["start", &id])?, Some(id))
+    } else {
+        (created, None)
+    };
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success(), "a VM took the host's network");
+    ensure!(stderr.contains("host") && stderr.contains("vm.containerd.io/network"), "unclear error: {stderr}");
+    if let Some(id) = &host_vm {
+        let status = cri.inspect("inspect", id)?;
+        let reason = status["status"]["reason"].as_str().unwrap_or_default().to_string()
+            + status["status"]["message"].as_str().unwrap_or_default();
+        ensure!(reason.contains("vm.containerd.io/network"), "crictl inspect shows no reason: {status:#}");
+    }
+
+    for (_, pod, _, _) in pods.iter().chain([&("hostnet", host_pod.clone(), String::new(), String::new())]) {
+        cri.crictl_ok(&["stopp", pod])?;
+        cri.crictl_ok(&["rmp", pod])?;
+    }
+    for id in pods.iter().flat_map(|(_, pod, id, _)| [pod, id]).chain([&host_pod]).chain(host_vm.as_ref()) {
+        cri.env.assert_gone(&ns, id)?;
     }
     Ok(())
 }

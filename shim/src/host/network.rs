@@ -79,6 +79,15 @@ fn usable(path: &Path, found: Vec<Interface>) -> Result<Vec<Interface>, NetworkE
             crate::plan::network::ANNOTATION_NETWORK
         )));
     }
+    // A VM of this pod holds the pod's network already: its macvtap is there.
+    if let Some(taken) = pod.iter().find(|i| i.kind == "macvtap") {
+        return Err(NetworkError::Unusable(format!(
+            "network namespace {}: the pod's network is already another VM's (its macvtap {} is there); a pod's interfaces go to one VM: give this container the annotation {}=none",
+            path.display(),
+            taken.name,
+            crate::plan::network::ANNOTATION_NETWORK
+        )));
+    }
     for interface in &pod {
         let what = format!("interface {} in network namespace {}", interface.name, path.display());
         if !MACVTAP_LOWER_KINDS.contains(&interface.kind.as_str()) {
@@ -302,6 +311,10 @@ mod tests {
         assert!(e.contains("/var/run/netns/pod") && e.contains("only lo") && e.contains("network=none"), "{e}");
         let e = usable(path, vec![lo.clone(), interface("eth0", "ipvlan", true)]).unwrap_err().to_string();
         assert!(e.contains("eth0") && e.contains("ipvlan"), "{e}");
+        let e = usable(path, vec![interface("eth0", "veth", true), interface("vmt1234abcd0", "macvtap", true)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another VM") && e.contains("vmt1234abcd0") && e.contains("network=none"), "{e}");
         let e = usable(path, vec![interface("eth0", "veth", false)]).unwrap_err().to_string();
         assert!(e.contains("eth0") && e.contains("down"), "{e}");
         let mut tunnel = interface("tunl0", "ipip", false);
