@@ -112,6 +112,9 @@ pub struct ContainerdConfig {
 pub struct CniDirs {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
+    /// Write the plugin directory as `bin_dirs`, a list: containerd 2.2 and later read only
+    /// that, and 2.1 refuses it.
+    pub bin_dirs_list: bool,
 }
 
 impl ContainerdConfig {
@@ -186,12 +189,12 @@ impl ContainerdConfig {
             let _ = writeln!(out, "\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = {image:?}");
         }
         if let Some(cni) = &self.cni {
-            let _ = writeln!(
-                out,
-                "\n[plugins.{runtime_plugin}.cni]\n  bin_dir = {}\n  conf_dir = {}",
-                quoted(&cni.bin_dir),
-                quoted(&cni.conf_dir)
-            );
+            let _ = writeln!(out, "\n[plugins.{runtime_plugin}.cni]\n  conf_dir = {}", quoted(&cni.conf_dir));
+            if cni.bin_dirs_list {
+                let _ = writeln!(out, "  bin_dirs = [{}]", quoted(&cni.bin_dir));
+            } else {
+                let _ = writeln!(out, "  bin_dir = {}", quoted(&cni.bin_dir));
+            }
         }
         if let Some(vm) = &self.vm_runtime {
             // containerd 1.x replaces its built-in runtimes table with a config's own, and

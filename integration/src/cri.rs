@@ -78,7 +78,8 @@ impl CriEnv {
             cri: true,
             network_namespace: Some(netns.name().to_string()),
             sandbox_image: Some(PAUSE.to_string()),
-            cni: Some(CniDirs { bin_dir: "/usr/lib/cni".into(), conf_dir }),
+            // Which form containerd reads is the rig's to choose, by release.
+            cni: Some(CniDirs { bin_dir: "/usr/lib/cni".into(), conf_dir, bin_dirs_list: false }),
             ..RigConfig::from_env()
         };
         let env = VmEnv::start_with_config(config)?;

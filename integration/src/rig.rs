@@ -270,7 +270,10 @@ impl Rig {
                 .cri
                 .then(|| VmRuntime { config_path: Some(self.shim_config_path.clone()), ..VmRuntime::packaged() }),
             sandbox_image: config.sandbox_image.clone(),
-            cni: config.cni.clone(),
+            cni: config.cni.clone().map(|cni| crate::containerd_config::CniDirs {
+                bin_dirs_list: (self.release.major, self.release.minor) >= (2, 2),
+                ..cni
+            }),
         };
         let mut text = description.render(self.config_version);
         text.push_str(&config.extra_config);

@@ -26,7 +26,11 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
     let ip = sandbox["status"]["network"]["ip"].as_str().unwrap_or_default().to_string();
     ensure!(ip.starts_with(&cri.subnet), "pod IP {ip:?} not on the CNI network {}", cri.subnet);
     let sandbox_pid = sandbox["info"]["pid"].as_u64().context("no sandbox pid")? as u32;
-    ensure!(cmdline(sandbox_pid)?.first().is_some_and(|c| c == "/pause"), "sandbox process {:?}", cmdline(sandbox_pid)?);
+    ensure!(
+        cmdline(sandbox_pid)?.first().is_some_and(|c| c == "/pause"),
+        "sandbox process {:?}",
+        cmdline(sandbox_pid)?
+    );
 
     // CRI refuses a container with no command, and a containerDisk image (FROM scratch,
     // the disk only) names none: the pod gives one, which the VM ignores.
@@ -42,7 +46,11 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
     let status = cri.inspect("inspect", &vm)?;
     ensure!(status["status"]["state"] == "CONTAINER_RUNNING", "{status:#}");
     let qemu = status["info"]["pid"].as_u64().context("no container pid")? as u32;
-    ensure!(cmdline(qemu)?.first().is_some_and(|c| c.contains("qemu-system")), "container process {:?}", cmdline(qemu)?);
+    ensure!(
+        cmdline(qemu)?.first().is_some_and(|c| c.contains("qemu-system")),
+        "container process {:?}",
+        cmdline(qemu)?
+    );
     let stats = cri.crictl_ok(&["stats", "-o", "json", &vm])?;
     ensure!(stats.contains("memory"), "crictl stats: {stats}");
     let logs = cri.crictl_ok(&["logs", &vm])?;
