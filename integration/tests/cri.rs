@@ -16,7 +16,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result<()> {
     let cri = CriEnv::start("vmpod", 31)?;
     let ns = cri.namespace();
-    let pod_config = cri.pod_config("vm-pod", &[("vm.containerd.io/cpus", "1")])?;
+    // A pod annotation, as Kubernetes users set them: CRI passes vm.containerd.io/* on.
+    let pod_config = cri.pod_config("vm-pod", &[("vm.containerd.io/cpus", "2")])?;
     let pod_config = pod_config.to_str().context("path")?;
     let pod = cri.crictl_ok(&["runp", "--runtime", VM_HANDLER, pod_config])?.trim().to_string();
 
@@ -147,8 +148,9 @@ fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
     Ok(())
 }
 
-/// Two VM pods and a runc pod on one node at once, each on its own pod IP; a VM in a pod
-/// on the host's network is refused with an error crictl shows, and leaves nothing.
+/// Two VM pods and a runc pod on one node at once, each on its own pod IP; a mistyped
+/// annotation, a memory limit the guest cannot fit and a VM in a pod on the host's network
+/// are refused with errors crictl shows, and leave nothing.
 #[test]
 fn two_vm_pods_beside_a_runc_pod_and_a_host_network_vm_refused() -> Result<()> {
     let cri = CriEnv::start("pods", 33)?;
@@ -179,6 +181,37 @@ fn two_vm_pods_beside_a_runc_pod_and_a_host_network_vm_refused() -> Result<()> {
         cri.netns.ping(ip, Duration::from_secs(60))?;
     }
     cri.netns.ping(&plain.3, Duration::from_secs(60))?;
+
+    // Bad input in a pod's container: a mistyped annotation, a limit the guest cannot fit.
+    let typo_config = cri.container_config("typo", TINY, &["/disk"], &[("vm.containerd.io/cpu", "2")])?;
+    let mut small: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cri.container_config("small", TINY, &["/disk"], &[])?)?)?;
+    small["linux"] = serde_json::json!({ "resources": { "memory_limit_in_bytes": 64 << 20 } });
+    let small_config = cri.dir().join("container-small.json");
+    std::fs::write(&small_config, serde_json::to_vec(&small)?)?;
+    let (_, vm_a_pod, _, _) = &pods[0];
+    let vm_a_config = cri.dir().join("pod-vm-a.json");
+    let mut refused_ids = Vec::new();
+    for (config, expected) in [
+        (&typo_config, &["vm.containerd.io/cpu", "unknown annotation"][..]),
+        (&small_config, &["linux.resources.memory.limit=67108864", "too small for a VM"][..]),
+    ] {
+        let created =
+            cri.crictl(&["create", vm_a_pod, config.to_str().context("path")?, vm_a_config.to_str().context("path")?])?;
+        let refused = if created.status.success() {
+            let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+            let started = cri.crictl(&["start", &id])?;
+            refused_ids.push(id);
+            started
+        } else {
+            created
+        };
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(!refused.status.success(), "{} was not refused", config.display());
+        for e in expected {
+            ensure!(stderr.contains(e), "the error lacks {e:?}: {stderr}");
+        }
+    }
 
     // A VM pod on the host's network: the sandbox runs, the VM is refused.
     let host_config = cri.pod_config("hostnet", &[])?;
@@ -211,7 +244,9 @@ fn two_vm_pods_beside_a_runc_pod_and_a_host_network_vm_refused() -> Result<()> {
         cri.crictl_ok(&["stopp", pod])?;
         cri.crictl_ok(&["rmp", pod])?;
     }
-    for id in pods.iter().flat_map(|(_, pod, id, _)| [pod, id]).chain([&host_pod]).chain(host_vm.as_ref()) {
+    for id in
+        pods.iter().flat_map(|(_, pod, id, _)| [pod, id]).chain([&host_pod]).chain(host_vm.as_ref()).chain(&refused_ids)
+    {
         cri.env.assert_gone(&ns, id)?;
     }
     Ok(())

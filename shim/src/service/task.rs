@@ -27,7 +27,7 @@ const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn no_exec() -> TaskError {
     TaskError::Unimplemented(
-        "exec is not supported yet by containerd-shim-vm: a VM task has one process, the VM".into(),
+        "exec is not supported yet by containerd-shim-vm: not into a VM (that needs its guest agent), nor into the pod's ordinary containers".into(),
     )
 }
 
