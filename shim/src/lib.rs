@@ -9,6 +9,7 @@ pub mod accel;
 pub mod config;
 pub mod console;
 pub mod disk;
+pub mod doctor;
 pub mod host;
 pub mod info;
 pub mod kind;

@@ -15,6 +15,10 @@ fn main() {
             }
         }
     }
+    // `doctor`: checks the host and prints what is missing (exit status 1 on a blocker).
+    if args.get(1).is_some_and(|a| a == "doctor") {
+        std::process::exit(containerd_shim_vm::doctor::main());
+    }
     close_inherited_fds_on_exec();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
