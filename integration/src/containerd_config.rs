@@ -105,6 +105,9 @@ pub struct ContainerdConfig {
     pub sandbox_image: Option<String>,
     /// Where CRI finds CNI plugins and its network config.
     pub cni: Option<CniDirs>,
+    /// The handler CRI runs pods with when they name no RuntimeClass (a standalone
+    /// kubelet cannot resolve one).
+    pub cri_default_runtime: Option<String>,
 }
 
 /// CRI's CNI directories.
@@ -195,6 +198,9 @@ impl ContainerdConfig {
             } else {
                 let _ = writeln!(out, "  bin_dir = {}", quoted(&cni.bin_dir));
             }
+        }
+        if let Some(default) = &self.cri_default_runtime {
+            let _ = writeln!(out, "\n[plugins.{runtime_plugin}.containerd]\n  default_runtime_name = {default:?}");
         }
         if let Some(vm) = &self.vm_runtime {
             // containerd 1.x replaces its built-in runtimes table with a config's own, and

@@ -50,6 +50,16 @@ impl CriEnv {
     /// `tag` names the namespace and network; `subnet` (unique among concurrent tests)
     /// numbers the pod network 10.88.<subnet>.0/24.
     pub fn start(tag: &str, subnet: u8) -> Result<CriEnv> {
+        Self::start_with(tag, subnet, None)
+    }
+
+    /// As [`CriEnv::start`], with CRI's default handler `vm`: what a standalone kubelet
+    /// needs, since it cannot resolve a RuntimeClass without an API server.
+    pub fn start_vm_by_default(tag: &str, subnet: u8) -> Result<CriEnv> {
+        Self::start_with(tag, subnet, Some(VM_HANDLER))
+    }
+
+    fn start_with(tag: &str, subnet: u8, default_runtime: Option<&str>) -> Result<CriEnv> {
         let crictl = crictl_binary()?;
         let dir = tempfile::tempdir()?;
         let conf_dir = dir.path().join("net.d");
@@ -80,6 +90,7 @@ impl CriEnv {
             sandbox_image: Some(PAUSE.to_string()),
             // Which form containerd reads is the rig's to choose, by release.
             cni: Some(CniDirs { bin_dir: "/usr/lib/cni".into(), conf_dir, bin_dirs_list: false }),
+            cri_default_runtime: default_runtime.map(String::from),
             ..RigConfig::from_env()
         };
         let env = VmEnv::start_with_config(config)?;

@@ -119,6 +119,8 @@ pub struct RigConfig {
     /// With `cri`: the image CRI runs sandboxes from, and its CNI directories.
     pub sandbox_image: Option<String>,
     pub cni: Option<crate::containerd_config::CniDirs>,
+    /// With `cri`: the handler for pods that name none (`vm` for a standalone kubelet).
+    pub cri_default_runtime: Option<String>,
 }
 
 impl RigConfig {
@@ -140,6 +142,7 @@ impl RigConfig {
             network_namespace: None,
             sandbox_image: None,
             cni: None,
+            cri_default_runtime: None,
         }
     }
 }
@@ -274,6 +277,7 @@ impl Rig {
                 bin_dirs_list: (self.release.major, self.release.minor) >= (2, 2),
                 ..cni
             }),
+            cri_default_runtime: config.cri_default_runtime.clone(),
         };
         let mut text = description.render(self.config_version);
         text.push_str(&config.extra_config);

@@ -23,7 +23,9 @@ fn doctor_tables_the_host_and_fails_on_a_blocker() -> Result<()> {
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "accel = \"tcg\"\n")?;
     let (status, table) = doctor(&good)?;
-    for name in ["QEMU", "KVM", "vhost-net", "tun", "macvtap", "cgroups", "NUMA nodes", "runc", "QEMU user", "containerd"] {
+    for name in
+        ["QEMU", "KVM", "vhost-net", "tun", "macvtap", "cgroups", "NUMA nodes", "runc", "QEMU user", "containerd"]
+    {
         ensure!(table.lines().any(|l| l.starts_with(name)), "no {name} row:\n{table}");
     }
     ensure!(status == 0, "doctor exited {status} on a host that runs VMs:\n{table}");

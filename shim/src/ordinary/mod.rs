@@ -188,22 +188,39 @@ async fn create_with(
             return Err(runc_failed("create", &log, e));
         }
     };
-    let pid =
-        std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<u32>().ok()).ok_or_else(|| {
-            TaskError::Unknown(format!("containerd-shim-vm: runc wrote no pid to {}", pid_file.display()))
-        })?;
-    let pidfd = Pidfd::open(pid)
-        .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the container's pidfd: {e}")))?;
-    if let (Some(socket), None) = (&socket, &streams) {
-        let master = master.map_err(|e| {
-            TaskError::Unknown(format!("containerd-shim-vm: receiving the container's console from runc: {e}"))
-        })?;
-        let _ = socket;
-        streams =
-            Some(stdio::terminal(master, &stdio, id, namespace).await.map_err(|e| {
-                TaskError::Unknown(format!("containerd-shim-vm: serving the container's console: {e}"))
-            })?);
+    // From here a failure also stops serving the streams (the journal deletes the container).
+    let wired = async {
+        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<u32>().ok()).ok_or_else(
+            || TaskError::Unknown(format!("containerd-shim-vm: runc wrote no pid to {}", pid_file.display())),
+        )?;
+        let pidfd = Pidfd::open(pid)
+            .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the container's pidfd: {e}")))?;
+        let terminal = match (socket.is_some(), streams.is_some()) {
+            (true, false) => {
+                let master = master.map_err(|e| {
+                    TaskError::Unknown(format!("containerd-shim-vm: receiving the container's console from runc: {e}"))
+                })?;
+                Some(stdio::terminal(master, &stdio, id, namespace).await.map_err(|e| {
+                    TaskError::Unknown(format!("containerd-shim-vm: serving the container's console: {e}"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok((pid, pidfd, terminal))
     }
+    .await;
+    let (pid, pidfd) = match wired {
+        Ok((pid, pidfd, terminal)) => {
+            streams = streams.or(terminal);
+            (pid, pidfd)
+        }
+        Err(e) => {
+            if let Some(streams) = streams.take() {
+                streams.finish(Duration::ZERO).await;
+            }
+            return Err(e);
+        }
+    };
     let cgroup = cgroups_path
         .map(|path| cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), relative_path(&path).as_str()));
     let oom = match cgroup.as_ref().map(crate::host::oom::OomWatch::new).transpose() {
