@@ -15,9 +15,6 @@ export NERDCTL_BIN_DIR
 # crictl, for the CRI suites (the same way).
 CRICTL_BIN_DIR=$(bash integration/scripts/build-crictl.sh)
 export CRICTL_BIN_DIR
-# kubelet, for the standalone-kubelet suite (the same way, from k8s.io/kubernetes).
-KUBELET_BIN_DIR=$(bash integration/scripts/build-kubelet.sh)
-export KUBELET_BIN_DIR
 # VMs boot under software emulation on small machines: two tests at a time.
 threads=${TEST_THREADS:-2}
 # A hang guard per suite run, not a target: one run takes 1-2 minutes here. timeout

@@ -279,7 +279,11 @@ async fn monitor(
         128 + libc::SIGKILL as u32
     });
     let exit = Exit { status, at: SystemTime::now() };
+    // A process can exit before `runc start` has returned: the Start under way records
+    // and publishes TaskStart first, so TaskExit never comes before it.
+    let requests_done = container.requests.lock().await;
     container.lock_state().apply(Change::Exited(exit));
+    drop(requests_done);
     info!(exit_status = status, "container exited");
     let streams = container.streams.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(streams) = streams {
