@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use containerd_shim::protos::events::task::{TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim::protos::events::task::{TaskOOM, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageField;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
@@ -24,9 +23,9 @@ use crate::host::runc::RuncHandle;
 use crate::lifecycle::{Change, Exit, Request, State};
 use crate::plan::cgroup::relative_path;
 use crate::prepared::Prepared;
-use crate::service::container::Container;
+use crate::service::container::{published_exit, Container};
 use crate::service::error::TaskError;
-use crate::service::events::{timestamp, TaskEvents};
+use crate::service::events::{task_exit, TaskEvents};
 use stdio::{ConsoleSocket, Streams};
 
 /// runc's log (JSON lines) in the bundle: its errors are read from there.
@@ -63,10 +62,6 @@ fn runc_failed(action: &str, log: &Path, e: runc::error::Error) -> TaskError {
         e => e.to_string(),
     });
     TaskError::Unknown(format!("containerd-shim-vm: runc {action}: {reason}"))
-}
-
-fn already_finished() -> TaskError {
-    TaskError::NotFound("process already finished".into())
 }
 
 /// The shim adopts each container's init once `runc create` exits. Set once per shim,
@@ -289,14 +284,7 @@ async fn monitor(
     if let Some(streams) = streams {
         streams.finish(STREAMS_DRAIN_TIMEOUT).await;
     }
-    container.events.send(TaskExit {
-        container_id: container.id.clone(),
-        id: container.id.clone(),
-        pid: container.pid,
-        exit_status: exit.status,
-        exited_at: MessageField::some(timestamp(exit.at)),
-        ..Default::default()
-    });
+    container.events.send(task_exit(&container.id, container.pid, exit));
     let _ = published.send(Some(exit));
 }
 
@@ -382,7 +370,7 @@ impl Container for OrdinaryContainer {
 
     async fn kill(&self, signal: u32) -> Result<(), TaskError> {
         if !self.state().can_signal() {
-            return Err(already_finished());
+            return Err(TaskError::process_finished());
         }
         match self.runc.kill(&self.id, signal, None).await {
             Ok(()) => Ok(()),
@@ -391,26 +379,17 @@ impl Container for OrdinaryContainer {
                 if !self.state().can_signal()
                     || !crate::host::process::ProcessId::of(self.pid).is_ok_and(|p| p.is_running()) =>
             {
-                Err(already_finished())
+                Err(TaskError::process_finished())
             }
             Err(e) => Err(runc_failed("kill", &self.log, e)),
         }
     }
 
     async fn wait(&self) -> Exit {
-        let mut published = self.exit_published.clone();
-        loop {
-            if let Some(exit) = *published.borrow_and_update() {
-                return exit;
-            }
-            if published.changed().await.is_err() {
-                // The monitor is gone without an exit: report what the state says.
-                return self
-                    .state()
-                    .exit()
-                    .unwrap_or(Exit { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
-            }
-        }
+        // The monitor gone without an exit: report what the state says.
+        published_exit(&self.exit_published).await.unwrap_or_else(|| {
+            self.state().exit().unwrap_or(Exit { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() })
+        })
     }
 
     fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError> {

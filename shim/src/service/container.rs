@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use tokio::sync::watch;
 
 use super::error::TaskError;
 use super::events::TaskEvents;
@@ -40,6 +41,18 @@ pub trait Container: Send + Sync {
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError>;
     /// Releases every host resource the task holds (after it exited).
     async fn release(&self);
+}
+
+/// The exit a task's monitor publishes, once it has; `None` if the monitor ended without
+/// one (each kind says what to report then).
+pub async fn published_exit(published: &watch::Receiver<Option<Exit>>) -> Option<Exit> {
+    let mut published = published.clone();
+    loop {
+        if let Some(exit) = *published.borrow_and_update() {
+            return Some(exit);
+        }
+        published.changed().await.ok()?;
+    }
 }
 
 /// Makes a task of the right kind from a Create request. On an error nothing the

@@ -20,6 +20,13 @@ pub enum TaskError {
     Unknown(String),
 }
 
+impl TaskError {
+    /// A signal or request for a process that has exited (containerd's runc shim answers so).
+    pub fn process_finished() -> TaskError {
+        TaskError::NotFound("process already finished".into())
+    }
+}
+
 impl From<TaskError> for ttrpc::Error {
     fn from(e: TaskError) -> ttrpc::Error {
         let code = match &e {

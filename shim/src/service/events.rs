@@ -14,6 +14,18 @@ use tracing::warn;
 
 pub type Published = (String, Box<dyn MessageDyn>);
 
+/// The TaskExit of a task's process.
+pub fn task_exit(id: &str, pid: u32, exit: crate::lifecycle::Exit) -> containerd_shim::protos::events::task::TaskExit {
+    containerd_shim::protos::events::task::TaskExit {
+        container_id: id.to_string(),
+        id: id.to_string(),
+        pid,
+        exit_status: exit.status,
+        exited_at: containerd_shim::protos::protobuf::MessageField::some(timestamp(exit.at)),
+        ..Default::default()
+    }
+}
+
 /// The queue, with a count of the events not yet handed to containerd so Shutdown can
 /// let them go out first.
 #[derive(Clone)]

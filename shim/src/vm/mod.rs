@@ -25,7 +25,7 @@ use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{EntryId, Journal};
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
-use crate::service::container::Container;
+use crate::service::container::{published_exit, Container};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
@@ -280,10 +280,6 @@ fn only_loopback(pid: u32) -> bool {
     names.all(|name| name == "lo")
 }
 
-fn already_finished() -> TaskError {
-    TaskError::NotFound("process already finished".into())
-}
-
 #[async_trait]
 impl Container for Vm {
     fn id(&self) -> &str {
@@ -340,7 +336,7 @@ impl Container for Vm {
     /// SIGHUP resets the guest. A VM that never started is simply stopped.
     async fn kill(&self, signal: u32) -> Result<(), TaskError> {
         if !self.state().can_signal() {
-            return Err(already_finished());
+            return Err(TaskError::process_finished());
         }
         let unsupported = || {
             TaskError::InvalidArgument(format!(
@@ -349,13 +345,13 @@ impl Container for Vm {
         };
         let sig = Signal::try_from(signal as i32).map_err(|_| unsupported())?;
         if sig == Signal::SIGKILL {
-            return if self.order_kill() { Ok(()) } else { Err(already_finished()) };
+            return if self.order_kill() { Ok(()) } else { Err(TaskError::process_finished()) };
         }
         // The other signals depend on the state: not while a Start is changing it.
         let _one_at_a_time = self.requests.lock().await;
         let state = self.state();
         if !state.can_signal() {
-            return Err(already_finished());
+            return Err(TaskError::process_finished());
         }
         let failed = |e: qmp::QmpError| TaskError::Unknown(e.to_string());
         match sig {
@@ -365,7 +361,7 @@ impl Container for Vm {
                 if self.order_kill() {
                     Ok(())
                 } else {
-                    Err(already_finished())
+                    Err(TaskError::process_finished())
                 }
             }
             Signal::SIGTERM | Signal::SIGINT => self.qmp.system_powerdown().await.map_err(failed),
@@ -375,17 +371,11 @@ impl Container for Vm {
     }
 
     async fn wait(&self) -> Exit {
-        let mut published = self.exit_published.clone();
-        loop {
-            if let Some(exit) = *published.borrow_and_update() {
-                return exit;
-            }
-            if published.changed().await.is_err() {
-                // The monitor is gone without reporting: treat as killed.
-                warn!("the VM's monitor ended without an exit");
-                return Exit { status: 255, at: std::time::SystemTime::now() };
-            }
-        }
+        published_exit(&self.exit_published).await.unwrap_or_else(|| {
+            // The monitor is gone without reporting: treat as killed.
+            warn!("the VM's monitor ended without an exit");
+            Exit { status: 255, at: std::time::SystemTime::now() }
+        })
     }
 
     fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError> {

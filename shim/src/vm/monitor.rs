@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use containerd_shim::protos::events::task::{TaskExit, TaskOOM, TaskPaused, TaskResumed};
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::events::task::{TaskOOM, TaskPaused, TaskResumed};
 use qmp::VmEvent;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -14,7 +13,7 @@ use tracing::{info, warn};
 use super::{Vm, PANIC_EXIT_STATUS, QEMU_LOG};
 use crate::host::oom::OomWatch;
 use crate::lifecycle::{Change, Exit};
-use crate::service::events::timestamp;
+use crate::service::events::task_exit;
 
 const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -111,14 +110,7 @@ pub(super) async fn run(
     if let Some(pumps) = pumps {
         pumps.finish(CONSOLE_DRAIN_TIMEOUT).await;
     }
-    vm.events.send(TaskExit {
-        container_id: vm.id.clone(),
-        id: vm.id.clone(),
-        pid: vm.pid,
-        exit_status: exit.status,
-        exited_at: MessageField::some(timestamp(exit.at)),
-        ..Default::default()
-    });
+    vm.events.send(task_exit(&vm.id, vm.pid, exit));
     let _ = published.send(Some(exit));
 }
 
