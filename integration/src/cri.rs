@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::containerd_config::CniDirs;
 use crate::images::{busybox_image, pause_image, PAUSE};
-use crate::podnet::TestNetns;
+use crate::podnet::{bridge_conflist, TestNetns};
 use crate::rig::{Namespace, RigConfig};
 use crate::vmenv::{wait_until, VmEnv};
 
@@ -24,16 +24,7 @@ pub const VM_HANDLER: &str = "vm";
 
 /// crictl, built by build-crictl.sh (CRICTL_BIN_DIR if set).
 pub fn crictl_binary() -> Result<PathBuf> {
-    let dir = match std::env::var_os("CRICTL_BIN_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let script = crate::workspace_root().join("integration/scripts/build-crictl.sh");
-            let out = Command::new("bash").arg(&script).output().context("running build-crictl.sh")?;
-            ensure!(out.status.success(), "build-crictl.sh: {}", String::from_utf8_lossy(&out.stderr));
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    };
-    Ok(dir.join("crictl"))
+    Ok(crate::built_tool_dir("CRICTL_BIN_DIR", "build-crictl.sh")?.join("crictl"))
 }
 
 pub struct CriEnv {
@@ -65,22 +56,13 @@ impl CriEnv {
         let conf_dir = dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir)?;
         let network = format!("csvcri-{tag}-{}", std::process::id());
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": network,
-            "plugins": [{
-                "type": "bridge",
-                "bridge": format!("csvcri{subnet}"),
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": format!("10.88.{subnet}.0/24") }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
-                    "dataDir": dir.path().join("ipam"),
-                },
-            }],
-        });
+        let conflist = bridge_conflist(
+            "1.0.0",
+            &network,
+            &format!("csvcri{subnet}"),
+            &format!("10.88.{subnet}.0/24"),
+            Some(&dir.path().join("ipam")),
+        );
         std::fs::write(conf_dir.join("10-bridge.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
         std::fs::write(dir.path().join("crictl.yaml"), "")?;
         let netns = TestNetns::new("crihost", tag)?;

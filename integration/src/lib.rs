@@ -19,6 +19,21 @@ pub use rig::{Event, Events, Namespace, Rig, RigConfig, Spawned};
 
 use std::path::{Path, PathBuf};
 
+/// Where a client the tests need lives: `$env` if set, else what
+/// `integration/scripts/<script>` prints once it has built (or found cached) the client.
+pub fn built_tool_dir(env: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(env).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let path = workspace_root().join("integration/scripts").join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&path)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", path.display()))?;
+    anyhow::ensure!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// The Cargo workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -168,6 +168,31 @@ pub fn private_mounts() -> Result<Vec<String>> {
         .collect())
 }
 
+/// A CNI network list as a CNI bridge plugin's users write one: Debian's `bridge` with a
+/// gateway on the bridge, no masquerading, and `host-local` addresses from `subnet` with a
+/// default route; `data_dir` keeps host-local's store out of /var/lib/cni.
+pub fn bridge_conflist(
+    cni_version: &str,
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    data_dir: Option<&std::path::Path>,
+) -> serde_json::Value {
+    let mut ipam = serde_json::json!({
+        "type": "host-local",
+        "ranges": [[{ "subnet": subnet }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
+    });
+    if let Some(dir) = data_dir {
+        ipam["dataDir"] = serde_json::json!(dir);
+    }
+    serde_json::json!({
+        "cniVersion": cni_version,
+        "name": name,
+        "plugins": [{ "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "ipam": ipam }],
+    })
+}
+
 /// A CNI setup private to a test: a "host" namespace where `ctr run --cni` runs (the
 /// bridge plugin makes its bridge there), and overlays over /etc, /opt and /var/lib in
 /// a mount namespace of that `ctr` alone, so that its fixed paths (/etc/cni/net.d,
@@ -184,21 +209,13 @@ impl CniHost {
         let netns = format!("cnihost-{tag}-{}", std::process::id());
         ip(&["netns", "add", &netns])?;
         let host = CniHost { netns, dir: tempfile::tempdir()? };
-        let conflist = serde_json::json!({
-            "cniVersion": "0.4.0",
-            "name": format!("vmtest{subnet}"),
-            "plugins": [{
-                "type": "bridge",
-                "bridge": format!("vmbr{subnet}"),
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": format!("10.79.{subnet}.0/24")}]],
-                    "routes": [{"dst": "0.0.0.0/0"}]
-                }
-            }]
-        });
+        let conflist = bridge_conflist(
+            "0.4.0",
+            &format!("vmtest{subnet}"),
+            &format!("vmbr{subnet}"),
+            &format!("10.79.{subnet}.0/24"),
+            None,
+        );
         std::fs::write(host.dir.path().join("10-vmtest.conflist"), conflist.to_string())?;
         Ok(host)
     }

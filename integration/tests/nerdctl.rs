@@ -15,16 +15,7 @@ use integration::vmenv::{cmdline, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 /// nerdctl, built by integration/scripts/build-nerdctl.sh (NERDCTL_BIN_DIR if set).
 fn nerdctl_binary() -> Result<PathBuf> {
-    let dir = match std::env::var_os("NERDCTL_BIN_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let script = integration::workspace_root().join("integration/scripts/build-nerdctl.sh");
-            let out = Command::new("bash").arg(&script).output().context("running build-nerdctl.sh")?;
-            ensure!(out.status.success(), "build-nerdctl.sh: {}", String::from_utf8_lossy(&out.stderr));
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    };
-    Ok(dir.join("nerdctl"))
+    Ok(integration::built_tool_dir("NERDCTL_BIN_DIR", "build-nerdctl.sh")?.join("nerdctl"))
 }
 
 struct Nerdctl {

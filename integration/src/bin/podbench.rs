@@ -30,20 +30,13 @@ use integration::cri::{CriEnv, VM_HANDLER};
 use integration::images::{BUSYBOX, TINY};
 use integration::rig::{processes_of, VM_SHIM_BINARY};
 use integration::vmenv::BOOT_TIMEOUT;
-use stats::{fmt_opt, ms, ratio, Series};
+use stats::{env_num, fmt_opt, ms, ratio, Series};
 
 /// The guest memory the tiny VM gets (the shim's default) and the TCG cache (its default).
 const GUEST_MIB: u64 = 512;
 const TCG_CACHE_MIB: u64 = 64;
 const TARGET_START_RATIO: f64 = 1.3;
 const TARGET_OVERHEAD_MIB: f64 = 64.0;
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name}={v:?}: not a number")),
-        _ => Ok(default),
-    }
-}
 
 /// One pod started and timed; returns (start, pod id, container id).
 fn start_pod(

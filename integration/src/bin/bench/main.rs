@@ -42,17 +42,10 @@ use crate::procs::{
     all_qemus, first_line, on_signal, other_qemus, proc_pss_kib, proc_status_kib, run_ok, shim_pid, sleep,
 };
 use crate::profiling::profile;
-use crate::stats::{fmt_opt, ms, ratio, Report, Series};
+use crate::stats::{env_num, fmt_opt, ms, ratio, Report, Series};
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 const RUNC_SHIM_BINARY: &str = "containerd-shim-runc-v2";
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name}={v:?}: not a number")),
-        _ => Ok(default),
-    }
-}
 
 // ------------------------------------------------------------------------------------------
 

@@ -1,5 +1,15 @@
 use std::time::Duration;
 
+use anyhow::{Context, Result};
+
+/// A whole number from the environment variable `name`, `default` when unset or empty.
+pub(crate) fn env_num(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{name}={v:?}: not a number")),
+        _ => Ok(default),
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Statistics and the report
 
