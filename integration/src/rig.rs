@@ -874,9 +874,14 @@ impl<'r> Events<'r> {
     /// The next event whose topic contains `topic` (e.g. `/tasks/exit`), skipping others.
     pub fn wait_for(&mut self, topic: &str, timeout: Duration) -> Result<Event> {
         let deadline = Instant::now() + timeout;
+        // What went by meanwhile, for the error: a missing event is told apart from a late one.
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.proc.wait_for_line("", left).with_context(|| format!("waiting for event {topic:?}"))?;
+            let line = self
+                .proc
+                .wait_for_line("", left)
+                .with_context(|| format!("waiting for event {topic:?}; seen meanwhile: {skipped:?}"))?;
             let Some(ev) = Event::parse(&line) else {
                 continue;
             };
@@ -886,6 +891,7 @@ impl<'r> Events<'r> {
             if ev.topic.contains(topic) {
                 return Ok(ev);
             }
+            skipped.push(format!("{} {}", ev.topic, ev.payload));
         }
     }
 
