@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use integration::images::{busybox_image, BUSYBOX, TINY};
 use integration::rig::{processes_of, VM_SHIM_BINARY};
-use integration::vmenv::{cmdline, delete_task, wait_for_file, wait_status, VmEnv, BOOTED, BOOT_TIMEOUT};
+use integration::vmenv::{cmdline, delete_task, wait_for_file, wait_status, wait_until, VmEnv, BOOTED, BOOT_TIMEOUT};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SANDBOX_TYPE: &str = "io.kubernetes.cri.container-type=sandbox";
@@ -106,6 +106,49 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     ensure!(metrics.contains("memory"), "metrics: {metrics}");
     let ps = ns.ctr_ok(["task", "ps", "c3"])?;
     ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
+
+    // Exec, as into a runc container: both streams and the exit code, its events.
+    let out =
+        ns.ctr(["task", "exec", "--exec-id", "e1", "c3", "sh", "-c", "echo exec-out; echo exec-err >&2; exit 7"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.code() == Some(7), "ctr task exec exited {:?}; stdout {stdout}; stderr {stderr}", out.status);
+    ensure!(stdout.contains("exec-out") && stderr.contains("exec-err"), "stdout {stdout:?}; stderr {stderr:?}");
+    for topic in ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"] {
+        let event = events.wait_for(topic, TIMEOUT)?;
+        ensure!(event.payload["container_id"] == "c3", "{event:?}");
+        if topic == "/tasks/exit" {
+            ensure!(event.payload["id"] == "e1" && event.payload["exit_status"] == 7, "{event:?}");
+        }
+    }
+    // stdin, closed for EOF; and a terminal.
+    let mut cat = ns.spawn(["task", "exec", "--exec-id", "e2", "c3", "cat"])?;
+    cat.send("exec-stdin-back\n")?;
+    cat.wait_for_output("exec-stdin-back", TIMEOUT)?;
+    cat.close_stdin();
+    let status = cat.wait(TIMEOUT)?;
+    ensure!(status.success(), "exec'd cat exited {status}: {}", cat.stderr());
+    let mut command: Vec<String> =
+        std::iter::once(ctr.get_program()).chain(ctr.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    command.extend(["-n", ns.name(), "task", "exec", "-t", "--exec-id", "e3", "c3", "sh"].map(String::from));
+    let mut script = std::process::Command::new("script");
+    script.args(["-qfec", &command.join(" "), "/dev/null"]);
+    let mut shell = integration::rig::Spawned::from_command(script)?;
+    shell.send("test -t 0 && echo exec-is-a-$((6*7))-tty\r")?;
+    shell.wait_for_output("exec-is-a-42-tty", TIMEOUT)?;
+    shell.send("exit 4\r")?;
+    let status = shell.wait(TIMEOUT)?;
+    ensure!(status.code() == Some(4), "ctr task exec -t exited {status}: {}", shell.stderr());
+    // A second exec with an id in use is refused; the task runs on.
+    // (ended with the container: its pid namespace goes with its init)
+    let _sleeper = ns.spawn(["task", "exec", "--exec-id", "e4", "c3", "sleep", "1000"])?;
+    wait_until("exec e4 to start", TIMEOUT, || {
+        let event = events.wait_for("/tasks/exec-started", TIMEOUT)?;
+        Ok((event.payload["exec_id"] == "e4").then_some(()))
+    })?;
+    let again = ns.ctr(["task", "exec", "--exec-id", "e4", "c3", "true"])?;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    ensure!(stderr.contains("already exists"), "the second exec e4 said: {stderr}");
+    ensure!(!again.status.success(), "a second exec e4 ran");
     ns.ctr_ok(["task", "kill", "--signal", "SIGTERM", "c3"])?;
     wait_status(&ns, "c3", "STOPPED", TIMEOUT)?;
     ensure!(delete_task(&ns, "c3")? == 42, "the container's TERM trap exits 42");

@@ -1,10 +1,11 @@
 //! The host resources a task takes, one module each, all taken and released through
-//! the task's journal.
+//! the task's journal; and what is read of them (cgroup metrics).
 
 pub mod cgroup;
 pub mod hooks;
 pub mod journal;
 pub mod legacy;
+pub mod metrics;
 pub mod network;
 pub mod oom;
 pub mod process;

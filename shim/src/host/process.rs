@@ -75,10 +75,15 @@ impl Pidfd {
 
     /// SIGKILLs the process; false if it had already exited.
     pub fn kill(&self) -> std::io::Result<bool> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Sends `signal` to the process; false if it had already exited.
+    pub fn signal(&self, signal: libc::c_int) -> std::io::Result<bool> {
         use std::os::fd::AsRawFd;
         // SAFETY: pidfd_send_signal reads only its scalar arguments (no siginfo is passed).
         let sent = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
         };
         if sent == 0 {
             return Ok(true);

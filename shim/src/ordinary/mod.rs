@@ -4,8 +4,10 @@
 //! The shim is the subreaper that adopts each container's init when `runc create` exits,
 //! so it reaps it and reports its real exit status.
 
+mod exec;
 mod stdio;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -23,10 +25,11 @@ use crate::host::runc::RuncHandle;
 use crate::lifecycle::{Change, Exit, Request, State};
 use crate::plan::cgroup::relative_path;
 use crate::prepared::Prepared;
-use crate::service::container::{published_exit, Container};
+use crate::service::container::{published_exit, Container, Process};
 use crate::service::error::TaskError;
 use crate::service::events::{task_exit, TaskEvents};
-use stdio::{ConsoleSocket, Streams};
+use exec::{ExecContext, ExecProcess};
+use stdio::{ConsoleSocket, StdinEnd, Streams};
 
 /// runc's log (JSON lines) in the bundle: its errors are read from there.
 const RUNC_LOG: &str = "runc.log";
@@ -93,6 +96,9 @@ pub struct OrdinaryContainer {
     streams: Mutex<Option<Streams>>,
     journal: Mutex<Option<Journal>>,
     events: TaskEvents,
+    exec_context: Arc<ExecContext>,
+    /// Exec processes, from Exec until their Delete.
+    processes: Mutex<HashMap<String, Arc<ExecProcess>>>,
 }
 
 /// Creates the container with runc (not started: its init waits for `runc start`).
@@ -150,7 +156,7 @@ async fn create_with(
             let socket = ConsoleSocket::new(&config.state_dir.join(RUNC_ROOT))?;
             Ok::<_, std::io::Error>((None, Some(socket)))
         } else {
-            let (process, streams) = stdio::plain(&stdio, id, namespace).await?;
+            let (process, streams) = stdio::plain(&stdio, id, namespace, StdinEnd::CloseIo).await?;
             Ok((Some((process, streams)), None))
         }
     }
@@ -226,6 +232,14 @@ async fn create_with(
         }
     };
     let (published, exit_published) = watch::channel(None);
+    let exec_context = Arc::new(ExecContext {
+        runc: runc.clone(),
+        container_id: id.to_string(),
+        namespace: namespace.to_string(),
+        bundle: bundle.to_path_buf(),
+        log: log.clone(),
+        console_dir: config.state_dir.join(RUNC_ROOT),
+    });
     let container = Arc::new(OrdinaryContainer {
         id: id.to_string(),
         bundle: bundle.to_path_buf(),
@@ -240,6 +254,8 @@ async fn create_with(
         exit_published,
         streams: Mutex::new(streams),
         journal: Mutex::new(None),
+        exec_context,
+        processes: Mutex::new(HashMap::new()),
         events,
     });
     info!(pid, "container created by runc");
@@ -284,7 +300,7 @@ async fn monitor(
     if let Some(streams) = streams {
         streams.finish(STREAMS_DRAIN_TIMEOUT).await;
     }
-    container.events.send(task_exit(&container.id, container.pid, exit));
+    container.events.send(task_exit(&container.id, &container.id, container.pid, exit));
     let _ = published.send(Some(exit));
 }
 
@@ -298,6 +314,10 @@ async fn next_oom(oom: &mut Option<crate::host::oom::OomWatch>) -> std::io::Resu
 impl OrdinaryContainer {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_processes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ExecProcess>>> {
+        self.processes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a lifecycle request: the state checked and the runc command run under one
@@ -413,9 +433,7 @@ impl Container for OrdinaryContainer {
             .cgroup
             .as_ref()
             .ok_or_else(|| TaskError::FailedPrecondition(format!("task {} has no cgroup", self.id)))?;
-        let metrics = containerd_shim::cgroup::collect_metrics(cgroup)
-            .map_err(|e| TaskError::Unknown(format!("reading cgroup metrics: {e}")))?;
-        containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(|e| TaskError::Unknown(e.to_string()))
+        crate::host::metrics::collect(cgroup).map_err(TaskError::Unknown)
     }
 
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError> {
@@ -423,6 +441,47 @@ impl Container for OrdinaryContainer {
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
             .map_err(|e| TaskError::InvalidArgument(format!("containerd-shim-vm: the update's resources: {e}")))?;
         self.runc.update(&self.id, &resources).await.map_err(|e| runc_failed("update", &self.log, e))
+    }
+
+    async fn exec(&self, exec_id: &str, spec: &Any, stdio: Stdio) -> Result<(), TaskError> {
+        let spec = exec::parse_spec(spec)?;
+        if self.state() != State::Running {
+            return Err(TaskError::FailedPrecondition(format!(
+                "cannot exec in task {}: it is not running ({:?})",
+                self.id,
+                self.state().status()
+            )));
+        }
+        let mut processes = self.lock_processes();
+        if processes.contains_key(exec_id) {
+            return Err(TaskError::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
+        }
+        let process = ExecProcess::new(self.exec_context.clone(), exec_id, spec, stdio, self.events.clone());
+        processes.insert(exec_id.to_string(), Arc::new(process));
+        Ok(())
+    }
+
+    fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
+        match self.lock_processes().get(exec_id) {
+            Some(process) => Ok(process.clone() as Arc<dyn Process>),
+            None => Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id))),
+        }
+    }
+
+    async fn remove_process(&self, exec_id: &str) -> Result<Exit, TaskError> {
+        let mut processes = self.lock_processes();
+        let process =
+            processes.get(exec_id).ok_or_else(|| TaskError::NotFound(format!("process {exec_id} not found")))?;
+        let exit = match process.state() {
+            State::Stopped(exit) => exit,
+            // Never started: nothing ran, nothing to report.
+            State::Created => Exit { status: 0, at: SystemTime::now() },
+            State::Running | State::Paused => {
+                return Err(TaskError::FailedPrecondition(format!("exec {exec_id} is still running; kill it first")))
+            }
+        };
+        processes.remove(exec_id);
+        Ok(exit)
     }
 
     /// Removes the container (runc's state and cgroup) and unmounts its image, by

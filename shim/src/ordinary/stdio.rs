@@ -91,8 +91,19 @@ impl Streams {
     }
 }
 
-/// Opens the task's streams for a container without a terminal.
-pub async fn plain(stdio: &Stdio, id: &str, namespace: &str) -> io::Result<(ProcessStdio, Streams)> {
+/// When a process's stdin reaches EOF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinEnd {
+    /// Only at CloseIO: a container's init, whose FIFO may see one writer after another
+    /// (`ctr run`, then `ctr task attach`).
+    CloseIo,
+    /// Also when the FIFO's last writer closes: an exec, as runc's shim does (older `ctr task
+    /// exec` closes its end and never sends CloseIO).
+    WriterGone,
+}
+
+/// Opens the task's streams for a process without a terminal.
+pub async fn plain(stdio: &Stdio, id: &str, namespace: &str, end: StdinEnd) -> io::Result<(ProcessStdio, Streams)> {
     let (stdout, stderr, logger) = if stdio.stdout.starts_with("binary://") {
         let (mut logger, stdout) =
             BinaryLogger::start(&stdio.stdout, id, namespace).await.map_err(named("stdout", &stdio.stdout))?;
@@ -106,10 +117,10 @@ pub async fn plain(stdio: &Stdio, id: &str, namespace: &str) -> io::Result<(Proc
     let (stdin, copy) = if stdio.stdin.is_empty() {
         (None, None)
     } else {
-        // Read-write, so the FIFO never reports EOF between two writers (`ctr run` then
-        // `ctr task attach`); CloseIO ends the copy instead.
+        // Read-write, the FIFO never reports EOF (CloseIO ends the copy instead). Read-only,
+        // EOF comes once a writer came and went (epoll reports no hang-up before one came).
         let source = tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
+            .read_write(end == StdinEnd::CloseIo)
             .open_receiver(&stdio.stdin)
             .map_err(named("stdin", &stdio.stdin))?;
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;

@@ -1,5 +1,5 @@
-//! What the Task service asks of a kind of task. The VM is the first kind; the pod
-//! sandbox and exec processes are others behind the same trait.
+//! What the Task service asks of a kind of task (a VM, an ordinary container) and of an
+//! exec process added to one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +41,32 @@ pub trait Container: Send + Sync {
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError>;
     /// Releases every host resource the task holds (after it exited).
     async fn release(&self);
+    /// Exec: adds process `exec_id` (`spec`: its OCI process, as JSON) to the running task;
+    /// it starts with its own Start. A kind that cannot exec says why.
+    async fn exec(&self, exec_id: &str, spec: &Any, stdio: Stdio) -> Result<(), TaskError>;
+    /// An exec process [`Container::exec`] added and Delete has not removed.
+    fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
+        Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id())))
+    }
+    /// Delete of an exec process: forgets it once it has exited (or was never started).
+    async fn remove_process(&self, exec_id: &str) -> Result<Exit, TaskError> {
+        Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id())))
+    }
+}
+
+/// An exec process of a task: the requests containerd makes with an exec id.
+#[async_trait]
+pub trait Process: Send + Sync {
+    fn pid(&self) -> u32;
+    fn stdio(&self) -> &Stdio;
+    fn state(&self) -> State;
+    /// Starts it and publishes TaskExecStarted; returns its pid.
+    async fn start(&self) -> Result<u32, TaskError>;
+    async fn kill(&self, signal: u32) -> Result<(), TaskError>;
+    /// Waits until it has exited and its TaskExit is on its way.
+    async fn wait(&self) -> Exit;
+    fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError>;
+    fn close_stdin(&self);
 }
 
 /// The exit a task's monitor publishes, once it has; `None` if the monitor ended without

@@ -14,11 +14,16 @@ use tracing::warn;
 
 pub type Published = (String, Box<dyn MessageDyn>);
 
-/// The TaskExit of a task's process.
-pub fn task_exit(id: &str, pid: u32, exit: crate::lifecycle::Exit) -> containerd_shim::protos::events::task::TaskExit {
+/// The TaskExit of a task's process: its init (`process_id` = the container id) or an exec.
+pub fn task_exit(
+    container_id: &str,
+    process_id: &str,
+    pid: u32,
+    exit: crate::lifecycle::Exit,
+) -> containerd_shim::protos::events::task::TaskExit {
     containerd_shim::protos::events::task::TaskExit {
-        container_id: id.to_string(),
-        id: id.to_string(),
+        container_id: container_id.to_string(),
+        id: process_id.to_string(),
         pid,
         exit_status: exit.status,
         exited_at: containerd_shim::protos::protobuf::MessageField::some(timestamp(exit.at)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskIO};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
@@ -17,19 +17,14 @@ use containerd_shim_protos::api::ProcessInfo;
 use tokio::sync::{oneshot, Mutex, Notify};
 use tracing::{info, instrument, warn, Instrument};
 
-use super::container::{Container, ContainerFactory};
+use super::container::{Container, ContainerFactory, Process};
 use super::error::TaskError;
 use super::events::{timestamp, EventQueue};
+use crate::console::Stdio;
 use crate::lifecycle::OnDelete;
 
 /// How long a discarded Create waits for its task to stop before releasing it.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn no_exec() -> TaskError {
-    TaskError::Unimplemented(
-        "exec is not supported yet by containerd-shim-vm: not into a VM (that needs its guest agent), nor into the pod's ordinary containers".into(),
-    )
-}
 
 fn not_found(id: &str) -> TaskError {
     TaskError::NotFound(format!("task {id} not found"))
@@ -254,12 +249,18 @@ fn task_create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
     }
 }
 
-fn refuse_exec(exec_id: &str) -> Result<(), TaskError> {
+/// The exec process a request names, if it names one (an empty exec id is the task's init).
+async fn named_process<F: ContainerFactory>(
+    service: &TaskService<F>,
+    id: &str,
+    exec_id: &str,
+) -> Result<Option<(Arc<dyn Container>, Arc<dyn Process>)>, TaskError> {
     if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(no_exec())
+        return Ok(None);
     }
+    let container = service.live(id).await?;
+    let process = container.process(exec_id)?;
+    Ok(Some((container, process)))
 }
 
 #[async_trait]
@@ -286,7 +287,11 @@ impl<F: ContainerFactory> Task for TaskService<F> {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((_, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            let pid = detached(async move { process.start().await }).await?;
+            info!(exec_id = %req.exec_id, pid, "exec process started");
+            return Ok(StartResponse { pid, ..Default::default() });
+        }
         let container = self.live(&req.id).await?;
         let starting = container.clone();
         detached(async move { starting.start().await }).await?;
@@ -294,7 +299,25 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((container, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            let state = process.state();
+            let exit = state.exit();
+            let stdio = process.stdio();
+            return Ok(StateResponse {
+                id: req.exec_id.clone(),
+                exec_id: req.exec_id.clone(),
+                bundle: container.bundle().to_string_lossy().into_owned(),
+                pid: process.pid(),
+                status: state.status().into(),
+                stdin: stdio.stdin.clone(),
+                stdout: stdio.stdout.clone(),
+                stderr: stdio.stderr.clone(),
+                terminal: stdio.terminal,
+                exit_status: exit.map(|e| e.status).unwrap_or_default(),
+                exited_at: exit.map(|e| timestamp(e.at)).into(),
+                ..Default::default()
+            });
+        }
         let container = self.live(&req.id).await?;
         let state = container.state();
         let exit = state.exit();
@@ -316,7 +339,17 @@ impl<F: ContainerFactory> Task for TaskService<F> {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((container, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            // Only the init's Delete publishes TaskDelete, as runc's shim does.
+            let exit = container.remove_process(&req.exec_id).await?;
+            info!(exec_id = %req.exec_id, exit_status = exit.status, "exec process deleted");
+            return Ok(DeleteResponse {
+                pid: process.pid(),
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            });
+        }
         Ok(self.delete_task(&req.id).await?)
     }
 
@@ -348,25 +381,62 @@ impl<F: ContainerFactory> Task for TaskService<F> {
 
     #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((_, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            process.kill(req.signal).await?;
+            info!(exec_id = %req.exec_id, "signal delivered to the exec process");
+            return Ok(Empty::new());
+        }
         let container = self.live(&req.id).await?;
         container.kill(req.signal).await?;
         info!("signal delivered");
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        Err(no_exec().into())
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        // The exec id names files of the task's: the container id's rule.
+        if !valid_id(&req.exec_id) {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec id {:?}: use letters, digits, '.', '_' and '-' only",
+                req.exec_id
+            ))
+            .into());
+        }
+        let container = self.live(&req.id).await?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        stdio.check().map_err(TaskError::InvalidArgument)?;
+        let spec = req.spec.clone().unwrap_or_default();
+        container.exec(&req.exec_id, &spec, stdio).await?;
+        self.events.send(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        });
+        info!("exec process added");
+        Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((_, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            process.resize_pty(req.width, req.height)?;
+            return Ok(Empty::new());
+        }
         self.live(&req.id).await?.resize_pty(req.width, req.height)?;
         Ok(Empty::new())
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
-        refuse_exec(&req.exec_id)?;
+        if let Some((_, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            if req.stdin {
+                process.close_stdin();
+            }
+            return Ok(Empty::new());
+        }
         let container = self.live(&req.id).await?;
         if req.stdin {
             container.close_stdin();
@@ -383,8 +453,10 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        refuse_exec(&req.exec_id)?;
-        let exit = self.live(&req.id).await?.wait().await;
+        let exit = match named_process(self, &req.id, &req.exec_id).await? {
+            Some((_, process)) => process.wait().await,
+            None => self.live(&req.id).await?.wait().await,
+        };
         Ok(WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.at)),

@@ -286,6 +286,14 @@ impl Container for Vm {
         &self.id
     }
 
+    async fn exec(&self, _exec_id: &str, _spec: &Any, _stdio: Stdio) -> Result<(), TaskError> {
+        Err(TaskError::Unimplemented(
+            "exec into a VM is not supported yet by containerd-shim-vm: it needs the guest agent (exec into the \
+             pod's ordinary containers works)"
+                .into(),
+        ))
+    }
+
     fn bundle(&self) -> &Path {
         &self.bundle
     }
@@ -397,9 +405,7 @@ impl Container for Vm {
             .cgroup
             .as_ref()
             .ok_or_else(|| TaskError::FailedPrecondition(format!("task {} has no cgroup", self.id)))?;
-        let metrics = containerd_shim::cgroup::collect_metrics(cgroup.cgroup())
-            .map_err(|e| TaskError::Unknown(format!("reading cgroup metrics: {e}")))?;
-        containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(|e| TaskError::Unknown(e.to_string()))
+        crate::host::metrics::collect(cgroup.cgroup()).map_err(TaskError::Unknown)
     }
 
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError> {

@@ -110,7 +110,7 @@ pub(super) async fn run(
     if let Some(pumps) = pumps {
         pumps.finish(CONSOLE_DRAIN_TIMEOUT).await;
     }
-    vm.events.send(task_exit(&vm.id, vm.pid, exit));
+    vm.events.send(task_exit(&vm.id, &vm.id, vm.pid, exit));
     let _ = published.send(Some(exit));
 }
 
