@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::containerd_config::CniDirs;
 use crate::images::{busybox_image, pause_image, PAUSE};
 use crate::podnet::{bridge_conflist, TestNetns};
-use crate::rig::{Namespace, RigConfig};
+use crate::rig::{Namespace, RigConfig, Spawned};
 use crate::vmenv::{wait_until, VmEnv};
 
 /// CRI's containerd namespace.
@@ -94,16 +94,31 @@ impl CriEnv {
         self.dir.path()
     }
 
-    pub fn crictl(&self, args: &[&str]) -> Result<Output> {
+    /// `crictl <args>` against this containerd, from the network namespace containerd runs
+    /// in: CRI's streaming server (attach, exec, port-forward) listens on its loopback.
+    fn crictl_command(&self, args: &[&str]) -> Command {
         let endpoint = format!("unix://{}", self.env.rig.address().display());
-        Command::new(&self.crictl)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.netns.name()])
+            .arg(&self.crictl)
             .arg("--config")
             .arg(self.dir.path().join("crictl.yaml"))
             .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "120s"])
-            .args(args)
+            .args(args);
+        cmd
+    }
+
+    pub fn crictl(&self, args: &[&str]) -> Result<Output> {
+        self.crictl_command(args)
             .stdin(std::process::Stdio::null())
             .output()
             .with_context(|| format!("running crictl {}", args.join(" ")))
+    }
+
+    /// `crictl attach -i <id>` in the background: what is sent goes to the container's stdin,
+    /// its output comes back.
+    pub fn attach(&self, id: &str) -> Result<Spawned<'_>> {
+        Spawned::from_command(self.crictl_command(&["attach", "--stdin", id]))
     }
 
     pub fn crictl_ok(&self, args: &[&str]) -> Result<String> {
@@ -175,5 +190,13 @@ impl CriEnv {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             Ok(text.contains(pattern).then_some(text))
         })
+    }
+}
+
+impl Drop for CriEnv {
+    /// CRI's pods go through CRI before containerd stops: a test that failed halfway leaves
+    /// its pods' network namespaces (`/run/netns/cni-*`) and IPAM entries otherwise.
+    fn drop(&mut self) {
+        let _ = self.crictl(&["rmp", "--force", "--all"]);
     }
 }

@@ -1074,7 +1074,8 @@ mod libc_errno {
 }
 
 /// Mount points at or below `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+/// Mount points at or below `dir`, deepest first (the order to detach them in).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };

@@ -35,7 +35,11 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
 
     // CRI refuses a container with no command, and a containerDisk image (FROM scratch,
     // the disk only) names none: the pod gives one, which the VM ignores.
+    // With stdin, as `kubectl run -i` or a pod with `stdin: true` asks: attach types into the console.
     let vm_config = cri.container_config("vm", TINY, &["/disk"], &[])?;
+    let mut with_stdin: serde_json::Value = serde_json::from_slice(&std::fs::read(&vm_config)?)?;
+    with_stdin["stdin"] = true.into();
+    std::fs::write(&vm_config, serde_json::to_vec(&with_stdin)?)?;
     let vm_config = vm_config.to_str().context("path")?;
     let vm = cri.crictl_ok(&["create", &pod, vm_config, pod_config])?.trim().to_string();
     cri.crictl_ok(&["start", &vm])?;
@@ -43,6 +47,17 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
     let up = cri.wait_for_log("vm-pod", "vm", "TINY-NET-UP eth0", BOOT_TIMEOUT)?;
     ensure!(up.contains(&ip), "the guest did not take the pod IP {ip}: {up}");
     cri.netns.ping(&ip, Duration::from_secs(60))?;
+
+    let mut attached = cri.attach(&vm)?;
+    // The stream is up once the guest answers: repeat until it does (a line typed before
+    // crictl connected is lost, as with any attach).
+    wait_until("the console to answer through crictl attach", TIMEOUT, || {
+        attached.send("echo attached-$((6*7))\n")?;
+        Ok(attached.wait_for_output("attached-42", Duration::from_secs(2)).ok())
+    })
+    .with_context(|| format!("crictl attach stderr: {}", attached.stderr()))?;
+    drop(attached);
+    cri.wait_for_log("vm-pod", "vm", "attached-42", TIMEOUT)?;
 
     let status = cri.inspect("inspect", &vm)?;
     ensure!(status["status"]["state"] == "CONTAINER_RUNNING", "{status:#}");
@@ -110,6 +125,30 @@ fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
     let sidecar = run("sidecar", BUSYBOX, &["sh", "-c", "echo sidecar-up; exec sleep 1000"], &[])?;
     cri.wait_for_log("mixed", "sidecar", "sidecar-up", TIMEOUT)?;
     ensure!(cri.inspect("inspect", &sidecar)?["status"]["state"] == "CONTAINER_RUNNING", "sidecar not running");
+
+    // Exec into the sidecar, as kubectl exec and exec probes do: ExecSync with its exit code,
+    // and the streaming Exec. Exec into the VM says why it cannot.
+    let mut events = ns.events()?;
+    let synced = cri.crictl_ok(&["exec", "--sync", &sidecar, "sh", "-c", "echo sync-$((6*7))"])?;
+    ensure!(synced.contains("sync-42"), "crictl exec --sync: {synced:?}");
+    let failed = cri.crictl(&["exec", "--sync", &sidecar, "sh", "-c", "exit 3"])?;
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    ensure!(!failed.status.success() && stderr.contains("exited with 3"), "crictl exec --sync: {failed:?}");
+    // The shim's TaskExit for each exec: 0 (left out of the JSON), then 3.
+    let mut statuses = Vec::new();
+    while statuses.len() < 2 {
+        let event = events.wait_for("/tasks/exit", TIMEOUT).context("the execs' exits")?;
+        if event.payload["container_id"] == sidecar.as_str() {
+            ensure!(event.payload["id"] != sidecar.as_str(), "the sidecar itself exited: {event:?}");
+            statuses.push(event.payload.get("exit_status").and_then(|s| s.as_u64()).unwrap_or(0));
+        }
+    }
+    ensure!(statuses == [0, 3], "the execs' exit statuses: {statuses:?}");
+    let streamed = cri.crictl_ok(&["exec", &sidecar, "sh", "-c", "echo stream-$((6*7))"])?;
+    ensure!(streamed.contains("stream-42"), "crictl exec: {streamed:?}");
+    let into_vm = cri.crictl(&["exec", "--sync", &vm, "true"])?;
+    let stderr = String::from_utf8_lossy(&into_vm.stderr);
+    ensure!(!into_vm.status.success() && stderr.contains("guest agent"), "crictl exec into the VM: {stderr}");
 
     // A second VM: the pod's network is the first one's.
     let config = cri.container_config("vm2", TINY, &["/disk"], &[])?;
