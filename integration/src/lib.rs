@@ -5,11 +5,13 @@
 //! * [`oci`]: OCI image-layout archives (`ctr images import`), containerDisk layout.
 //! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
 //! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
+//! * [`cri`]: containerd's CRI driven with crictl; [`kubelet`]: a standalone kubelet on it.
 //! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
 pub mod containerd_config;
 pub mod cri;
 pub mod images;
+pub mod kubelet;
 pub mod oci;
 pub mod podnet;
 pub mod rig;

@@ -1,0 +1,222 @@
+//! A real kubelet (built by `scripts/build-kubelet.sh`) in standalone mode, no API server,
+//! driving a test's CRI containerd: static pods from a manifest directory, the cgroupfs
+//! driver under a cgroup root of its own, and its root dir, pod logs and log in the test's
+//! directory. Dropping it stops kubelet and removes the cgroups it made.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::cri::CriEnv;
+
+/// The node name kubelet runs as: static pods are named `<pod>-<NODE_NAME>`.
+pub const NODE_NAME: &str = "csv-node";
+
+/// kubelet, built by build-kubelet.sh (KUBELET_BIN_DIR if set).
+pub fn kubelet_binary() -> Result<PathBuf> {
+    Ok(crate::built_tool_dir("KUBELET_BIN_DIR", "build-kubelet.sh")?.join("kubelet"))
+}
+
+pub struct Kubelet {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The cgroup kubelet puts `kubepods` under, relative to each hierarchy's root.
+    cgroup_root: String,
+}
+
+impl Kubelet {
+    /// Starts kubelet against `cri`'s containerd. CRI's default handler decides the runtime
+    /// (a standalone kubelet cannot resolve a RuntimeClass): see [`CriEnv::start_vm_by_default`].
+    pub fn start(cri: &CriEnv, tag: &str) -> Result<Kubelet> {
+        let binary = kubelet_binary()?;
+        let dir = tempfile::Builder::new().prefix("kubelet-").tempdir()?;
+        let cgroup_root = format!("/csv-kubelet-{tag}-{}", std::process::id());
+        for sub in ["manifests", "root", "pod-logs"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let config = json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "containerRuntimeEndpoint": format!("unix://{}", cri.env.rig.address().display()),
+            "staticPodPath": dir.path().join("manifests"),
+            "fileCheckFrequency": "1s",
+            "podLogsDir": dir.path().join("pod-logs"),
+            // As kubelet builds them on a cgroupfs node, under a root no real kubelet uses.
+            "cgroupDriver": "cgroupfs",
+            "cgroupsPerQOS": true,
+            "cgroupRoot": cgroup_root,
+            // These machines have cgroup v1 (kubelet 1.34 still runs there when told so).
+            "failCgroupV1": false,
+            "failSwapOn": false,
+            // No server: several kubelets may run at once, and nothing here calls it. Without an
+            // API server there is nobody to ask about clients either.
+            "enableServer": false,
+            "authentication": { "webhook": { "enabled": false }, "anonymous": { "enabled": true } },
+            "authorization": { "mode": "AlwaysAllow" },
+            "readOnlyPort": 0,
+            "healthzPort": 0,
+            // A full disk on a test machine must not evict the pod under test.
+            "evictionHard": { "memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%" },
+            "imageGCHighThresholdPercent": 100,
+        });
+        // kubelet wants its cgroup root to exist, on every hierarchy.
+        create_cgroup_root(&cgroup_root)?;
+        let config_path = dir.path().join("kubelet.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let log = File::create(dir.path().join("kubelet.log"))?;
+        let child = Command::new(&binary)
+            .arg(format!("--config={}", config_path.display()))
+            .arg(format!("--root-dir={}", dir.path().join("root").display()))
+            .arg(format!("--hostname-override={NODE_NAME}"))
+            .arg("--v=2")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Kubelet { child, dir, cgroup_root })
+    }
+
+    /// Writes static pod manifest `name` (a Pod object); kubelet picks it up within a second.
+    pub fn add_static_pod(&self, name: &str, pod: &Value) -> Result<()> {
+        // Written aside, then renamed: kubelet must never read half a manifest.
+        let tmp = self.dir.path().join(format!(".{name}.json"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(pod)?)?;
+        std::fs::rename(&tmp, self.manifest(name)).context("placing the manifest")
+    }
+
+    /// Removes static pod manifest `name`: kubelet deletes the pod with its grace period.
+    pub fn remove_static_pod(&self, name: &str) -> Result<()> {
+        std::fs::remove_file(self.manifest(name)).context("removing the manifest")
+    }
+
+    fn manifest(&self, name: &str) -> PathBuf {
+        self.dir.path().join("manifests").join(format!("{name}.json"))
+    }
+
+    /// The CRI log file of `container` in static pod `pod` (namespace `default`), once
+    /// kubelet made it: `<podLogsDir>/default_<pod>-<node>_<uid>/<container>/<restarts>.log`.
+    pub fn container_log(&self, pod: &str, container: &str) -> Option<PathBuf> {
+        let prefix = format!("default_{pod}-{NODE_NAME}_");
+        let dirs = std::fs::read_dir(self.dir.path().join("pod-logs")).ok()?;
+        let pod_dir = dirs
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))?;
+        let logs = std::fs::read_dir(pod_dir.join(container)).ok()?;
+        logs.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "log"))
+    }
+
+    /// kubelet's directory: its root dir, manifests, pod logs and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cgroup kubelet roots its pods at (`<root>/kubepods/...`).
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
+    /// The last `lines` lines of kubelet's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether kubelet is still running (it exits on a configuration it rejects).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                eprintln!("kubelet ignored SIGTERM for 10 s; killing it");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // kubelet bind-mounts its root dir onto itself (and pods' volumes below it).
+        for mount in crate::rig::mounts_under(self.dir.path()) {
+            if let Err(e) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("kubelet: umount {}: {e}", mount.display());
+            }
+        }
+        // Pods are gone with the CRI environment (dropped after this); kubelet's QoS and pod
+        // cgroups stay behind it on every hierarchy, empty by then or soon.
+        remove_cgroup_trees(&self.cgroup_root, Duration::from_secs(30));
+    }
+}
+
+/// The cgroup hierarchies' mount points: each controller directory on v1 (not the
+/// `cpu -> cpu,cpuacct` links), the root itself on v2.
+fn hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_path_buf()];
+    }
+    match std::fs::read_dir(root) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && !p.is_symlink()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Makes `relative` on every hierarchy; a v1 cpuset gets its parent's CPUs and memory nodes
+/// (a cpuset without them takes no task).
+fn create_cgroup_root(relative: &str) -> Result<()> {
+    for hierarchy in hierarchies() {
+        let dir = hierarchy.join(relative.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            // (v2's root has no such files: cpusets there inherit.)
+            if let Ok(value) = std::fs::read_to_string(hierarchy.join(file)) {
+                std::fs::write(dir.join(file), value.trim()).with_context(|| format!("writing {file}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes `relative` (and everything below it) from every cgroup hierarchy, children first,
+/// retrying while tasks are still leaving.
+fn remove_cgroup_trees(relative: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for root in hierarchies() {
+        let top = root.join(relative.trim_start_matches('/'));
+        while top.exists() {
+            remove_tree(&top);
+            if !top.exists() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if top.exists() {
+            eprintln!("kubelet: could not remove cgroup {}", top.display());
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

@@ -1,0 +1,131 @@
+//! A real kubelet (Kubernetes' own, standalone: no API server) runs a static VM pod through
+//! the test's containerd with `vm` as CRI's default handler: the pod runs with the guest on
+//! the pod IP, QEMU lives in the pod cgroup kubelet made, the container's log file holds the
+//! console, a pod annotation reaches QEMU, and deleting the pod powers the guest off (ACPI,
+//! exit status 0) within the grace period.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use integration::cri::CriEnv;
+use integration::images::TINY;
+use integration::kubelet::{Kubelet, NODE_NAME};
+use integration::vmenv::{cmdline, wait_until, BOOTED, BOOT_TIMEOUT};
+use serde_json::{json, Value};
+
+/// kubelet's first sync, sandbox and image checks come before the boot.
+const POD_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[test]
+fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Result<()> {
+    let cri = CriEnv::start_vm_by_default("kubelet", 34)?;
+    let ns = cri.namespace();
+    let mut events = ns.events()?;
+    let mut kubelet = Kubelet::start(&cri, "vm")?;
+
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "vm-pod",
+            "namespace": "default",
+            // Reaches the shim through containerd's pod_annotations (vm.containerd.io/*).
+            "annotations": { "vm.containerd.io/cpus": "2" },
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": 60,
+            "containers": [{
+                "name": "vm",
+                "image": TINY,
+                // A containerDisk names no command; CRI wants one, and the VM ignores it.
+                "command": ["/disk"],
+                "imagePullPolicy": "Never",
+                // The test's shim config counts 64 MiB for QEMU: 320 MiB of guest memory.
+                "resources": { "limits": { "memory": "384Mi" } },
+            }],
+        },
+    });
+    kubelet.add_static_pod("vm-pod", &pod)?;
+
+    // The container, running, as kubelet created it.
+    let container: Value = wait_until("kubelet to start the VM container", POD_TIMEOUT, || {
+        if !kubelet.running() {
+            bail!("kubelet exited:\n{}", kubelet.log_tail(40));
+        }
+        let listed: Value = serde_json::from_str(&cri.crictl_ok(&["ps", "--name", "^vm$", "-o", "json"])?)?;
+        let found = listed["containers"].as_array().and_then(|c| c.first()).cloned();
+        Ok(found.filter(|c| c["state"] == "CONTAINER_RUNNING"))
+    })
+    .with_context(|| format!("kubelet log:\n{}", kubelet.log_tail(40)))?;
+    let vm = container["id"].as_str().context("container id")?.to_string();
+    let pod_id = container["podSandboxId"].as_str().context("sandbox id")?.to_string();
+    let sandbox = cri.inspect("inspectp", &pod_id)?;
+    ensure!(sandbox["status"]["metadata"]["name"] == format!("vm-pod-{NODE_NAME}"), "{sandbox:#}");
+    let uid = sandbox["status"]["metadata"]["uid"].as_str().context("pod uid")?.to_string();
+    let ip = sandbox["status"]["network"]["ip"].as_str().unwrap_or_default().to_string();
+    ensure!(ip.starts_with(&cri.subnet), "pod IP {ip:?} not on the CNI network {}", cri.subnet);
+
+    // The console in the log file kubelet named, the guest on the pod IP.
+    let log =
+        wait_until(
+            "kubelet's log file of the VM container",
+            POD_TIMEOUT,
+            || Ok(kubelet.container_log("vm-pod", "vm")),
+        )?;
+    let console = |pattern: &str, timeout: Duration| {
+        wait_until(&format!("{pattern:?} in {}", log.display()), timeout, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text.contains(pattern).then_some(text))
+        })
+    };
+    console(BOOTED, BOOT_TIMEOUT)?;
+    let up = console("TINY-NET-UP eth0", BOOT_TIMEOUT)?;
+    ensure!(up.contains(&ip), "the guest did not take the pod IP {ip}: {up}");
+    cri.netns.ping(&ip, Duration::from_secs(60))?;
+
+    // QEMU: sized by the annotation and the limit, in the pod cgroup kubelet made (cgroupfs
+    // driver: <root>/kubepods/<qos>/pod<uid>/<container id>).
+    let qemu = cri.inspect("inspect", &vm)?["info"]["pid"].as_u64().context("no container pid")? as u32;
+    let argv = cmdline(qemu)?;
+    ensure!(argv.first().is_some_and(|c| c.contains("qemu-system")), "container process {argv:?}");
+    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "the pod annotation did not reach QEMU: {argv:?}");
+    ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "320M"), "the limit did not size the guest: {argv:?}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{qemu}/cgroup"))?;
+    let expected = format!("{}/kubepods/burstable/pod{uid}/{vm}", kubelet.cgroup_root());
+    let memory = cgroups.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")));
+    let memory = memory.or_else(|| cgroups.lines().find(|l| l.starts_with("0::"))).unwrap_or_default();
+    ensure!(memory.ends_with(&expected), "QEMU's memory cgroup {memory:?}, not {expected:?}");
+
+    // The pod deleted: kubelet stops the container with the grace period, the guest powers off.
+    kubelet.remove_static_pod("vm-pod")?;
+    let exit = wait_until("the VM's exit", Duration::from_secs(90), || {
+        let event = events.wait_for("/tasks/exit", Duration::from_secs(90))?;
+        Ok((event.payload["container_id"] == vm.as_str()).then_some(event))
+    })?;
+    ensure!(
+        exit.payload.get("exit_status").and_then(Value::as_u64).unwrap_or(0) == 0,
+        "not a clean power-off: {exit:?}"
+    );
+    console("reboot: Power down", Duration::from_secs(10))?;
+    wait_until("kubelet to stop the pod's sandbox", Duration::from_secs(60), || {
+        let status = cri.inspect("inspectp", &pod_id);
+        Ok(status.map_or(true, |s| s["status"]["state"] != "SANDBOX_READY").then_some(()))
+    })?;
+
+    // kubelet gone, its pods removed through CRI: nothing of the VM, the sandbox or kubelet
+    // (its mounts, its cgroups) is left.
+    let (kubelet_dir, cgroup_root) = (kubelet.dir().to_path_buf(), kubelet.cgroup_root().to_string());
+    drop(kubelet);
+    ensure!(!kubelet_dir.exists(), "{} is left", kubelet_dir.display());
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")?
+        .flatten()
+        .map(|e| e.path().join(cgroup_root.trim_start_matches('/')))
+        .filter(|p| p.exists())
+        .collect();
+    ensure!(cgroups.is_empty(), "kubelet's cgroups are left: {cgroups:?}");
+    cri.crictl_ok(&["rmp", "--force", "--all"])?;
+    for id in [&vm, &pod_id] {
+        cri.env.assert_gone(&ns, id)?;
+    }
+    Ok(())
+}
