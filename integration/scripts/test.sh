@@ -8,13 +8,48 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source integration/scripts/prepare.sh
-prepare test.sh --tests
-# nerdctl, for its suite (built from the Go module proxy, cached outside git).
-NERDCTL_BIN_DIR=$(bash integration/scripts/build-nerdctl.sh)
-export NERDCTL_BIN_DIR
-# crictl, for the CRI suites (the same way).
-CRICTL_BIN_DIR=$(bash integration/scripts/build-crictl.sh)
-export CRICTL_BIN_DIR
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: run as root (it starts its own containerd and QEMU)" >&2
+  exit 1
+fi
+[ "${SKIP_INSTALL:-0}" = 1 ] || bash integration/scripts/install-deps.sh
+# CONTAINERD_SERIES="" skips the other releases (for a quick local run); CI never sets it.
+# 1.7 and 2: Debian's packages (fetch-containerd.sh); latest: the newest release, built
+# from the Go module proxy (build-containerd.sh).
+series_list=${CONTAINERD_SERIES-1.7 2 latest}
+
+# The clients the suites drive (nerdctl, crictl, kubelet) and the newest containerd are built
+# from the Go module proxy and cached outside git. On a new machine they are the longest part
+# of the run, so they build in the background while cargo builds (its links leave a core idle).
+go_builds=$(mktemp -d)
+trap 'rm -rf "$go_builds"' EXIT
+build_in_background() { # build_in_background NAME SCRIPT: SCRIPT's output (a directory) in $go_builds/NAME
+  local name=$1 script=$2
+  (bash "$script" > "$go_builds/$name" 2> "$go_builds/$name.log" || touch "$go_builds/$name.failed") &
+}
+built() { # built NAME: the directory the build printed; its log and a failure if it failed
+  if [ -e "$go_builds/$1.failed" ]; then
+    cat "$go_builds/$1.log" >&2
+    echo "test.sh: building $1 failed" >&2
+    return 1
+  fi
+  tail -n 1 "$go_builds/$1.log" >&2
+  cat "$go_builds/$1"
+}
+build_in_background nerdctl integration/scripts/build-nerdctl.sh
+build_in_background crictl integration/scripts/build-crictl.sh
+build_in_background kubelet integration/scripts/build-kubelet.sh
+case " $series_list " in *" latest "*) build_in_background containerd integration/scripts/build-containerd.sh ;; esac
+
+SKIP_INSTALL=1 prepare test.sh --tests
+# The Debian package of the shim just built, for the package suite (dpkg -i, dpkg -r).
+SHIM_VM_DEB=$(bash packaging/build-deb.sh)
+export SHIM_VM_DEB
+wait
+NERDCTL_BIN_DIR=$(built nerdctl)
+CRICTL_BIN_DIR=$(built crictl)
+KUBELET_BIN_DIR=$(built kubelet)
+export NERDCTL_BIN_DIR CRICTL_BIN_DIR KUBELET_BIN_DIR
 # VMs boot under software emulation on small machines: two tests at a time.
 threads=${TEST_THREADS:-2}
 # A hang guard per suite run, not a target: one run takes 1-2 minutes here. timeout
@@ -50,16 +85,12 @@ host_version=$(containerd --version | awk '{print $3}')
 run_suites "end-to-end suites on containerd $host_version (host)" -p integration --tests
 ran+=("$host_version")
 
-# CONTAINERD_SERIES="" skips the other releases (for a quick local run); CI never sets it.
-# 1.7 and 2: Debian's packages (fetch-containerd.sh); latest: the newest release, built
-# from the Go module proxy (build-containerd.sh).
-series_list=${CONTAINERD_SERIES-1.7 2 latest}
 for series in $series_list; do
   case "$series" in
-    latest) get=(integration/scripts/build-containerd.sh) ;;
-    *) get=(integration/scripts/fetch-containerd.sh "$series") ;;
+    latest) bin=$(built containerd) || bin= ;;
+    *) bin=$(bash integration/scripts/fetch-containerd.sh "$series") || bin= ;;
   esac
-  if ! bin=$(bash "${get[@]}"); then
+  if [ -z "$bin" ]; then
     failed+=("containerd $series: could not be fetched or built")
     continue
   fi
