@@ -588,6 +588,23 @@ impl<'r> Namespace<'r> {
     {
         self.rig.spawn(self.args(args))
     }
+    /// As [`Namespace::spawn`], with ctr on a terminal of its own (`script` gives it one): for
+    /// `run -t` and `task exec -t`. A line typed ends with `\r`. The words must not need quoting.
+    pub fn spawn_on_terminal<I, S>(&self, args: I) -> Result<Spawned<'r>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let ctr = self.rig.ctr_command();
+        let words: Vec<String> = std::iter::once(ctr.get_program().to_owned())
+            .chain(ctr.get_args().map(OsStr::to_owned))
+            .chain(self.args(args))
+            .map(|word| word.to_string_lossy().into_owned())
+            .collect();
+        let mut script = Command::new("script");
+        script.args(["-qfec", &words.join(" "), "/dev/null"]);
+        Spawned::from_command(script)
+    }
     /// Events of this namespace only; see [`Rig::events`].
     pub fn events(&self) -> Result<Events<'r>> {
         let mut events = self.rig.events()?;

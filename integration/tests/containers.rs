@@ -64,15 +64,8 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     env.assert_gone(&ns, "c2")?;
 
     // A terminal (`script` gives ctr one): runc's pty, served by the shim, typed into.
-    let ctr = env.rig.ctr_command();
-    let mut command: Vec<String> =
-        std::iter::once(ctr.get_program()).chain(ctr.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
-    command.extend(["-n".to_string(), ns.name().to_string()]);
-    command.extend(env.run_args(&["-t", "--rm"], BUSYBOX, "c4"));
-    command.push("sh".into());
-    let mut script = std::process::Command::new("script");
-    script.args(["-qfec", &command.join(" "), "/dev/null"]);
-    let mut shell = integration::rig::Spawned::from_command(script)?;
+    let mut shell =
+        ns.spawn_on_terminal(env.run_args(&["-t", "--rm"], BUSYBOX, "c4").into_iter().chain(["sh".to_string()]))?;
     shell.send("test -t 0 && echo is-a-$((6*7))-tty\r")?;
     shell.wait_for_output("is-a-42-tty", TIMEOUT)?;
     shell.send("exit 5\r")?;
@@ -127,12 +120,7 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     cat.close_stdin();
     let status = cat.wait(TIMEOUT)?;
     ensure!(status.success(), "exec'd cat exited {status}: {}", cat.stderr());
-    let mut command: Vec<String> =
-        std::iter::once(ctr.get_program()).chain(ctr.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
-    command.extend(["-n", ns.name(), "task", "exec", "-t", "--exec-id", "e3", "c3", "sh"].map(String::from));
-    let mut script = std::process::Command::new("script");
-    script.args(["-qfec", &command.join(" "), "/dev/null"]);
-    let mut shell = integration::rig::Spawned::from_command(script)?;
+    let mut shell = ns.spawn_on_terminal(["task", "exec", "-t", "--exec-id", "e3", "c3", "sh"])?;
     shell.send("test -t 0 && echo exec-is-a-$((6*7))-tty\r")?;
     shell.wait_for_output("exec-is-a-42-tty", TIMEOUT)?;
     shell.send("exit 4\r")?;

@@ -39,53 +39,51 @@ pub fn collect_v2(dir: &Path) -> Result<Metrics, String> {
         metrics.pids = Some(pids).into();
     }
     if let Some(stat) = read("cpu.stat") {
-        let fields = flat_keyed(&stat);
-        let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default();
+        let stat = Keyed::parse(&stat);
         let mut cpu = CPUStat::new();
-        cpu.usage_usec = get("usage_usec");
-        cpu.user_usec = get("user_usec");
-        cpu.system_usec = get("system_usec");
-        cpu.nr_periods = get("nr_periods");
-        cpu.nr_throttled = get("nr_throttled");
-        cpu.throttled_usec = get("throttled_usec");
+        cpu.usage_usec = stat.get("usage_usec");
+        cpu.user_usec = stat.get("user_usec");
+        cpu.system_usec = stat.get("system_usec");
+        cpu.nr_periods = stat.get("nr_periods");
+        cpu.nr_throttled = stat.get("nr_throttled");
+        cpu.throttled_usec = stat.get("throttled_usec");
         metrics.cpu = Some(cpu).into();
     }
     if let Some(current) = read("memory.current") {
         let stat = read("memory.stat").unwrap_or_default();
-        let fields = flat_keyed(&stat);
-        let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default();
+        let stat = Keyed::parse(&stat);
         let mut memory = MemoryStat::new();
-        memory.anon = get("anon");
-        memory.file = get("file");
-        memory.kernel_stack = get("kernel_stack");
-        memory.slab = get("slab");
-        memory.sock = get("sock");
-        memory.shmem = get("shmem");
-        memory.file_mapped = get("file_mapped");
-        memory.file_dirty = get("file_dirty");
-        memory.file_writeback = get("file_writeback");
-        memory.anon_thp = get("anon_thp");
-        memory.inactive_anon = get("inactive_anon");
-        memory.active_anon = get("active_anon");
-        memory.inactive_file = get("inactive_file");
-        memory.active_file = get("active_file");
-        memory.unevictable = get("unevictable");
-        memory.slab_reclaimable = get("slab_reclaimable");
-        memory.slab_unreclaimable = get("slab_unreclaimable");
-        memory.pgfault = get("pgfault");
-        memory.pgmajfault = get("pgmajfault");
-        memory.workingset_refault = get("workingset_refault");
-        memory.workingset_activate = get("workingset_activate");
-        memory.workingset_nodereclaim = get("workingset_nodereclaim");
-        memory.pgrefill = get("pgrefill");
-        memory.pgscan = get("pgscan");
-        memory.pgsteal = get("pgsteal");
-        memory.pgactivate = get("pgactivate");
-        memory.pgdeactivate = get("pgdeactivate");
-        memory.pglazyfree = get("pglazyfree");
-        memory.pglazyfreed = get("pglazyfreed");
-        memory.thp_fault_alloc = get("thp_fault_alloc");
-        memory.thp_collapse_alloc = get("thp_collapse_alloc");
+        memory.anon = stat.get("anon");
+        memory.file = stat.get("file");
+        memory.kernel_stack = stat.get("kernel_stack");
+        memory.slab = stat.get("slab");
+        memory.sock = stat.get("sock");
+        memory.shmem = stat.get("shmem");
+        memory.file_mapped = stat.get("file_mapped");
+        memory.file_dirty = stat.get("file_dirty");
+        memory.file_writeback = stat.get("file_writeback");
+        memory.anon_thp = stat.get("anon_thp");
+        memory.inactive_anon = stat.get("inactive_anon");
+        memory.active_anon = stat.get("active_anon");
+        memory.inactive_file = stat.get("inactive_file");
+        memory.active_file = stat.get("active_file");
+        memory.unevictable = stat.get("unevictable");
+        memory.slab_reclaimable = stat.get("slab_reclaimable");
+        memory.slab_unreclaimable = stat.get("slab_unreclaimable");
+        memory.pgfault = stat.get("pgfault");
+        memory.pgmajfault = stat.get("pgmajfault");
+        memory.workingset_refault = stat.get("workingset_refault");
+        memory.workingset_activate = stat.get("workingset_activate");
+        memory.workingset_nodereclaim = stat.get("workingset_nodereclaim");
+        memory.pgrefill = stat.get("pgrefill");
+        memory.pgscan = stat.get("pgscan");
+        memory.pgsteal = stat.get("pgsteal");
+        memory.pgactivate = stat.get("pgactivate");
+        memory.pgdeactivate = stat.get("pgdeactivate");
+        memory.pglazyfree = stat.get("pglazyfree");
+        memory.pglazyfreed = stat.get("pglazyfreed");
+        memory.thp_fault_alloc = stat.get("thp_fault_alloc");
+        memory.thp_collapse_alloc = stat.get("thp_collapse_alloc");
         memory.usage = number(&current);
         memory.usage_limit = read("memory.max").map(|max| limit(&max)).unwrap_or_default();
         memory.max_usage = read("memory.peak").map(|peak| number(&peak)).unwrap_or_default();
@@ -94,15 +92,14 @@ pub fn collect_v2(dir: &Path) -> Result<Metrics, String> {
         metrics.memory = Some(memory).into();
     }
     if let Some(events) = read("memory.events") {
-        let fields = flat_keyed(&events);
-        let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default();
+        let events = Keyed::parse(&events);
         let mut memory_events = MemoryEvents::new();
-        memory_events.low = get("low");
-        memory_events.high = get("high");
-        memory_events.max = get("max");
-        memory_events.oom = get("oom");
-        memory_events.oom_kill = get("oom_kill");
-        memory_events.oom_group_kill = get("oom_group_kill");
+        memory_events.low = events.get("low");
+        memory_events.high = events.get("high");
+        memory_events.max = events.get("max");
+        memory_events.oom = events.get("oom");
+        memory_events.oom_kill = events.get("oom_kill");
+        memory_events.oom_group_kill = events.get("oom_group_kill");
         metrics.memory_events = Some(memory_events).into();
     }
     if let Some(stat) = read("io.stat") {
@@ -127,13 +124,24 @@ fn limit(text: &str) -> u64 {
 }
 
 /// `key value` lines (cpu.stat, memory.stat, memory.events).
-fn flat_keyed(text: &str) -> Vec<(&str, u64)> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            Some((key, value.trim().parse().ok()?))
-        })
-        .collect()
+struct Keyed<'a>(Vec<(&'a str, u64)>);
+
+impl<'a> Keyed<'a> {
+    fn parse(text: &'a str) -> Keyed<'a> {
+        Keyed(
+            text.lines()
+                .filter_map(|line| {
+                    let (key, value) = line.split_once(' ')?;
+                    Some((key, value.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of `key`; 0 if absent.
+    fn get(&self, key: &str) -> u64 {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default()
+    }
 }
 
 /// One io.stat line: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim::protos::events::task::TaskExecStarted;
@@ -13,8 +13,9 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
-use super::stdio::{self, ConsoleSocket, StdinEnd, Streams};
-use super::{runc_failed, STREAMS_DRAIN_TIMEOUT};
+use super::launch::{Launch, Launched};
+use super::stdio::{StdinEnd, Streams};
+use super::STREAMS_DRAIN_TIMEOUT;
 use crate::console::Stdio;
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
@@ -85,76 +86,37 @@ impl ExecProcess {
         }))
     }
 
-    /// Runs `runc exec --detach`; returns the process's pid, its pidfd and its streams.
-    async fn launch(&self) -> Result<(u32, Pidfd, Option<Streams>), TaskError> {
+    /// Runs `runc exec --detach`.
+    async fn launch(&self) -> Result<Launched, TaskError> {
         let inner = &self.0;
         let context = &inner.context;
         let pid_file = context.bundle.join(format!("exec-{}.pid", inner.exec_id));
-        let mut options = runc::options::ExecOpts::new().pid_file(&pid_file).detach(true);
-        let opened = async {
-            if inner.stdio.terminal {
-                Ok::<_, std::io::Error>((None, Some(ConsoleSocket::new(&context.console_dir)?)))
-            } else {
-                let (process, streams) =
-                    stdio::plain(&inner.stdio, &context.container_id, &context.namespace, StdinEnd::WriterGone).await?;
-                Ok((Some((process, streams)), None))
-            }
-        }
-        .await
-        .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the exec's stdio: {e}")))?;
-        let (plain, socket) = opened;
-        let mut streams = None;
-        if let Some((process, plain_streams)) = plain {
-            options = options.io(Arc::new(process));
-            streams = Some(plain_streams);
-        }
-        if let Some(socket) = &socket {
-            options = options.console_socket(socket.path());
-        }
-        let id = context.container_id.as_str();
-        let launched = match &socket {
-            Some(socket) => {
-                let (launched, master) =
-                    tokio::join!(context.runc.exec(id, &inner.spec, Some(&options)), socket.receive());
-                launched.map(|_| Some(master))
-            }
-            None => context.runc.exec(id, &inner.spec, Some(&options)).await.map(|_| None),
+        let launch = Launch {
+            what: "exec",
+            action: "exec",
+            stdio: &inner.stdio,
+            id: &context.container_id,
+            namespace: &context.namespace,
+            stdin_end: StdinEnd::WriterGone,
+            console_dir: &context.console_dir,
+            pid_file: &pid_file,
+            log: &context.log,
         };
-        // The shim keeps no copy of the process's stdio descriptors.
-        drop(options);
-        let wired = async {
-            let master = launched.map_err(|e| runc_failed("exec", &context.log, e))?;
-            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<u32>().ok());
-            let _ = std::fs::remove_file(&pid_file);
-            let pid = pid.ok_or_else(|| {
-                TaskError::Unknown(format!("containerd-shim-vm: runc wrote no pid to {}", pid_file.display()))
-            })?;
-            // A process that already exited is a zombie of ours until reaped: still there.
-            let pidfd = Pidfd::open(pid)
-                .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the exec's pidfd: {e}")))?;
-            let terminal = match master {
-                Some(master) => {
-                    let master = master.map_err(|e| {
-                        TaskError::Unknown(format!("containerd-shim-vm: receiving the exec's console from runc: {e}"))
-                    })?;
-                    Some(stdio::terminal(master, &inner.stdio, id, &context.namespace).await.map_err(|e| {
-                        TaskError::Unknown(format!("containerd-shim-vm: serving the exec's console: {e}"))
-                    })?)
+        let pid_path = pid_file.as_path();
+        let launched = launch
+            .run(|given| async move {
+                let mut options = runc::options::ExecOpts::new().pid_file(pid_path).detach(true);
+                if let Some(io) = given.io {
+                    options = options.io(io);
                 }
-                None => None,
-            };
-            Ok((pid, pidfd, terminal))
-        }
-        .await;
-        match wired {
-            Ok((pid, pidfd, terminal)) => Ok((pid, pidfd, streams.or(terminal))),
-            Err(e) => {
-                if let Some(streams) = streams {
-                    streams.finish(Duration::ZERO).await;
+                if let Some(socket) = given.console_socket {
+                    options = options.console_socket(socket);
                 }
-                Err(e)
-            }
-        }
+                context.runc.exec(&context.container_id, &inner.spec, Some(&options)).await
+            })
+            .await;
+        let _ = std::fs::remove_file(&pid_file);
+        launched
     }
 }
 
@@ -203,7 +165,7 @@ impl Process for ExecProcess {
         let inner = &self.0;
         let _one_at_a_time = inner.requests.lock().await;
         self.state().check(Request::Start)?;
-        let (pid, pidfd, streams) = self.launch().await?;
+        let Launched { pid, pidfd, streams } = self.launch().await?;
         let pidfd = Arc::new(pidfd);
         inner.pid.store(pid, Ordering::SeqCst);
         let _ = inner.pidfd.set(pidfd.clone());

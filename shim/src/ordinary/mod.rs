@@ -5,6 +5,7 @@
 //! so it reaps it and reports its real exit status.
 
 mod exec;
+mod launch;
 mod stdio;
 
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ use crate::service::container::{published_exit, Container, Process};
 use crate::service::error::TaskError;
 use crate::service::events::{task_exit, TaskEvents};
 use exec::{ExecContext, ExecProcess};
-use stdio::{ConsoleSocket, StdinEnd, Streams};
+use launch::{Launch, Launched};
+use stdio::{StdinEnd, Streams};
 
 /// runc's log (JSON lines) in the bundle: its errors are read from there.
 const RUNC_LOG: &str = "runc.log";
@@ -150,78 +152,31 @@ async fn create_with(
     become_subreaper()?;
 
     let pid_file = bundle.join(PID_FILE);
-    let mut options = runc::options::CreateOpts::new().pid_file(&pid_file);
-    let opened = async {
-        if stdio.terminal {
-            let socket = ConsoleSocket::new(&config.state_dir.join(RUNC_ROOT))?;
-            Ok::<_, std::io::Error>((None, Some(socket)))
-        } else {
-            let (process, streams) = stdio::plain(&stdio, id, namespace, StdinEnd::CloseIo).await?;
-            Ok((Some((process, streams)), None))
-        }
-    }
-    .await
-    .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the container's stdio: {e}")))?;
-    let (plain, socket) = opened;
-    let mut streams = None;
-    if let Some((process, plain_streams)) = plain {
-        options = options.io(Arc::new(process));
-        streams = Some(plain_streams);
-    }
-    if let Some(socket) = &socket {
-        options = options.console_socket(socket.path());
-    }
-    let created = match &socket {
-        Some(socket) => {
-            let (created, master) = tokio::join!(runc.create(id, bundle, Some(&options)), socket.receive());
-            created.map(|_| master)
-        }
-        None => runc.create(id, bundle, Some(&options)).await.map(|_| Err(std::io::Error::other("no terminal"))),
+    let launch = Launch {
+        what: "container",
+        action: "create",
+        stdio: &stdio,
+        id,
+        namespace,
+        stdin_end: StdinEnd::CloseIo,
+        console_dir: &config.state_dir.join(RUNC_ROOT),
+        pid_file: &pid_file,
+        log: &log,
     };
-    // The shim keeps no copy of the container's stdio descriptors.
-    drop(options);
-    let master = match created {
-        Ok(master) => master,
-        Err(e) => {
-            if let Some(streams) = streams.take() {
-                streams.finish(Duration::ZERO).await;
+    let (client, pid_path) = (&runc, pid_file.as_path());
+    // A failure after runc create leaves the container to the journal, which deletes it.
+    let Launched { pid, pidfd, streams } = launch
+        .run(|given| async move {
+            let mut options = runc::options::CreateOpts::new().pid_file(pid_path);
+            if let Some(io) = given.io {
+                options = options.io(io);
             }
-            return Err(runc_failed("create", &log, e));
-        }
-    };
-    // From here a failure also stops serving the streams (the journal deletes the container).
-    let wired = async {
-        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<u32>().ok()).ok_or_else(
-            || TaskError::Unknown(format!("containerd-shim-vm: runc wrote no pid to {}", pid_file.display())),
-        )?;
-        let pidfd = Pidfd::open(pid)
-            .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: opening the container's pidfd: {e}")))?;
-        let terminal = match (socket.is_some(), streams.is_some()) {
-            (true, false) => {
-                let master = master.map_err(|e| {
-                    TaskError::Unknown(format!("containerd-shim-vm: receiving the container's console from runc: {e}"))
-                })?;
-                Some(stdio::terminal(master, &stdio, id, namespace).await.map_err(|e| {
-                    TaskError::Unknown(format!("containerd-shim-vm: serving the container's console: {e}"))
-                })?)
+            if let Some(socket) = given.console_socket {
+                options = options.console_socket(socket);
             }
-            _ => None,
-        };
-        Ok((pid, pidfd, terminal))
-    }
-    .await;
-    let (pid, pidfd) = match wired {
-        Ok((pid, pidfd, terminal)) => {
-            streams = streams.or(terminal);
-            (pid, pidfd)
-        }
-        Err(e) => {
-            if let Some(streams) = streams.take() {
-                streams.finish(Duration::ZERO).await;
-            }
-            return Err(e);
-        }
-    };
+            client.create(id, bundle, Some(&options)).await.map(|_| ())
+        })
+        .await?;
     let cgroup = cgroups_path
         .map(|path| cgroups_rs::fs::Cgroup::load(cgroups_rs::fs::hierarchies::auto(), relative_path(&path).as_str()));
     let oom = match cgroup.as_ref().map(crate::host::oom::OomWatch::new).transpose() {

@@ -21,7 +21,7 @@ use super::container::{Container, ContainerFactory, Process};
 use super::error::TaskError;
 use super::events::{timestamp, EventQueue};
 use crate::console::Stdio;
-use crate::lifecycle::OnDelete;
+use crate::lifecycle::{OnDelete, State};
 
 /// How long a discarded Create waits for its task to stop before releasing it.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,6 +249,24 @@ fn task_create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
     }
 }
 
+/// State's answer for a process (the task's init or an exec) named `id`.
+fn state_response(id: &str, bundle: &std::path::Path, pid: u32, state: State, stdio: &Stdio) -> StateResponse {
+    let exit = state.exit();
+    StateResponse {
+        id: id.to_string(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        pid,
+        status: state.status().into(),
+        stdin: stdio.stdin.clone(),
+        stdout: stdio.stdout.clone(),
+        stderr: stdio.stderr.clone(),
+        terminal: stdio.terminal,
+        exit_status: exit.map(|e| e.status).unwrap_or_default(),
+        exited_at: exit.map(|e| timestamp(e.at)).into(),
+        ..Default::default()
+    }
+}
+
 /// The exec process a request names, if it names one (an empty exec id is the task's init).
 async fn named_process<F: ContainerFactory>(
     service: &TaskService<F>,
@@ -299,42 +317,13 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        if let Some((container, process)) = named_process(self, &req.id, &req.exec_id).await? {
-            let state = process.state();
-            let exit = state.exit();
-            let stdio = process.stdio();
-            return Ok(StateResponse {
-                id: req.exec_id.clone(),
-                exec_id: req.exec_id.clone(),
-                bundle: container.bundle().to_string_lossy().into_owned(),
-                pid: process.pid(),
-                status: state.status().into(),
-                stdin: stdio.stdin.clone(),
-                stdout: stdio.stdout.clone(),
-                stderr: stdio.stderr.clone(),
-                terminal: stdio.terminal,
-                exit_status: exit.map(|e| e.status).unwrap_or_default(),
-                exited_at: exit.map(|e| timestamp(e.at)).into(),
-                ..Default::default()
-            });
-        }
         let container = self.live(&req.id).await?;
-        let state = container.state();
-        let exit = state.exit();
-        let stdio = container.stdio();
-        Ok(StateResponse {
-            id: container.id().to_string(),
-            bundle: container.bundle().to_string_lossy().into_owned(),
-            pid: container.pid(),
-            status: state.status().into(),
-            stdin: stdio.stdin.clone(),
-            stdout: stdio.stdout.clone(),
-            stderr: stdio.stderr.clone(),
-            terminal: stdio.terminal,
-            exit_status: exit.map(|e| e.status).unwrap_or_default(),
-            exited_at: exit.map(|e| timestamp(e.at)).into(),
-            ..Default::default()
-        })
+        if let Some((_, process)) = named_process(self, &req.id, &req.exec_id).await? {
+            let answer =
+                state_response(&req.exec_id, container.bundle(), process.pid(), process.state(), process.stdio());
+            return Ok(StateResponse { exec_id: req.exec_id.clone(), ..answer });
+        }
+        Ok(state_response(container.id(), container.bundle(), container.pid(), container.state(), container.stdio()))
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
