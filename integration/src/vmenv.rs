@@ -204,6 +204,14 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> R
     }
 }
 
+/// Waits until process `pid` is gone (or a zombie nobody reaped yet: it runs no more).
+pub fn wait_process_gone(pid: u32, timeout: Duration) -> Result<()> {
+    wait_until(&format!("process {pid} to be gone"), timeout, || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        Ok(status.lines().find(|l| l.starts_with("State:")).is_none_or(|s| s.contains("zombie")).then_some(()))
+    })
+}
+
 /// Waits until `file` contains `pattern` (a log written by the shim for `--log-uri`).
 pub fn wait_for_file(file: &Path, pattern: &str, timeout: Duration) -> Result<String> {
     wait_until(&format!("{pattern:?} in {}", file.display()), timeout, || {

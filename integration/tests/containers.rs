@@ -200,11 +200,7 @@ fn the_sandbox_and_a_vm_of_its_pod_share_one_shim_and_a_killed_shim_leaves_nothi
         env.assert_gone(&ns, id)?;
     }
     for pid in [sandbox_pid, qemu] {
-        integration::vmenv::wait_until(&format!("process {pid} to be gone"), TIMEOUT, || {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            Ok(status.lines().find(|l| l.starts_with("State:")).is_none_or(|s| s.contains("zombie")).then_some(()))
-        })
-        .with_context(|| format!("{:?}", cmdline(pid)))?;
+        integration::vmenv::wait_process_gone(pid, TIMEOUT).with_context(|| format!("{:?}", cmdline(pid)))?;
     }
     Ok(())
 }

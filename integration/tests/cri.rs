@@ -84,10 +84,7 @@ fn crictl_runs_a_vm_pod_that_answers_on_its_pod_ip_and_stops_cleanly() -> Result
         cri.env.assert_gone(&ns, id)?;
     }
     for pid in [sandbox_pid, qemu] {
-        integration::vmenv::wait_until(&format!("process {pid} to be gone"), Duration::from_secs(30), || {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            Ok(status.lines().find(|l| l.starts_with("State:")).is_none_or(|s| s.contains("zombie")).then_some(()))
-        })?;
+        integration::vmenv::wait_process_gone(pid, Duration::from_secs(30))?;
     }
     Ok(())
 }
