@@ -120,6 +120,36 @@ impl ExecProcess {
     }
 }
 
+/// The exit status of an exec that never ran.
+const NEVER_RAN: u32 = 255;
+
+/// Stops an exec that never ran (its Start failed, or Delete came first) with `status`, and
+/// tells whoever waits on it, as runc's shim does. No TaskExit: no process exited.
+fn end_unstarted(inner: &Inner, status: u32) -> Exit {
+    let exit = Exit { status, at: SystemTime::now() };
+    inner.lock_state().apply(Change::Exited(exit));
+    if let Some(publish) = inner.publish.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = publish.send(Some(exit));
+    }
+    exit
+}
+
+impl ExecProcess {
+    /// Delete's part: the exit to report, or why not yet. Waits out a Start under way, and
+    /// ends an exec that never started.
+    pub async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
+        let inner = &self.0;
+        let _one_at_a_time = inner.requests.lock().await;
+        match self.state() {
+            State::Stopped(exit) => Ok(exit),
+            State::Created => Ok(end_unstarted(inner, 0)),
+            State::Running | State::Paused => {
+                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
+            }
+        }
+    }
+}
+
 impl Inner {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -165,7 +195,14 @@ impl Process for ExecProcess {
         let inner = &self.0;
         let _one_at_a_time = inner.requests.lock().await;
         self.state().check(Request::Start)?;
-        let Launched { pid, pidfd, streams } = self.launch().await?;
+        let Launched { pid, pidfd, streams } = match self.launch().await {
+            Ok(launched) => launched,
+            Err(e) => {
+                // Nothing ran: whoever waits on it (CRI waits before it starts) hears so.
+                end_unstarted(inner, NEVER_RAN);
+                return Err(e);
+            }
+        };
         let pidfd = Arc::new(pidfd);
         inner.pid.store(pid, Ordering::SeqCst);
         let _ = inner.pidfd.set(pidfd.clone());

@@ -71,8 +71,16 @@ impl Launch<'_> {
         // `given` goes into runc's command: the shim keeps no copy of the process's stdio.
         let ran = match &socket {
             Some(socket) => {
-                let (ran, master) = tokio::join!(runc(given), socket.receive());
-                ran.map(|_| Some(master))
+                let (run, receive) = (runc(given), socket.receive());
+                tokio::pin!(run, receive);
+                tokio::select! {
+                    // runc failing before it connects: no waiting out the console's deadline.
+                    ran = &mut run => match ran {
+                        Ok(()) => Ok(Some(receive.await)),
+                        Err(e) => Err(e),
+                    },
+                    master = &mut receive => run.await.map(|_| Some(master)),
+                }
             }
             None => runc(given).await.map(|_| None),
         };
@@ -86,9 +94,21 @@ impl Launch<'_> {
             let pidfd = Pidfd::open(pid).map_err(|e| unknown("opening", &format!("pidfd: {e}")))?;
             let terminal = match master {
                 Some(master) => {
-                    let master = master.map_err(|e| unknown("receiving", &format!("console from runc: {e}")))?;
-                    let served = stdio::terminal(master, self.stdio, self.id, self.namespace).await;
-                    Some(served.map_err(|e| unknown("serving", &format!("console: {e}")))?)
+                    let served = match master {
+                        Ok(master) => stdio::terminal(master, self.stdio, self.id, self.namespace)
+                            .await
+                            .map_err(|e| unknown("serving", &format!("console: {e}"))),
+                        Err(e) => Err(unknown("receiving", &format!("console from runc: {e}"))),
+                    };
+                    match served {
+                        Ok(streams) => Some(streams),
+                        Err(e) => {
+                            // Started, but nobody could talk to it: it must not run on untracked.
+                            let _ = pidfd.kill();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), pidfd.reap()).await;
+                            return Err(e);
+                        }
+                    }
                 }
                 None => None,
             };

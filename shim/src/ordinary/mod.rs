@@ -407,6 +407,10 @@ impl Container for OrdinaryContainer {
                 self.state().status()
             )));
         }
+        // An exec's TaskExit carries its id: the container's id would read as the init's exit.
+        if exec_id == self.id {
+            return Err(TaskError::InvalidArgument(format!("exec id {exec_id:?} is the container's own id")));
+        }
         let mut processes = self.lock_processes();
         if processes.contains_key(exec_id) {
             return Err(TaskError::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
@@ -424,18 +428,10 @@ impl Container for OrdinaryContainer {
     }
 
     async fn remove_process(&self, exec_id: &str) -> Result<Exit, TaskError> {
-        let mut processes = self.lock_processes();
-        let process =
-            processes.get(exec_id).ok_or_else(|| TaskError::NotFound(format!("process {exec_id} not found")))?;
-        let exit = match process.state() {
-            State::Stopped(exit) => exit,
-            // Never started: nothing ran, nothing to report.
-            State::Created => Exit { status: 0, at: SystemTime::now() },
-            State::Running | State::Paused => {
-                return Err(TaskError::FailedPrecondition(format!("exec {exec_id} is still running; kill it first")))
-            }
-        };
-        processes.remove(exec_id);
+        let process = self.lock_processes().get(exec_id).cloned();
+        let process = process.ok_or_else(|| TaskError::NotFound(format!("process {exec_id} not found")))?;
+        let exit = process.finish_for_delete().await?;
+        self.lock_processes().remove(exec_id);
         Ok(exit)
     }
 
