@@ -22,7 +22,8 @@ series_list=${CONTAINERD_SERIES-1.7 2 latest}
 # from the Go module proxy and cached outside git. On a new machine they are the longest part
 # of the run, so they build in the background while cargo builds (its links leave a core idle).
 go_builds=$(mktemp -d)
-trap 'rm -rf "$go_builds"' EXIT
+# A run that ends early stops the builds still going before their output goes.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait || true; rm -rf "$go_builds"' EXIT
 build_in_background() { # build_in_background NAME SCRIPT: SCRIPT's output (a directory) in $go_builds/NAME
   local name=$1 script=$2
   (bash "$script" > "$go_builds/$name" 2> "$go_builds/$name.log" || touch "$go_builds/$name.failed") &

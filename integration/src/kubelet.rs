@@ -1,7 +1,8 @@
 //! A real kubelet (built by `scripts/build-kubelet.sh`) in standalone mode, no API server,
 //! driving a test's CRI containerd: static pods from a manifest directory, the cgroupfs
 //! driver under a cgroup root of its own, and its root dir, pod logs and log in the test's
-//! directory. Dropping it stops kubelet and removes the cgroups it made.
+//! directory. Dropping it stops kubelet, removes the cgroups it made and puts back what it
+//! changed on the host (kernel settings, paths it writes whatever its flags say).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,62 @@ pub struct Kubelet {
     dir: tempfile::TempDir,
     /// The cgroup kubelet puts `kubepods` under, relative to each hierarchy's root.
     cgroup_root: String,
+    host: HostState,
+}
+
+/// Kernel settings kubelet changes on the host (it sets these to its own values unless
+/// `protectKernelDefaults`, which instead refuses to start on a host that differs).
+const KERNEL_SETTINGS: &[&str] = &[
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
+
+/// Places kubelet writes whatever its flags say: its device plugin socket, the log links.
+const HOST_PATHS: &[&str] = &["/var/lib/kubelet", "/var/log/containers"];
+
+/// What of the host kubelet changes, as it was before: put back on drop.
+struct HostState {
+    settings: Vec<(&'static str, String)>,
+    /// Of [`HOST_PATHS`], those that did not exist.
+    absent: Vec<&'static str>,
+}
+
+impl HostState {
+    fn record() -> Result<HostState> {
+        let mut settings = Vec::new();
+        for name in KERNEL_SETTINGS {
+            let path = Path::new("/proc/sys").join(name);
+            let value = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            settings.push((*name, value.trim().to_string()));
+        }
+        let absent = HOST_PATHS.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+        Ok(HostState { settings, absent })
+    }
+
+    /// Puts the kernel settings back, removes what kubelet made where nothing was, and the
+    /// log links into `pod_logs` where the directory was there already.
+    fn restore(&self, pod_logs: &Path) {
+        for (name, value) in &self.settings {
+            if let Err(e) = std::fs::write(Path::new("/proc/sys").join(name), value) {
+                eprintln!("kubelet: restoring {name} = {value}: {e}");
+            }
+        }
+        for path in HOST_PATHS {
+            if self.absent.contains(path) {
+                let _ = std::fs::remove_dir_all(path);
+            } else if let Ok(entries) = std::fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    if std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(pod_logs)) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Kubelet {
@@ -70,9 +127,17 @@ impl Kubelet {
         let config_path = dir.path().join("kubelet.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let log = File::create(dir.path().join("kubelet.log"))?;
-        let child = Command::new(&binary)
+        let host = HostState::record()?;
+        // In containerd's network namespace: the firewall chains kubelet adds go with it.
+        // Only that namespace: kubelet needs the host's mounts (cgroups, its root dir).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", cri.netns.name()))
+            .arg("--")
+            .arg(&binary)
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--root-dir={}", dir.path().join("root").display()))
+            .arg(format!("--cert-dir={}", dir.path().join("pki").display()))
+            .arg(format!("--volume-plugin-dir={}", dir.path().join("volume-plugins").display()))
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg("--v=2")
             .stdin(Stdio::null())
@@ -80,7 +145,7 @@ impl Kubelet {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Kubelet { child, dir, cgroup_root })
+        Ok(Kubelet { child, dir, cgroup_root, host })
     }
 
     /// Writes static pod manifest `name` (a Pod object); kubelet picks it up within a second.
@@ -159,6 +224,7 @@ impl Drop for Kubelet {
         // Pods are gone with the CRI environment (dropped after this); kubelet's QoS and pod
         // cgroups stay behind it on every hierarchy, empty by then or soon.
         remove_cgroup_trees(&self.cgroup_root, Duration::from_secs(30));
+        self.host.restore(&self.dir.path().join("pod-logs"));
     }
 }
 

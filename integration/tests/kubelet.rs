@@ -19,6 +19,11 @@ const POD_TIMEOUT: Duration = Duration::from_secs(180);
 #[test]
 fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Result<()> {
     let cri = CriEnv::start_vm_by_default("kubelet", 34)?;
+    // kubelet changes these on the host; they must be as they were once it is gone.
+    let kernel_settings: Vec<(&str, String)> = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"]
+        .into_iter()
+        .map(|s| Ok((s, std::fs::read_to_string(std::path::Path::new("/proc/sys").join(s))?.trim().to_string())))
+        .collect::<Result<_>>()?;
     let ns = cri.namespace();
     let mut events = ns.events()?;
     let mut kubelet = Kubelet::start(&cri, "vm")?;
@@ -104,7 +109,9 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     })?;
     ensure!(
         exit.payload.get("exit_status").and_then(Value::as_u64).unwrap_or(0) == 0,
-        "not a clean power-off: {exit:?}"
+        "not a clean power-off: {exit:?}\nkubelet log:\n{}\ncontainerd log:\n{}",
+        kubelet.log_tail(60),
+        cri.env.rig.log_tail(60)
     );
     console("reboot: Power down", Duration::from_secs(10))?;
     wait_until("kubelet to stop the pod's sandbox", Duration::from_secs(60), || {
@@ -119,10 +126,16 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     ensure!(!kubelet_dir.exists(), "{} is left", kubelet_dir.display());
     let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")?
         .flatten()
-        .map(|e| e.path().join(cgroup_root.trim_start_matches('/')))
+        .map(|e| e.path())
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup")])
+        .map(|hierarchy| hierarchy.join(cgroup_root.trim_start_matches('/')))
         .filter(|p| p.exists())
         .collect();
     ensure!(cgroups.is_empty(), "kubelet's cgroups are left: {cgroups:?}");
+    for (setting, before) in &kernel_settings {
+        let now = std::fs::read_to_string(std::path::Path::new("/proc/sys").join(setting))?;
+        ensure!(now.trim() == before, "kubelet left {setting} = {} (was {before})", now.trim());
+    }
     cri.crictl_ok(&["rmp", "--force", "--all"])?;
     for id in [&vm, &pod_id] {
         cri.env.assert_gone(&ns, id)?;

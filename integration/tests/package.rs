@@ -34,8 +34,9 @@ fn the_debian_package_installs_runs_a_vm_and_removes_cleanly() -> Result<()> {
     );
     let _aside = SetAside::new(&[Path::new(BINARY), Path::new(CONFIG_DIR)])?;
 
-    dpkg(&["-i", deb.to_str().context("path")?])?;
+    // Purged whatever happens from here, even if dpkg -i fails halfway.
     let removal = Removal;
+    dpkg(&["-i", deb.to_str().context("path")?])?;
     ensure!(installed(PACKAGE)?, "dpkg -i did not install {PACKAGE}");
     let version = run_ok(Command::new(BINARY).arg("--version"))?;
     ensure!(version.contains("io.containerd.vm.v1"), "{BINARY} --version: {version}");
@@ -124,33 +125,43 @@ impl Drop for Removal {
 }
 
 /// Paths moved out of the package's way, moved back on drop (after [`Removal`], which is
-/// declared later and so dropped first).
+/// declared later and so dropped first). If one cannot go back, the copy set aside is kept
+/// and its place said.
 struct SetAside {
     moved: Vec<(PathBuf, PathBuf)>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl SetAside {
     fn new(paths: &[&Path]) -> Result<SetAside> {
         // Beside the originals' filesystem root, so rename works.
         let dir = tempfile::Builder::new().prefix("csv-package-aside-").tempdir_in("/var/tmp")?;
-        let mut moved = Vec::new();
+        let base = dir.path().to_path_buf();
+        // Built as it goes: a failure halfway puts back what was moved (Drop).
+        let mut aside = SetAside { moved: Vec::new(), dir: Some(dir) };
         for (i, path) in paths.iter().enumerate() {
             if path.exists() {
-                let aside = dir.path().join(i.to_string());
-                std::fs::rename(path, &aside).with_context(|| format!("setting {} aside", path.display()))?;
-                moved.push((path.to_path_buf(), aside));
+                let to = base.join(i.to_string());
+                std::fs::rename(path, &to).with_context(|| format!("setting {} aside", path.display()))?;
+                aside.moved.push((path.to_path_buf(), to));
             }
         }
-        Ok(SetAside { moved, _dir: dir })
+        Ok(aside)
     }
 }
 
 impl Drop for SetAside {
     fn drop(&mut self) {
+        let mut all_back = true;
         for (path, aside) in &self.moved {
             if let Err(e) = std::fs::rename(aside, path) {
                 eprintln!("package test: could not put {} back from {}: {e}", path.display(), aside.display());
+                all_back = false;
+            }
+        }
+        if !all_back {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("package test: kept {} for the files that could not go back", dir.keep().display());
             }
         }
     }
