@@ -27,12 +27,12 @@ fn runc_container_runs_and_drop_leaves_nothing() -> Result<()> {
     ensure!(out.lines().any(|l| l.trim() == "rig-ok"), "unexpected output: {out:?}");
     let start = events.wait_for("/tasks/start", Duration::from_secs(10))?;
     ensure!(start.payload["container_id"] == "rig-ok", "{start:?}");
-    // containerd publishes /tasks/delete itself, with the exit status. The runc shim's own
-    // /tasks/exit is not waited for: once (CI, containerd 2.4.2) it did not arrive within 10 s
-    // of a `ctr run --rm` whose task was deleted at once.
-    let delete = events.wait_for("/tasks/delete", Duration::from_secs(10))?;
-    ensure!(delete.payload["container_id"] == "rig-ok", "{delete:?}");
-    ensure!(delete.payload.get("exit_status").and_then(|s| s.as_u64()).unwrap_or(0) == 0, "{delete:?}");
+    // ctr's own exit status was the task's (0: ctr_ok). Of the events that follow, only
+    // /containers/delete is containerd's own on every release: the task's /tasks/exit and
+    // /tasks/delete come from the runc shim on 2.x, which may exit before they are sent
+    // (neither arrived within 10 s, once each, in CI on 2.1.9 and 2.4.2).
+    let deleted = events.wait_for("/containers/delete", Duration::from_secs(10))?;
+    ensure!(deleted.payload["id"] == "rig-ok", "{deleted:?}");
 
     // A long-running one, driven through stdin, then abandoned: Drop must clean it up.
     let mut shell = ns.spawn(["run", images::BUSYBOX, "long", "sh"])?;
