@@ -98,7 +98,8 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     let metrics = ns.ctr_ok(["task", "metrics", "c3"])?;
     ensure!(metrics.contains("memory"), "metrics: {metrics}");
     let ps = ns.ctr_ok(["task", "ps", "c3"])?;
-    ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
+    let line = ps.lines().find(|l| l.starts_with(&pid.to_string())).unwrap_or_default();
+    ensure!(line.contains("vm.containerd.io/kind:container"), "task ps does not say it is a container: {ps}");
 
     // Exec, as into a runc container: both streams and the exit code, its events.
     let out =
@@ -133,6 +134,10 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
         let event = events.wait_for("/tasks/exec-started", TIMEOUT)?;
         Ok((event.payload["exec_id"] == "e4").then_some(()))
     })?;
+    // ctr task ps names the exec's process by its exec id, as for runc.
+    let ps = ns.ctr_ok(["task", "ps", "c3"])?;
+    let sleeper = ps.lines().filter(|l| !l.starts_with(&pid.to_string())).find(|l| l.contains("e4"));
+    ensure!(sleeper.is_some(), "task ps does not name exec e4: {ps}");
     let again = ns.ctr(["task", "exec", "--exec-id", "e4", "c3", "true"])?;
     let stderr = String::from_utf8_lossy(&again.stderr);
     ensure!(stderr.contains("already exists"), "the second exec e4 said: {stderr}");

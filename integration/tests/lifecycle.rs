@@ -67,8 +67,10 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     // Stats come from the VM's cgroup, which holds QEMU.
     let metrics = ns.ctr_ok(["task", "metrics", "vm2"])?;
     ensure!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "metrics: {metrics}");
+    // ctr task ps: QEMU, said to be the VM kind of task.
     let ps = ns.ctr_ok(["task", "ps", "vm2"])?;
-    ensure!(ps.contains(&pid.to_string()), "task ps: {ps}");
+    let line = ps.lines().find(|l| l.starts_with(&pid.to_string())).unwrap_or_default();
+    ensure!(line.contains("vm.containerd.io/kind:vm"), "task ps does not say the task is a VM: {ps}");
     // QEMU and every one of its threads run in the cgroup the spec names (ctr's default:
     // /<namespace>/<id>), in every hierarchy.
     let wanted = format!("/{}/vm2", ns.name());

@@ -306,6 +306,15 @@ impl Container for OrdinaryContainer {
         &self.id
     }
 
+    fn kind(&self) -> &'static str {
+        "container"
+    }
+
+    fn exec_pids(&self) -> Vec<(String, u32)> {
+        let processes = self.lock_processes();
+        processes.iter().map(|(id, process)| (id.clone(), process.pid())).filter(|(_, pid)| *pid != 0).collect()
+    }
+
     fn bundle(&self) -> &Path {
         &self.bundle
     }

@@ -20,6 +20,9 @@ pub trait Container: Send + Sync {
     fn bundle(&self) -> &Path;
     fn stdio(&self) -> &Stdio;
     fn pid(&self) -> u32;
+    /// Which kind of task this is, as Pids reports it: `vm` or `container` (the kind
+    /// module's names).
+    fn kind(&self) -> &'static str;
     /// Every process of the task (Pids; PodSandboxStats asks): the VM is one process.
     async fn pids(&self) -> Result<Vec<u32>, TaskError> {
         Ok(vec![self.pid()])
@@ -44,6 +47,10 @@ pub trait Container: Send + Sync {
     /// Exec: adds process `exec_id` (`spec`: its OCI process, as JSON) to the running task;
     /// it starts with its own Start. A kind that cannot exec says why.
     async fn exec(&self, exec_id: &str, spec: &Any, stdio: Stdio) -> Result<(), TaskError>;
+    /// The exec processes that have a pid, by exec id (Pids says which process is which).
+    fn exec_pids(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
     /// An exec process [`Container::exec`] added and Delete has not removed.
     fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
         Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id())))

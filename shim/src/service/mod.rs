@@ -5,6 +5,7 @@
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod process_info;
 pub mod task;
 
 use std::marker::PhantomData;

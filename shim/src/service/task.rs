@@ -13,13 +13,13 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdde
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
-use containerd_shim_protos::api::ProcessInfo;
 use tokio::sync::{oneshot, Mutex, Notify};
 use tracing::{info, instrument, warn, Instrument};
 
 use super::container::{Container, ContainerFactory, Process};
 use super::error::TaskError;
 use super::events::{timestamp, EventQueue};
+use super::process_info::process_infos;
 use crate::console::Stdio;
 use crate::lifecycle::{OnDelete, State};
 
@@ -343,9 +343,10 @@ impl<F: ContainerFactory> Task for TaskService<F> {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        let pids = self.live(&req.id).await?.pids().await?;
+        let container = self.live(&req.id).await?;
+        let pids = container.pids().await?;
         Ok(PidsResponse {
-            processes: pids.into_iter().map(|pid| ProcessInfo { pid, ..Default::default() }).collect(),
+            processes: process_infos(&pids, container.pid(), container.kind(), &container.exec_pids()),
             ..Default::default()
         })
     }

@@ -286,6 +286,10 @@ impl Container for Vm {
         &self.id
     }
 
+    fn kind(&self) -> &'static str {
+        "vm"
+    }
+
     async fn exec(&self, _exec_id: &str, _spec: &Any, _stdio: Stdio) -> Result<(), TaskError> {
         Err(TaskError::Unimplemented(
             "exec into a VM is not supported yet by containerd-shim-vm: it needs the guest agent (exec into the \
