@@ -24,9 +24,10 @@ series_list=${CONTAINERD_SERIES-1.7 2 latest}
 go_builds=$(mktemp -d)
 # A run that ends early stops the builds still going before their output goes.
 trap 'kill $(jobs -p) 2>/dev/null || true; wait || true; rm -rf "$go_builds"' EXIT
-build_in_background() { # build_in_background NAME SCRIPT: SCRIPT's output (a directory) in $go_builds/NAME
-  local name=$1 script=$2
-  (bash "$script" > "$go_builds/$name" 2> "$go_builds/$name.log" || touch "$go_builds/$name.failed") &
+build_in_background() { # build_in_background NAME SCRIPT [ARGS...]: SCRIPT's output (a directory) in $go_builds/NAME
+  local name=$1
+  shift
+  (bash "$@" > "$go_builds/$name" 2> "$go_builds/$name.log" || touch "$go_builds/$name.failed") &
 }
 built() { # built NAME: the directory the build printed; its log and a failure if it failed
   if [ -e "$go_builds/$1.failed" ]; then
@@ -39,7 +40,7 @@ built() { # built NAME: the directory the build printed; its log and a failure i
 }
 build_in_background nerdctl integration/scripts/build-nerdctl.sh
 build_in_background crictl integration/scripts/build-crictl.sh
-build_in_background kubelet integration/scripts/build-kubelet.sh
+build_in_background kubelet integration/scripts/build-kubernetes.sh kubelet
 case " $series_list " in *" latest "*) build_in_background containerd integration/scripts/build-containerd.sh ;; esac
 
 SKIP_INSTALL=1 prepare test.sh --tests
@@ -72,7 +73,7 @@ run_suites() { # run_suites LABEL [cargo test args...]
 
 # Style and lints first: cheap, and a failure here is named like any suite's.
 echo "== formatting and lints"
-if cargo fmt --all -- --check && cargo clippy -q --workspace --all-targets -- -D warnings; then
+if cargo fmt --all -- --check && cargo clippy -q --workspace --all-targets --all-features -- -D warnings; then
   echo "== formatting and lints: clean"
 else
   echo "== formatting and lints: FAILED" >&2

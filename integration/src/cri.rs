@@ -24,7 +24,7 @@ pub const VM_HANDLER: &str = "vm";
 
 /// crictl, built by build-crictl.sh (CRICTL_BIN_DIR if set).
 pub fn crictl_binary() -> Result<PathBuf> {
-    Ok(crate::built_tool_dir("CRICTL_BIN_DIR", "build-crictl.sh")?.join("crictl"))
+    Ok(crate::built_tool_dir("CRICTL_BIN_DIR", "build-crictl.sh", &[])?.join("crictl"))
 }
 
 pub struct CriEnv {

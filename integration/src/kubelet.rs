@@ -1,8 +1,9 @@
-//! A real kubelet (built by `scripts/build-kubelet.sh`) in standalone mode, no API server,
-//! driving a test's CRI containerd: static pods from a manifest directory, the cgroupfs
-//! driver under a cgroup root of its own, and its root dir, pod logs and log in the test's
-//! directory. Dropping it stops kubelet, removes the cgroups it made and puts back what it
-//! changed on the host (kernel settings, paths it writes whatever its flags say).
+//! A real kubelet (built by `scripts/build-kubernetes.sh kubelet`) driving a test's CRI
+//! containerd: standalone (no API server, static pods from a manifest directory) or as the node
+//! of a test's [`ControlPlane`]. The cgroupfs driver under a cgroup root of its own, its root
+//! dir, pod logs and log in the test's directory. Dropping it stops kubelet, removes the
+//! cgroups it made and puts back what it changed on the host (kernel settings, paths it writes
+//! whatever its flags say).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,18 +11,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use crate::control_plane::ControlPlane;
 use crate::cri::CriEnv;
+use crate::rig::{file_tail, stop_child};
 
 /// The node name kubelet runs as: static pods are named `<pod>-<NODE_NAME>`.
 pub const NODE_NAME: &str = "csv-node";
 
-/// kubelet, built by build-kubelet.sh (KUBELET_BIN_DIR if set).
+/// kubelet, built by build-kubernetes.sh (KUBELET_BIN_DIR if set).
 pub fn kubelet_binary() -> Result<PathBuf> {
-    Ok(crate::built_tool_dir("KUBELET_BIN_DIR", "build-kubelet.sh")?.join("kubelet"))
+    Ok(crate::built_tool_dir("KUBELET_BIN_DIR", "build-kubernetes.sh", &["kubelet"])?.join("kubelet"))
 }
 
 pub struct Kubelet {
@@ -88,9 +89,20 @@ impl HostState {
 }
 
 impl Kubelet {
-    /// Starts kubelet against `cri`'s containerd. CRI's default handler decides the runtime
-    /// (a standalone kubelet cannot resolve a RuntimeClass): see [`CriEnv::start_vm_by_default`].
+    /// Starts a standalone kubelet against `cri`'s containerd. CRI's default handler decides
+    /// the runtime (a standalone kubelet cannot resolve a RuntimeClass): see
+    /// [`CriEnv::start_vm_by_default`].
     pub fn start(cri: &CriEnv, tag: &str) -> Result<Kubelet> {
+        Self::start_with(cri, tag, None)
+    }
+
+    /// Starts kubelet against `cri`'s containerd as the node of `plane` (which it registers,
+    /// as [`NODE_NAME`] on the plane's node address), with its server on for logs and attach.
+    pub fn start_in_cluster(cri: &CriEnv, tag: &str, plane: &ControlPlane) -> Result<Kubelet> {
+        Self::start_with(cri, tag, Some(plane))
+    }
+
+    fn start_with(cri: &CriEnv, tag: &str, plane: Option<&ControlPlane>) -> Result<Kubelet> {
         let binary = kubelet_binary()?;
         let dir = tempfile::Builder::new().prefix("kubelet-").tempdir()?;
         let cgroup_root = format!("/csv-kubelet-{tag}-{}", std::process::id());
@@ -111,9 +123,11 @@ impl Kubelet {
             // These machines have cgroup v1 (kubelet 1.34 still runs there when told so).
             "failCgroupV1": false,
             "failSwapOn": false,
-            // No server: several kubelets may run at once, and nothing here calls it. Without an
-            // API server there is nobody to ask about clients either.
-            "enableServer": false,
+            // Standalone, no server: nothing calls it. In a cluster the API server calls it for
+            // logs and attach (on port 10250 of the test's network namespace).
+            "enableServer": plane.is_some(),
+            // Clients are not checked (nobody to ask without an API server; a throwaway
+            // cluster's with one).
             "authentication": { "webhook": { "enabled": false }, "anonymous": { "enabled": true } },
             "authorization": { "mode": "AlwaysAllow" },
             "readOnlyPort": 0,
@@ -130,10 +144,13 @@ impl Kubelet {
         let host = HostState::record()?;
         // In containerd's network namespace: the firewall chains kubelet adds go with it.
         // Only that namespace: kubelet needs the host's mounts (cgroups, its root dir).
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", cri.netns.name()))
-            .arg("--")
-            .arg(&binary)
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", cri.netns.name())).arg("--").arg(&binary);
+        if let Some(plane) = plane {
+            command.arg(format!("--kubeconfig={}", plane.kubeconfig().display()));
+            command.arg(format!("--node-ip={}", plane.node_ip));
+        }
+        let child = command
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--root-dir={}", dir.path().join("root").display()))
             .arg(format!("--cert-dir={}", dir.path().join("pki").display()))
@@ -190,9 +207,7 @@ impl Kubelet {
 
     /// The last `lines` lines of kubelet's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        file_tail(&self.dir.path().join("kubelet.log"), lines)
     }
 
     /// Whether kubelet is still running (it exits on a configuration it rejects).
@@ -203,18 +218,7 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                eprintln!("kubelet ignored SIGTERM for 10 s; killing it");
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_child("kubelet", &mut self.child);
         // kubelet bind-mounts its root dir onto itself (and pods' volumes below it).
         for mount in crate::rig::mounts_under(self.dir.path()) {
             if let Err(e) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {

@@ -5,10 +5,12 @@
 //! * [`oci`]: OCI image-layout archives (`ctr images import`), containerDisk layout.
 //! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
 //! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
-//! * [`cri`]: containerd's CRI driven with crictl; [`kubelet`]: a standalone kubelet on it.
+//! * [`cri`]: containerd's CRI driven with crictl; [`kubelet`]: a real kubelet on it,
+//!   standalone or the node of a [`control_plane`] (etcd, kube-apiserver, kube-scheduler, kubectl).
 //! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
 pub mod containerd_config;
+pub mod control_plane;
 pub mod cri;
 pub mod images;
 pub mod kubelet;
@@ -22,14 +24,15 @@ pub use rig::{Event, Events, Namespace, Rig, RigConfig, Spawned};
 use std::path::{Path, PathBuf};
 
 /// Where a client the tests need lives: `$env` if set, else what
-/// `integration/scripts/<script>` prints once it has built (or found cached) the client.
-pub fn built_tool_dir(env: &str, script: &str) -> anyhow::Result<PathBuf> {
+/// `integration/scripts/<script> <args>` prints once it has built (or found cached) the client.
+pub fn built_tool_dir(env: &str, script: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(env).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
     let path = workspace_root().join("integration/scripts").join(script);
     let out = std::process::Command::new("bash")
         .arg(&path)
+        .args(args)
         .output()
         .map_err(|e| anyhow::anyhow!("running {}: {e}", path.display()))?;
     anyhow::ensure!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));

@@ -366,9 +366,7 @@ impl Rig {
     }
     /// The last `lines` lines of containerd's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        file_tail(&self.log_path, lines)
     }
     /// containerd's process id.
     pub fn containerd_pid(&self) -> Option<u32> {
@@ -484,20 +482,28 @@ impl Rig {
     }
 
     fn stop_containerd(&mut self) {
-        let Some(mut child) = self.containerd.take() else {
-            return;
-        };
-        let pid = Pid::from_raw(child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        match wait_child(&mut child, Duration::from_secs(10)) {
-            Ok(Some(_)) => {}
-            _ => {
-                eprintln!("rig: containerd ignored SIGTERM for 10 s; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(mut child) = self.containerd.take() {
+            stop_child("containerd", &mut child);
         }
     }
+}
+
+/// Stops a daemon a test started: SIGTERM, then SIGKILL if it has not exited within 10 s.
+pub fn stop_child(name: &str, child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    if !matches!(wait_child(child, Duration::from_secs(10)), Ok(Some(_))) {
+        eprintln!("{name} ignored SIGTERM for 10 s; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The last `lines` lines of the file at `path` (a daemon's log), empty if unreadable.
+pub fn file_tail(path: &Path, lines: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for Rig {
@@ -595,15 +601,9 @@ impl<'r> Namespace<'r> {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let ctr = self.rig.ctr_command();
-        let words: Vec<String> = std::iter::once(ctr.get_program().to_owned())
-            .chain(ctr.get_args().map(OsStr::to_owned))
-            .chain(self.args(args))
-            .map(|word| word.to_string_lossy().into_owned())
-            .collect();
-        let mut script = Command::new("script");
-        script.args(["-qfec", &words.join(" "), "/dev/null"]);
-        Spawned::from_command(script)
+        let mut ctr = self.rig.ctr_command();
+        ctr.args(self.args(args));
+        Spawned::on_terminal(&ctr)
     }
     /// Events of this namespace only; see [`Rig::events`].
     pub fn events(&self) -> Result<Events<'r>> {
@@ -660,6 +660,18 @@ pub struct Spawned<'r> {
 impl<'r> Spawned<'r> {
     /// Runs any command (e.g. `script` around `ctr run -t`) with the same piped,
     /// incrementally read stdio as [`Rig::spawn`].
+    /// `command` on a terminal of its own (`script` makes it), as a user types it: what is
+    /// sent is typed, dropping it closes the terminal. Its words must need no quoting.
+    pub fn on_terminal(command: &Command) -> Result<Spawned<'r>> {
+        let words: Vec<String> = std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|word| word.to_string_lossy().into_owned())
+            .collect();
+        let mut script = Command::new("script");
+        script.args(["-qfec", &words.join(" "), "/dev/null"]);
+        Spawned::from_command(script)
+    }
+
     pub fn from_command(mut cmd: Command) -> Result<Spawned<'r>> {
         let what = format!("{cmd:?}");
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

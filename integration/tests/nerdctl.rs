@@ -15,7 +15,7 @@ use integration::vmenv::{cmdline, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 /// nerdctl, built by integration/scripts/build-nerdctl.sh (NERDCTL_BIN_DIR if set).
 fn nerdctl_binary() -> Result<PathBuf> {
-    Ok(integration::built_tool_dir("NERDCTL_BIN_DIR", "build-nerdctl.sh")?.join("nerdctl"))
+    Ok(integration::built_tool_dir("NERDCTL_BIN_DIR", "build-nerdctl.sh", &[])?.join("nerdctl"))
 }
 
 struct Nerdctl {
