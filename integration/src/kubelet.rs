@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
 use crate::control_plane::ControlPlane;
@@ -19,6 +19,42 @@ use crate::rig::{file_tail, stop_child};
 
 /// The node name kubelet runs as: static pods are named `<pod>-<NODE_NAME>`.
 pub const NODE_NAME: &str = "csv-node";
+
+/// The VM pod the kubelet suites run, named `vm-pod` with one container `vm`: the tiny guest,
+/// two vCPUs by pod annotation, a 384Mi memory limit (the test shim config counts 64 MiB for
+/// QEMU: 320 MiB of guest memory), a grace period for its ACPI power-off.
+pub fn vm_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "vm-pod",
+            "namespace": "default",
+            // Reaches the shim through containerd's pod_annotations (vm.containerd.io/*).
+            "annotations": { "vm.containerd.io/cpus": "2" },
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": 60,
+            "containers": [{
+                "name": "vm",
+                "image": crate::images::TINY,
+                // A containerDisk names no command; CRI wants one, and the VM ignores it.
+                "command": ["/disk"],
+                "imagePullPolicy": "Never",
+                "resources": { "limits": { "memory": "384Mi" } },
+            }],
+        },
+    })
+}
+
+/// That `pid` is the QEMU of [`vm_pod`], sized by its annotation and its limit.
+pub fn ensure_vm_pod_qemu(pid: u32) -> Result<()> {
+    let argv = crate::vmenv::cmdline(pid)?;
+    ensure!(argv.first().is_some_and(|c| c.contains("qemu-system")), "the VM container's process: {argv:?}");
+    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "the pod annotation did not reach QEMU: {argv:?}");
+    ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "320M"), "the limit did not size the guest: {argv:?}");
+    Ok(())
+}
 
 /// kubelet, built by build-kubernetes.sh (KUBELET_BIN_DIR if set).
 pub fn kubelet_binary() -> Result<PathBuf> {

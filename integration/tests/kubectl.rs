@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use integration::control_plane::ControlPlane;
 use integration::cri::CriEnv;
-use integration::images::{BUSYBOX, TINY};
-use integration::kubelet::{Kubelet, NODE_NAME};
+use integration::images::BUSYBOX;
+use integration::kubelet::{ensure_vm_pod_qemu, vm_pod, Kubelet, NODE_NAME};
 use integration::vmenv::{cmdline, wait_until, BOOTED, BOOT_TIMEOUT};
 use integration::workspace_root;
 use serde_json::{json, Value};
@@ -59,28 +59,11 @@ fn kubectl_runs_a_vm_pod_of_the_vm_runtime_class_beside_a_runc_pod() -> Result<(
             }],
         },
     }))?;
-    plane.apply(&json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "vm-pod",
-            "namespace": "default",
-            "annotations": { "vm.containerd.io/cpus": "2" },
-        },
-        "spec": {
-            "runtimeClassName": "vm",
-            "terminationGracePeriodSeconds": 60,
-            "containers": [{
-                "name": "vm",
-                "image": TINY,
-                "command": ["/disk"],
-                "imagePullPolicy": "Never",
-                "stdin": true,
-                // The test's shim config counts 64 MiB for QEMU: 320 MiB of guest memory.
-                "resources": { "limits": { "memory": "384Mi" } },
-            }],
-        },
-    }))?;
+    let mut vm_pod = vm_pod();
+    vm_pod["spec"]["runtimeClassName"] = json!("vm");
+    // `kubectl attach -i` types into the console.
+    vm_pod["spec"]["containers"][0]["stdin"] = json!(true);
+    plane.apply(&vm_pod)?;
 
     let runc_pod = wait_running(&mut plane, &mut kubelet, "runc-pod")?;
     let vm_pod = wait_running(&mut plane, &mut kubelet, "vm-pod")?;
@@ -105,10 +88,7 @@ fn kubectl_runs_a_vm_pod_of_the_vm_runtime_class_beside_a_runc_pod() -> Result<(
     };
     let vm = container_id(&vm_pod)?;
     let qemu = cri.inspect("inspect", &vm)?["info"]["pid"].as_u64().context("no container pid")? as u32;
-    let argv = cmdline(qemu)?;
-    ensure!(argv.first().is_some_and(|c| c.contains("qemu-system")), "VM container process {argv:?}");
-    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "the pod annotation did not reach QEMU: {argv:?}");
-    ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "320M"), "the limit did not size the guest: {argv:?}");
+    ensure_vm_pod_qemu(qemu)?;
     let sleeper = cri.inspect("inspect", &container_id(&runc_pod)?)?["info"]["pid"].as_u64().context("no pid")? as u32;
     ensure!(cmdline(sleeper)?.first().is_some_and(|c| c == "sleep"), "the runc pod's process: {:?}", cmdline(sleeper)?);
 

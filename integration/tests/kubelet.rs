@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use integration::cri::CriEnv;
-use integration::images::TINY;
-use integration::kubelet::{Kubelet, NODE_NAME};
-use integration::vmenv::{cmdline, wait_until, BOOTED, BOOT_TIMEOUT};
-use serde_json::{json, Value};
+use integration::kubelet::{ensure_vm_pod_qemu, vm_pod, Kubelet, NODE_NAME};
+use integration::vmenv::{wait_until, BOOTED, BOOT_TIMEOUT};
+use serde_json::Value;
 
 /// kubelet's first sync, sandbox and image checks come before the boot.
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -28,29 +27,7 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     let mut events = ns.events()?;
     let mut kubelet = Kubelet::start(&cri, "vm")?;
 
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "vm-pod",
-            "namespace": "default",
-            // Reaches the shim through containerd's pod_annotations (vm.containerd.io/*).
-            "annotations": { "vm.containerd.io/cpus": "2" },
-        },
-        "spec": {
-            "terminationGracePeriodSeconds": 60,
-            "containers": [{
-                "name": "vm",
-                "image": TINY,
-                // A containerDisk names no command; CRI wants one, and the VM ignores it.
-                "command": ["/disk"],
-                "imagePullPolicy": "Never",
-                // The test's shim config counts 64 MiB for QEMU: 320 MiB of guest memory.
-                "resources": { "limits": { "memory": "384Mi" } },
-            }],
-        },
-    });
-    kubelet.add_static_pod("vm-pod", &pod)?;
+    kubelet.add_static_pod("vm-pod", &vm_pod())?;
 
     // The container, running, as kubelet created it.
     let container: Value = wait_until("kubelet to start the VM container", POD_TIMEOUT, || {
@@ -91,10 +68,7 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     // QEMU: sized by the annotation and the limit, in the pod cgroup kubelet made (cgroupfs
     // driver: <root>/kubepods/<qos>/pod<uid>/<container id>).
     let qemu = cri.inspect("inspect", &vm)?["info"]["pid"].as_u64().context("no container pid")? as u32;
-    let argv = cmdline(qemu)?;
-    ensure!(argv.first().is_some_and(|c| c.contains("qemu-system")), "container process {argv:?}");
-    ensure!(argv.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "the pod annotation did not reach QEMU: {argv:?}");
-    ensure!(argv.windows(2).any(|w| w[0] == "-m" && w[1] == "320M"), "the limit did not size the guest: {argv:?}");
+    ensure_vm_pod_qemu(qemu)?;
     let cgroups = std::fs::read_to_string(format!("/proc/{qemu}/cgroup"))?;
     let expected = format!("{}/kubepods/burstable/pod{uid}/{vm}", kubelet.cgroup_root());
     let memory = cgroups.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")));
