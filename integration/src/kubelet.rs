@@ -11,9 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value};
 
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{kubernetes_binary, ControlPlane};
 use crate::cri::CriEnv;
 use crate::rig::{file_tail, stop_child};
 
@@ -22,7 +23,7 @@ pub const NODE_NAME: &str = "csv-node";
 
 /// The VM pod the kubelet suites run, named `vm-pod` with one container `vm`: the tiny guest,
 /// two vCPUs by pod annotation, a 384Mi memory limit (the test shim config counts 64 MiB for
-/// QEMU: 320 MiB of guest memory), a grace period for its ACPI power-off.
+/// QEMU: 320 MiB of guest memory), stdin for attach, a grace period for its ACPI power-off.
 pub fn vm_pod() -> Value {
     json!({
         "apiVersion": "v1",
@@ -41,6 +42,8 @@ pub fn vm_pod() -> Value {
                 // A containerDisk names no command; CRI wants one, and the VM ignores it.
                 "command": ["/disk"],
                 "imagePullPolicy": "Never",
+                // Attach types into the console.
+                "stdin": true,
                 "resources": { "limits": { "memory": "384Mi" } },
             }],
         },
@@ -56,17 +59,24 @@ pub fn ensure_vm_pod_qemu(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// kubelet, built by build-kubernetes.sh (KUBELET_BIN_DIR if set).
-pub fn kubelet_binary() -> Result<PathBuf> {
-    Ok(crate::built_tool_dir("KUBELET_BIN_DIR", "build-kubernetes.sh", &["kubelet"])?.join("kubelet"))
-}
-
-pub struct Kubelet {
+pub struct Kubelet<'c> {
     child: Child,
+    /// The CRI environment it drives: its pods go through CRI before kubelet's cgroups go.
+    cri: &'c CriEnv,
     dir: tempfile::TempDir,
     /// The cgroup kubelet puts `kubepods` under, relative to each hierarchy's root.
     cgroup_root: String,
     host: HostState,
+    /// Held while it runs, dropped last: see [`one_kubelet_at_a_time`].
+    _only_kubelet: Flock<File>,
+}
+
+/// One test kubelet on this host at a time, whichever test process runs it: each records the
+/// kernel settings before it and puts them back, which two at once would get wrong.
+fn one_kubelet_at_a_time() -> Result<Flock<File>> {
+    std::fs::create_dir_all("/run/lock")?;
+    let file = File::create("/run/lock/containerd-shim-vm-test-kubelet.lock")?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking for kubelet: {e}"))
 }
 
 /// Kernel settings kubelet changes on the host (it sets these to its own values unless
@@ -124,22 +134,23 @@ impl HostState {
     }
 }
 
-impl Kubelet {
+impl<'c> Kubelet<'c> {
     /// Starts a standalone kubelet against `cri`'s containerd. CRI's default handler decides
     /// the runtime (a standalone kubelet cannot resolve a RuntimeClass): see
     /// [`CriEnv::start_vm_by_default`].
-    pub fn start(cri: &CriEnv, tag: &str) -> Result<Kubelet> {
+    pub fn start(cri: &'c CriEnv, tag: &str) -> Result<Kubelet<'c>> {
         Self::start_with(cri, tag, None)
     }
 
     /// Starts kubelet against `cri`'s containerd as the node of `plane` (which it registers,
     /// as [`NODE_NAME`] on the plane's node address), with its server on for logs and attach.
-    pub fn start_in_cluster(cri: &CriEnv, tag: &str, plane: &ControlPlane) -> Result<Kubelet> {
+    pub fn start_in_cluster(cri: &'c CriEnv, tag: &str, plane: &ControlPlane) -> Result<Kubelet<'c>> {
         Self::start_with(cri, tag, Some(plane))
     }
 
-    fn start_with(cri: &CriEnv, tag: &str, plane: Option<&ControlPlane>) -> Result<Kubelet> {
-        let binary = kubelet_binary()?;
+    fn start_with(cri: &'c CriEnv, tag: &str, plane: Option<&ControlPlane>) -> Result<Kubelet<'c>> {
+        let binary = kubernetes_binary("kubelet")?;
+        let only_kubelet = one_kubelet_at_a_time()?;
         let dir = tempfile::Builder::new().prefix("kubelet-").tempdir()?;
         let cgroup_root = format!("/csv-kubelet-{tag}-{}", std::process::id());
         for sub in ["manifests", "root", "pod-logs"] {
@@ -172,12 +183,12 @@ impl Kubelet {
             "evictionHard": { "memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%" },
             "imageGCHighThresholdPercent": 100,
         });
-        // kubelet wants its cgroup root to exist, on every hierarchy.
-        create_cgroup_root(&cgroup_root)?;
         let config_path = dir.path().join("kubelet.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let log = File::create(dir.path().join("kubelet.log"))?;
         let host = HostState::record()?;
+        // kubelet wants its cgroup root to exist, on every hierarchy.
+        create_cgroup_root(&cgroup_root)?;
         // In containerd's network namespace: the firewall chains kubelet adds go with it.
         // Only that namespace: kubelet needs the host's mounts (cgroups, its root dir).
         let mut command = Command::new("nsenter");
@@ -186,7 +197,7 @@ impl Kubelet {
             command.arg(format!("--kubeconfig={}", plane.kubeconfig().display()));
             command.arg(format!("--node-ip={}", plane.node_ip));
         }
-        let child = command
+        let spawned = command
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--root-dir={}", dir.path().join("root").display()))
             .arg(format!("--cert-dir={}", dir.path().join("pki").display()))
@@ -196,9 +207,15 @@ impl Kubelet {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Kubelet { child, dir, cgroup_root, host })
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                remove_cgroup_trees(&cgroup_root, Duration::ZERO);
+                return Err(e).with_context(|| format!("starting {}", binary.display()));
+            }
+        };
+        Ok(Kubelet { child, cri, dir, cgroup_root, host, _only_kubelet: only_kubelet })
     }
 
     /// Writes static pod manifest `name` (a Pod object); kubelet picks it up within a second.
@@ -252,17 +269,19 @@ impl Kubelet {
     }
 }
 
-impl Drop for Kubelet {
+impl Drop for Kubelet<'_> {
     fn drop(&mut self) {
         stop_child("kubelet", &mut self.child);
+        // Its pods through CRI first (a test that failed halfway leaves them running): their
+        // cgroups are below kubelet's root.
+        let _ = self.cri.crictl(&["rmp", "--force", "--all"]);
         // kubelet bind-mounts its root dir onto itself (and pods' volumes below it).
         for mount in crate::rig::mounts_under(self.dir.path()) {
             if let Err(e) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
                 eprintln!("kubelet: umount {}: {e}", mount.display());
             }
         }
-        // Pods are gone with the CRI environment (dropped after this); kubelet's QoS and pod
-        // cgroups stay behind it on every hierarchy, empty by then or soon.
+        // kubelet's QoS and pod cgroups stay behind it on every hierarchy, empty by now or soon.
         remove_cgroup_trees(&self.cgroup_root, Duration::from_secs(30));
         self.host.restore(&self.dir.path().join("pod-logs"));
     }

@@ -1,5 +1,6 @@
 //! The kubectl path, as the README tells a user: a one-node cluster of Kubernetes' own binaries
-//! (etcd, kube-apiserver, kube-scheduler, kubelet and kubectl, built from the Go module proxy)
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl, built
+//! from the Go module proxy)
 //! on the test's containerd. `packaging/runtimeclass.yaml` applied as shipped and the node
 //! labelled as it says; a pod with `runtimeClassName: vm` is scheduled with the RuntimeClass's
 //! overhead, runs beside a runc pod, is Running with a pod IP the guest answers on; `kubectl
@@ -61,8 +62,6 @@ fn kubectl_runs_a_vm_pod_of_the_vm_runtime_class_beside_a_runc_pod() -> Result<(
     }))?;
     let mut vm_pod = vm_pod();
     vm_pod["spec"]["runtimeClassName"] = json!("vm");
-    // `kubectl attach -i` types into the console.
-    vm_pod["spec"]["containers"][0]["stdin"] = json!(true);
     plane.apply(&vm_pod)?;
 
     let runc_pod = wait_running(&mut plane, &mut kubelet, "runc-pod")?;
@@ -161,7 +160,7 @@ fn kubectl_runs_a_vm_pod_of_the_vm_runtime_class_beside_a_runc_pod() -> Result<(
 }
 
 /// An error with the log of kubelet or a control plane component if one exited.
-fn check_daemons(plane: &mut ControlPlane, kubelet: &mut Kubelet) -> Result<()> {
+fn check_daemons(plane: &mut ControlPlane, kubelet: &mut Kubelet<'_>) -> Result<()> {
     if !kubelet.running() {
         bail!("kubelet exited:\n{}", kubelet.log_tail(40));
     }
@@ -169,7 +168,7 @@ fn check_daemons(plane: &mut ControlPlane, kubelet: &mut Kubelet) -> Result<()> 
 }
 
 /// Pod `pod` once Running with all its containers running.
-fn wait_running(plane: &mut ControlPlane, kubelet: &mut Kubelet, pod: &str) -> Result<Value> {
+fn wait_running(plane: &mut ControlPlane, kubelet: &mut Kubelet<'_>, pod: &str) -> Result<Value> {
     wait_until(&format!("pod {pod} to be Running"), POD_TIMEOUT, || {
         check_daemons(plane, kubelet)?;
         let status = plane.get(&["pod", pod])?;

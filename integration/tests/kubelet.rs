@@ -64,6 +64,15 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     let up = console("TINY-NET-UP eth0", BOOT_TIMEOUT)?;
     ensure!(up.contains(&ip), "the guest did not take the pod IP {ip}: {up}");
     cri.netns.ping(&ip, Duration::from_secs(60))?;
+    // The guest's init starts acpid just before its shell: only once the shell answers does
+    // the power button power it off (under load the test got here first, and the grace
+    // period ended in SIGKILL). Typed through CRI's attach, as kubectl attach does.
+    let mut attached = cri.attach(&vm)?;
+    wait_until("the guest's shell to answer through crictl attach", BOOT_TIMEOUT, || {
+        attached.send("echo attached-$((6*7))\n")?;
+        Ok(attached.wait_for_output("attached-42", Duration::from_secs(2)).ok())
+    })?;
+    drop(attached);
 
     // QEMU: sized by the annotation and the limit, in the pod cgroup kubelet made (cgroupfs
     // driver: <root>/kubepods/<qos>/pod<uid>/<container id>).
