@@ -22,12 +22,15 @@ series_list=${CONTAINERD_SERIES-1.7 2 latest}
 # from the Go module proxy and cached outside git. On a new machine they are the longest part
 # of the run, so they build in the background while cargo builds (its links leave a core idle).
 go_builds=$(mktemp -d)
-# A run that ends early stops the builds still going before their output goes.
-trap 'kill $(jobs -p) 2>/dev/null || true; wait || true; rm -rf "$go_builds"' EXIT
+# Each build is a process group of its own, so that a run that ends early stops the whole of
+# every build still going (its go commands too) before their output goes.
+build_groups=()
+trap 'for group in "${build_groups[@]}"; do kill -- "-$group" 2>/dev/null || true; done; wait || true; rm -rf "$go_builds"' EXIT
 build_in_background() { # build_in_background NAME SCRIPT [ARGS...]: SCRIPT's output (a directory) in $go_builds/NAME
   local name=$1
   shift
-  (bash "$@" > "$go_builds/$name" 2> "$go_builds/$name.log" || touch "$go_builds/$name.failed") &
+  OUT=$go_builds/$name setsid bash -c 'bash "$@" > "$OUT" 2> "$OUT.log" || touch "$OUT.failed"' build "$@" &
+  build_groups+=("$!")
 }
 built() { # built NAME: the directory the build printed; its log and a failure if it failed
   if [ -e "$go_builds/$1.failed" ]; then
@@ -48,6 +51,7 @@ SKIP_INSTALL=1 prepare test.sh --tests
 SHIM_VM_DEB=$(bash packaging/build-deb.sh)
 export SHIM_VM_DEB
 wait
+build_groups=() # all ended: their group ids may be anyone's now
 NERDCTL_BIN_DIR=$(built nerdctl)
 CRICTL_BIN_DIR=$(built crictl)
 KUBELET_BIN_DIR=$(built kubelet)
