@@ -20,4 +20,5 @@ for component in etcd kube-apiserver kube-controller-manager kube-scheduler kube
 done
 CRICTL_BIN_DIR=$(bash integration/scripts/build-crictl.sh)
 export CRICTL_BIN_DIR
-cargo test --release -p integration --features kubectl --test kubectl -- --test-threads=1
+# A hang guard, not a target: the suite takes under a minute here.
+timeout -k 30 20m cargo test --release -p integration --features kubectl --test kubectl -- --test-threads=1

@@ -76,7 +76,7 @@ case "$component" in
     [ -n "$etcd_version" ] || { echo "build-kubernetes.sh: k8s.io/kubernetes $version requires no etcd server" >&2; exit 1; }
     "$go" get "k8s.io/kubernetes@$version" "$package@$etcd_version" >&2
     "$go" build -o "$out.tmp/usr/bin/etcd" -ldflags "-s -w" "$package" >&2
-    said=$("$out.tmp/usr/bin/etcd" --version | head -1)
+    said=$("$out.tmp/usr/bin/etcd" --version | sed -n 1p)
     expected="etcd Version: ${etcd_version#v}"
     ;;
   *)
@@ -87,7 +87,7 @@ case "$component" in
       -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitVersion=$version" \
       "$package" >&2
     if [ "$component" = kubectl ]; then
-      said=$("$out.tmp/usr/bin/kubectl" version --client | head -1)
+      said=$("$out.tmp/usr/bin/kubectl" version --client | sed -n 1p)
       expected="Client Version: $version"
     else
       said=$("$out.tmp/usr/bin/$component" --version)

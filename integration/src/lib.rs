@@ -6,7 +6,8 @@
 //! * [`images`]: the tiny guest disks from `images/build-tiny.sh`, as containerDisk archives.
 //! * [`rig`]: a private containerd in a temporary directory, driven with `ctr`.
 //! * [`cri`]: containerd's CRI driven with crictl; [`kubelet`]: a real kubelet on it,
-//!   standalone or the node of a [`control_plane`] (etcd, kube-apiserver, kube-scheduler, kubectl).
+//!   standalone or the node of a [`control_plane`] (etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler, kubectl).
 //! * [`vmenv`]: a rig set up for VM tests, and checks that a VM left nothing behind.
 
 pub mod containerd_config;

@@ -658,8 +658,6 @@ pub struct Spawned<'r> {
 }
 
 impl<'r> Spawned<'r> {
-    /// Runs any command (e.g. `script` around `ctr run -t`) with the same piped,
-    /// incrementally read stdio as [`Rig::spawn`].
     /// `command` on a terminal of its own (`script` makes it), as a user types it: what is
     /// sent is typed, dropping it closes the terminal. Its words must need no quoting.
     pub fn on_terminal(command: &Command) -> Result<Spawned<'r>> {
@@ -672,6 +670,8 @@ impl<'r> Spawned<'r> {
         Spawned::from_command(script)
     }
 
+    /// Runs any command (e.g. `script` around `ctr run -t`) with the same piped,
+    /// incrementally read stdio as [`Rig::spawn`].
     pub fn from_command(mut cmd: Command) -> Result<Spawned<'r>> {
         let what = format!("{cmd:?}");
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -98,7 +98,7 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     let metrics = ns.ctr_ok(["task", "metrics", "c3"])?;
     ensure!(metrics.contains("memory"), "metrics: {metrics}");
     let ps = ns.ctr_ok(["task", "ps", "c3"])?;
-    let line = ps.lines().find(|l| l.starts_with(&pid.to_string())).unwrap_or_default();
+    let line = ps.lines().find(|l| l.split_whitespace().next() == Some(pid.to_string().as_str())).unwrap_or_default();
     ensure!(line.contains("vm.containerd.io/kind:container"), "task ps does not say it is a container: {ps}");
 
     // Exec, as into a runc container: both streams and the exit code, its events.
@@ -136,7 +136,8 @@ fn an_image_without_a_disk_runs_by_runc_with_output_stdin_exit_codes_and_signals
     })?;
     // ctr task ps names the exec's process by its exec id, as for runc.
     let ps = ns.ctr_ok(["task", "ps", "c3"])?;
-    let sleeper = ps.lines().filter(|l| !l.starts_with(&pid.to_string())).find(|l| l.contains("e4"));
+    let sleeper =
+        ps.lines().filter(|l| l.split_whitespace().next() != Some(pid.to_string().as_str())).find(|l| l.contains("e4"));
     ensure!(sleeper.is_some(), "task ps does not name exec e4: {ps}");
     let again = ns.ctr(["task", "exec", "--exec-id", "e4", "c3", "true"])?;
     let stderr = String::from_utf8_lossy(&again.stderr);

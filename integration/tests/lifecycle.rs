@@ -69,7 +69,7 @@ fn detached_run_with_annotations_pauses_resumes_and_powers_off_on_sigterm() -> R
     ensure!(metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"), "metrics: {metrics}");
     // ctr task ps: QEMU, said to be the VM kind of task.
     let ps = ns.ctr_ok(["task", "ps", "vm2"])?;
-    let line = ps.lines().find(|l| l.starts_with(&pid.to_string())).unwrap_or_default();
+    let line = ps.lines().find(|l| l.split_whitespace().next() == Some(pid.to_string().as_str())).unwrap_or_default();
     ensure!(line.contains("vm.containerd.io/kind:vm"), "task ps does not say the task is a VM: {ps}");
     // QEMU and every one of its threads run in the cgroup the spec names (ctr's default:
     // /<namespace>/<id>), in every hierarchy.
