@@ -233,6 +233,71 @@ fn a_killed_qemu_or_shim_gives_the_namespace_back() -> Result<()> {
     Ok(())
 }
 
+/// Two VMs created in one pod at the same moment: the pod's interfaces go to one of
+/// them, whole; the other is refused, naming the winner's macvtap, and changes nothing.
+/// (Bridge mode: there a second macvtap on the same interface would be allowed by the
+/// kernel, so only the shim's hold on the namespace keeps two VMs off one pod IP.)
+/// "The same moment" is made certain: the test holds the namespace as a shim does until
+/// both shims wait for it (the kernel's list of locks shows them), then lets go.
+#[test]
+fn two_vms_created_in_one_pod_at_once_one_gets_it() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let env = VmEnv::start()?;
+    let ns = env.namespace("net-race")?;
+    let pod = PodNet::new("race", 8)?;
+    let before = pod.looks()?;
+    let with_ns = format!("network:{}", pod.path().display());
+    let held = std::fs::File::open(pod.path())?;
+    let inode = held.metadata()?.ino();
+    let held = nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the pod's namespace: {e}"))?;
+    let ids = ["race-a", "race-b"];
+    let mut runs = Vec::new();
+    for id in ids {
+        runs.push(ns.spawn(env.run_args(
+            &["-d", "--with-ns", &with_ns, "--annotation", "vm.containerd.io/macvtap-mode=bridge"],
+            TINY,
+            id,
+        ))?);
+    }
+    // A waiter's line in /proc/locks: "N: -> FLOCK  ADVISORY  WRITE <pid> <maj>:<min>:<inode> 0 EOF".
+    integration::vmenv::wait_until("both shims to wait for the pod's namespace", Duration::from_secs(60), || {
+        let locks = std::fs::read_to_string("/proc/locks")?;
+        let waiting = locks.lines().filter(|l| l.contains("->") && l.contains(&format!(":{inode} "))).count();
+        Ok((waiting >= 2).then_some(()))
+    })?;
+    ensure!(runs.iter_mut().all(|r| r.is_running()), "a Create ended while the namespace was held");
+    drop(held);
+    let mut outcomes = Vec::new();
+    for (run, id) in runs.iter_mut().zip(ids) {
+        let status = run.wait(EXIT_TIMEOUT)?;
+        outcomes.push((id, status.success(), run.stderr()));
+    }
+    let winners: Vec<&str> = outcomes.iter().filter(|(_, ok, _)| *ok).map(|(id, _, _)| *id).collect();
+    ensure!(winners.len() == 1, "expected one VM to get the pod, got {winners:?}: {outcomes:?}");
+    let winner = winners[0];
+    for (id, ok, stderr) in &outcomes {
+        if !ok {
+            ensure!(
+                stderr.contains("already another VM's (its macvtap vmt"),
+                "{id}'s error does not name the other VM's macvtap: {stderr}"
+            );
+            // `ctr run -d` leaves the container record of a task it could not create.
+            let _ = ns.ctr(["container", "rm", id])?;
+            env.assert_gone(&ns, id)?;
+        }
+    }
+    let links = pod.links()?;
+    ensure!(links.matches("macvtap mode bridge").count() == 1, "not exactly one macvtap in the pod: {links}");
+    wait_status(&ns, winner, "RUNNING", Duration::from_secs(30))?;
+    ns.ctr_ok(["task", "kill", "-s", "SIGKILL", winner])?;
+    wait_status(&ns, winner, "STOPPED", EXIT_TIMEOUT)?;
+    ns.ctr_ok(["task", "rm", winner])?;
+    ns.ctr_ok(["container", "rm", winner])?;
+    env.assert_gone(&ns, winner)?;
+    pod.wait_looks(&before, SETTLE_TIMEOUT)
+}
+
 /// `ctr run --cni`: ctr runs CNI on `/proc/<pid>/ns/net` after Create, so QEMU starts
 /// in a namespace of the task's own and the VM takes what CNI put there at Start. Two
 /// VMs on one bridge network reach each other; `--rm` gives everything back.

@@ -11,7 +11,7 @@ pub use links::{
     add_macvtap, delete_macvtap, interfaces, link_index, remove_addresses, restore, set_link, Address, Interface,
     IpPrefix, MacvtapMode, Route,
 };
-pub use namespace::{NetNs, NetnsId};
+pub use namespace::{NetNs, NetnsId, NetnsLock};
 pub use tap::{open_queues, open_vhost};
 
 #[derive(Debug, thiserror::Error)]

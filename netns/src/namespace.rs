@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{setns, CloneFlags};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,12 @@ const NS_GET_NSTYPE: u64 = 0xb703;
 pub struct NetnsId {
     pub dev: u64,
     pub ino: u64,
+}
+
+/// This process's exclusive hold on a network namespace (see [`NetNs::lock`]).
+#[derive(Debug)]
+pub struct NetnsLock {
+    _held: Flock<File>,
 }
 
 /// An open network namespace.
@@ -93,6 +100,20 @@ impl NetNs {
 
     pub fn id(&self) -> NetnsId {
         self.id
+    }
+
+    /// Waits until no other process holds this namespace, then holds it until the
+    /// returned lock is dropped (or the process dies): two VMs created in one pod at once
+    /// must not both find its interfaces free. The lock is a `flock` on the namespace's
+    /// own nsfs inode, which every path to it (`/var/run/netns/X`, `/proc/<pid>/ns/net`)
+    /// shares, so no lock file is left anywhere. Blocking.
+    pub fn lock(&self) -> Result<NetnsLock, NetnsError> {
+        let bad = |reason: String| NetnsError::Namespace { path: self.path.clone(), reason };
+        // A flock belongs to an open file description: a new one, so that the lock goes
+        // with this value and not with `self.file`.
+        let file = File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd())).map_err(|e| bad(e.to_string()))?;
+        let held = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| bad(format!("flock: {e}")))?;
+        Ok(NetnsLock { _held: held })
     }
 
     /// Runs `work` on a new thread that has entered this namespace, after `prepare` (run
@@ -168,6 +189,13 @@ mod tests {
         assert!(NetNs::reopen(Path::new("/nonexistent/netns"), own.id()).unwrap().is_none());
         assert!(NetNs::reopen(Path::new("/proc/self/ns/net"), NetnsId { dev: 0, ino: 0 }).unwrap().is_none());
         assert!(own.is_host());
+        // One holder at a time, whichever path named the namespace.
+        let held = own.lock().unwrap();
+        let other = File::open("/proc/thread-self/ns/net").unwrap();
+        let err = Flock::lock(other, FlockArg::LockExclusiveNonblock).map(drop).unwrap_err().1;
+        assert_eq!(err, nix::errno::Errno::EWOULDBLOCK);
+        drop(held);
+        let _again = own.lock().unwrap();
         // A FIFO is looked at, never opened (opening it would block).
         let dir = std::env::temp_dir().join(format!("netns-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

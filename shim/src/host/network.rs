@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use netns::{Interface, MacvtapMode, NetNs, NetnsError, NetnsId};
+use netns::{Interface, MacvtapMode, NetNs, NetnsError, NetnsId, NetnsLock};
 use tracing::{info, warn};
 
 use super::journal::Resource;
@@ -118,9 +118,20 @@ fn new_local_mac() -> Result<[u8; 6], NetworkError> {
     Ok(mac)
 }
 
+/// A pod's namespace whose interfaces a VM can take, held by this shim alone until
+/// [`attach`] has taken them (or this is dropped): a second VM created in the pod at the
+/// same time waits, then finds them taken.
+#[derive(Debug)]
+pub struct Inspected {
+    pub ns: NetNs,
+    pub interfaces: Vec<Interface>,
+    _exclusive: NetnsLock,
+}
+
 /// The pod's namespace and its interfaces, checked to be ones a VM can take.
-/// Blocking (the namespace work runs on threads of its own).
-pub fn inspect(path: &Path) -> Result<(NetNs, Vec<Interface>), NetworkError> {
+/// Blocking (the namespace work runs on threads of its own; the wait for another
+/// shim's hold on the namespace is bounded by that shim's `attach`).
+pub fn inspect(path: &Path) -> Result<Inspected, NetworkError> {
     let ns = NetNs::open(path).map_err(|e| match e {
         NetnsError::Missing { .. } | NetnsError::Namespace { .. } => NetworkError::Unusable(e.to_string()),
         other => NetworkError::Host(other),
@@ -132,18 +143,20 @@ pub fn inspect(path: &Path) -> Result<(NetNs, Vec<Interface>), NetworkError> {
             crate::plan::network::ANNOTATION_NETWORK
         )));
     }
+    let exclusive = ns.lock()?;
     let found = ns.netlink(|handle| async move { netns::interfaces(&handle).await })?;
     let interfaces = usable(path, found)?;
     // What the guest will be told must be expressible before anything is changed.
     guest_network(&interfaces, seed::Dns::default())
         .and_then(|g| g.validate())
         .map_err(|e| NetworkError::Unusable(format!("network namespace {}: {e}", path.display())))?;
-    Ok((ns, interfaces))
+    Ok(Inspected { ns, interfaces, _exclusive: exclusive })
 }
 
-/// What taking `interfaces` for the VM `id` will change, to be written in the journal
-/// first: each interface as found, then its macvtap.
-pub fn intended(id: &str, ns: &NetNs, interfaces: &[Interface]) -> Vec<Resource> {
+/// What taking the inspected interfaces for the VM `id` will change, to be written in
+/// the journal first: each interface as found, then its macvtap.
+pub fn intended(id: &str, inspected: &Inspected) -> Vec<Resource> {
+    let Inspected { ns, interfaces, .. } = inspected;
     let mut intended = Vec::new();
     for (ordinal, interface) in interfaces.iter().enumerate() {
         intended.push(Resource::PodInterface {
@@ -160,15 +173,12 @@ pub fn intended(id: &str, ns: &NetNs, interfaces: &[Interface]) -> Vec<Resource>
     intended
 }
 
-/// Takes `interfaces` (once `intended` is in the journal): a macvtap on each, their
-/// addresses off, `queues` descriptors open on each macvtap. Blocking.
-pub fn attach(
-    id: &str,
-    ns: &NetNs,
-    interfaces: Vec<Interface>,
-    mode: MacvtapMode,
-    queues: u32,
-) -> Result<PodNetwork, NetworkError> {
+/// Takes the inspected interfaces (once `intended` is in the journal): a macvtap on
+/// each, their addresses off, `queues` descriptors open on each macvtap; then lets the
+/// namespace go. Blocking.
+pub fn attach(id: &str, inspected: Inspected, mode: MacvtapMode, queues: u32) -> Result<PodNetwork, NetworkError> {
+    // The hold on the namespace ends with this function.
+    let Inspected { ns, interfaces, _exclusive } = inspected;
     let names: Vec<String> = (0..interfaces.len()).map(|n| macvtap_name(id, n)).collect();
     let bridge_macs = match mode {
         MacvtapMode::Bridge => interfaces.iter().map(|_| new_local_mac().map(Some)).collect::<Result<Vec<_>, _>>()?,
@@ -194,7 +204,7 @@ pub fn attach(
     let queues = queues.max(1) as usize;
     let mut nics = Vec::with_capacity(interfaces.len());
     for (interface, name) in interfaces.iter().zip(&names) {
-        let queue_fds = netns::open_queues(ns, name, queues)?;
+        let queue_fds = netns::open_queues(&ns, name, queues)?;
         let vhost = match netns::open_vhost(queues)? {
             Some(fds) => fds,
             None => {

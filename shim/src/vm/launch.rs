@@ -382,14 +382,14 @@ async fn take_network(
     journal: &mut Journal,
 ) -> Result<(PodNetwork, crate::host::journal::EntryId), VmError> {
     let path = netns.to_path_buf();
-    let (ns, interfaces) = blocking(move || pod_network::inspect(&path)).await??;
+    let inspected = blocking(move || pod_network::inspect(&path)).await??;
     // QEMU's entry with the interfaces', in one write: newer, so released first.
-    let mut intended = pod_network::intended(id, &ns, &interfaces);
+    let mut intended = pod_network::intended(id, &inspected);
     intended.push(Resource::Qemu { process: None });
     let entries = journal.intend_all(intended)?;
     let qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
     let id = id.to_string();
-    let network = blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues)).await??;
+    let network = blocking(move || pod_network::attach(&id, inspected, mode, queues)).await??;
     Ok((network, qemu_entry))
 }
 

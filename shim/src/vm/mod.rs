@@ -240,22 +240,22 @@ impl Vm {
             })
             .await?
         };
-        let (ns, interfaces) = match inspected {
+        let inspected = match inspected {
             Ok(found) => found,
             Err(NetworkError::OnlyLoopback(_)) => return Ok(()),
             Err(e) => return Err(VmError::from(e).into()),
         };
-        if interfaces.len() + 1 > late.ports.len() {
+        if inspected.interfaces.len() + 1 > late.ports.len() {
             return Err(TaskError::InvalidArgument(format!(
                 "containerd-shim-vm: network namespace {}: {} interfaces; a VM whose network is set up after Create takes at most {}",
                 path.display(),
-                interfaces.len(),
+                inspected.interfaces.len(),
                 late.ports.len() - 1
             )));
         }
         let process = crate::host::process::ProcessId::of(self.pid)
             .map_err(|e| TaskError::Unknown(format!("reading QEMU's start time: {e}")))?;
-        let mut intended = pod_network::intended(&self.id, &ns, &interfaces);
+        let mut intended = pod_network::intended(&self.id, &inspected);
         // Written after the interfaces: a replay stops QEMU before it gives them back.
         intended.push(crate::host::journal::Resource::Qemu { process: Some(process) });
         match self.held().journal.as_mut() {
@@ -263,7 +263,7 @@ impl Vm {
             None => return Err(TaskError::FailedPrecondition("the VM is being deleted".into())),
         };
         let (id, mode, queues) = (self.id.clone(), late.mode, late.queues);
-        let network = launch::blocking(move || pod_network::attach(&id, &ns, interfaces, mode, queues))
+        let network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues))
             .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
         let seed = launch::write_seed(&late.plan, &late.state_dir, &network, late.resolv_conf.clone()).await?;
