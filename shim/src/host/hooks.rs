@@ -43,18 +43,36 @@ impl Hooks {
     }
 }
 
+/// The version of the runtime spec whose State this shim writes (the runtime's, as
+/// runc writes its own, whatever version the bundle's config names).
+const OCI_VERSION: &str = "1.0.2";
+
 /// The container's state, as a hook reads it on stdin (the OCI runtime spec's State).
 #[derive(Debug, Clone, Serialize)]
 pub struct HookState<'a> {
     #[serde(rename = "ociVersion")]
-    pub oci_version: &'a str,
-    pub id: &'a str,
-    pub status: &'a str,
+    oci_version: &'static str,
+    id: &'a str,
+    status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    pub bundle: &'a Path,
+    pid: Option<u32>,
+    bundle: &'a Path,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<&'a std::collections::HashMap<String, String>>,
+    annotations: Option<&'a std::collections::HashMap<String, String>>,
+}
+
+impl<'a> HookState<'a> {
+    /// The state of task `id` with `status`; `pid` (QEMU's) is left out once stopped.
+    pub fn new(
+        id: &'a str,
+        status: &'static str,
+        pid: Option<u32>,
+        bundle: &'a Path,
+        annotations: Option<&'a std::collections::HashMap<String, String>>,
+    ) -> HookState<'a> {
+        let pid = pid.filter(|_| status != "stopped");
+        HookState { oci_version: OCI_VERSION, id, status, pid, bundle, annotations }
+    }
 }
 
 /// Runs `hooks` one after another; the first that fails (or outlives its timeout)
@@ -131,20 +149,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let annotations = std::collections::HashMap::from([("a".to_string(), "b".to_string())]);
-        let state = HookState {
-            oci_version: "1.0.2",
-            id: "vm1",
-            status: "creating",
-            pid: Some(42),
-            bundle: dir.path(),
-            annotations: Some(&annotations),
-        };
+        let state = HookState::new("vm1", "creating", Some(42), dir.path(), Some(&annotations));
         let script = format!("cat > {0}; echo >> {0}; echo \"$HOOK_ENV $(pwd) $0\" >> {0}", out.display());
         run("createRuntime", &[hook(&script, None)], &state).await.unwrap();
         let written = std::fs::read_to_string(&out).unwrap();
         let (json_line, rest) = written.split_once('\n').unwrap_or((&written, ""));
         let parsed: serde_json::Value = serde_json::from_str(json_line).unwrap();
         assert_eq!(parsed["pid"], 42);
+        assert_eq!(parsed["ociVersion"], OCI_VERSION);
         assert_eq!(parsed["status"], "creating");
         assert_eq!(parsed["annotations"]["a"], "b");
         assert_eq!(rest.trim(), format!("seen {} sh", dir.path().display()));

@@ -46,14 +46,8 @@ impl<F> PodShim<F> {
         if hooks.poststop.is_empty() {
             return;
         }
-        let state = crate::host::hooks::HookState {
-            oci_version: spec.version(),
-            id: &self.id,
-            status: "stopped",
-            pid: None,
-            bundle: &self.bundle,
-            annotations: spec.annotations().as_ref(),
-        };
+        let state =
+            crate::host::hooks::HookState::new(&self.id, "stopped", None, &self.bundle, spec.annotations().as_ref());
         if let Err(e) = crate::host::hooks::run("poststop", &hooks.poststop, &state).await {
             warn!("{e}");
         }

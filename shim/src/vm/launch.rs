@@ -295,14 +295,7 @@ async fn launch(
         };
         if !hooks.create_runtime.is_empty() {
             hooks_ran = true;
-            let state = HookState {
-                oci_version: spec.version(),
-                id: req.id,
-                status: "creating",
-                pid: Some(pid),
-                bundle: req.bundle,
-                annotations: spec.annotations().as_ref(),
-            };
+            let state = HookState::new(req.id, "creating", Some(pid), req.bundle, spec.annotations().as_ref());
             hooks::run("createRuntime", &hooks.create_runtime, &state).await.map_err(VmError::Hook)?;
         }
         let pumps = console
@@ -323,14 +316,7 @@ async fn launch(
             // What the createRuntime hooks set up outside (nerdctl's CNI address) is
             // given back, as runc's teardown of a failed create does.
             if hooks_ran && !hooks.poststop.is_empty() {
-                let state = HookState {
-                    oci_version: spec.version(),
-                    id: req.id,
-                    status: "stopped",
-                    pid: None,
-                    bundle: req.bundle,
-                    annotations: spec.annotations().as_ref(),
-                };
+                let state = HookState::new(req.id, "stopped", None, req.bundle, spec.annotations().as_ref());
                 if let Err(e) = hooks::run("poststop", &hooks.poststop, &state).await {
                     warn!("{e}");
                 }

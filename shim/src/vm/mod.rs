@@ -29,8 +29,6 @@ use crate::service::container::{published_exit, Container};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
-/// The runtime spec version hooks are told (runc's).
-const OCI_VERSION: &str = "1.0.2";
 /// QEMU's log in the VM's state dir.
 pub const QEMU_LOG: &str = "qemu.log";
 /// Exit status of a task whose guest kernel panicked.
@@ -196,14 +194,7 @@ fn qmp_failed(e: qmp::QmpError) -> TaskError {
 
 impl Vm {
     fn hook_state(&self, status: &'static str) -> HookState<'_> {
-        HookState {
-            oci_version: OCI_VERSION,
-            id: &self.id,
-            status,
-            pid: (status != "stopped").then_some(self.pid),
-            bundle: &self.bundle,
-            annotations: Some(&self.annotations),
-        }
+        HookState::new(&self.id, status, Some(self.pid), &self.bundle, Some(&self.annotations))
     }
 
     /// Takes what CNI put in the task's own namespace since Create, and adds its NICs
