@@ -248,6 +248,30 @@ impl Qmp {
         self.execute(qmp::stop {}).await.map(drop)
     }
 
+    /// `query-cpus-fast`: each vCPU's index and the host thread that runs it, in vCPU
+    /// order. (The answer is a union over QEMU's targets; every member has the same base.)
+    pub async fn vcpu_threads(&self) -> Result<Vec<(u32, u32)>, QmpError> {
+        let cpus = self.execute(qmp::query_cpus_fast {}).await?;
+        let mut threads: Vec<(u32, u32)> = cpus
+            .iter()
+            .filter_map(|cpu| {
+                let base = serde_json::to_value(cpu).ok()?;
+                let index = u32::try_from(base.get("cpu-index")?.as_i64()?).ok()?;
+                let thread = u32::try_from(base.get("thread-id")?.as_i64()?).ok()?;
+                Some((index, thread))
+            })
+            .collect();
+        if threads.len() != cpus.len() {
+            return Err(QmpError::Protocol {
+                path: self.inner.path.clone(),
+                command: "query-cpus-fast",
+                source: io::Error::new(io::ErrorKind::InvalidData, "a vCPU without cpu-index or thread-id"),
+            });
+        }
+        threads.sort_unstable();
+        Ok(threads)
+    }
+
     /// `system_powerdown`: ACPI power button; the guest decides what to do.
     pub async fn system_powerdown(&self) -> Result<(), QmpError> {
         self.execute(qmp::system_powerdown {}).await.map(drop)

@@ -85,6 +85,14 @@ async fn qemu_lifecycle() {
 
     assert_eq!(qmp.status().await.expect("status"), RunState::prelaunch);
 
+    // One vCPU (no -smp), run by a thread of QEMU's own process.
+    let threads = qmp.vcpu_threads().await.expect("query-cpus-fast");
+    assert_eq!(threads.len(), 1, "{threads:?}");
+    let (index, tid) = threads[0];
+    assert_eq!(index, 0);
+    let pid = child.id().expect("QEMU's pid");
+    assert!(Path::new(&format!("/proc/{pid}/task/{tid}")).exists(), "thread {tid} is not QEMU's ({pid})");
+
     qmp.cont().await.expect("cont");
     expect_event(&mut events, VmEvent::Resume).await;
     assert_eq!(qmp.status().await.expect("status"), RunState::running);
