@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod logging;
 pub mod ordinary;
+pub mod placement;
 pub mod plan;
 pub mod prepared;
 pub mod qemu;
