@@ -69,6 +69,13 @@ pub fn choose(
     if request.policy == Policy::None {
         return Ok(Placement::none());
     }
+    let nodes_with_cpus = topology.nodes.iter().filter(|n| !n.cpus.is_empty()).count();
+    if request.policy == Policy::Auto && nodes_with_cpus <= 1 && request.node.is_none() {
+        return Ok(Placement {
+            reason: "one NUMA node on this host: left to the kernel (vm.containerd.io/numa=node places anyway)".into(),
+            ..Placement::none()
+        });
+    }
     if request.vcpus == 0 {
         return Err(PlacementError::NoVcpus);
     }
@@ -439,7 +446,7 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn request(vcpus: u32, gib: u64) -> Request {
-        Request { vcpus, memory_bytes: gib * GIB, ..Request::default() }
+        Request { vcpus, memory_bytes: gib * GIB, policy: Policy::Node, ..Request::default() }
     }
 
     fn strict_request(vcpus: u32, gib: u64) -> Request {
@@ -474,6 +481,18 @@ mod tests {
     fn policy_none_places_nothing() {
         let request = Request { policy: Policy::None, ..request(64, 1024) };
         assert_eq!(choose(&Topology::symmetric(2, 4, GIB), &[], &request, &Limits::default()), Ok(Placement::none()));
+    }
+
+    #[test]
+    fn by_default_a_one_node_host_is_left_to_the_kernel_and_a_larger_one_balanced() {
+        let auto = Request { policy: Policy::Auto, ..request(2, 1) };
+        let one = Topology::symmetric(1, 4, 8 * GIB);
+        let placement = choose(&one, &[], &auto, &Limits::default()).unwrap();
+        assert!(placement.nodes.is_empty() && placement.reason.contains("one NUMA node"), "{placement:?}");
+        let asked = Request { policy: Policy::Node, ..auto.clone() };
+        assert_eq!(node_of(&choose(&one, &[], &asked, &Limits::default()).unwrap()), 0);
+        let two = Topology::symmetric(2, 4, 8 * GIB);
+        assert_eq!(choose(&two, &[], &auto, &Limits::default()).unwrap().nodes.len(), 1);
     }
 
     #[test]

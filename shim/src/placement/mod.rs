@@ -160,8 +160,11 @@ impl From<CpuSet> for String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
-    /// One node, most balanced, vCPUs floating on its CPUs.
+    /// No annotation: `Node` on a host with two or more NUMA nodes, `None` on one (its
+    /// only node holds everything anyway; the limits would only cap the host).
     #[default]
+    Auto,
+    /// One node, most balanced, vCPUs floating on its CPUs.
     Node,
     /// As `Node`, and vCPU i pinned to a CPU no other strict VM has.
     Strict,
@@ -188,7 +191,7 @@ impl FromStr for Policy {
 }
 
 /// What one VM asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Request {
     pub vcpus: u32,
     pub memory_bytes: u64,
@@ -344,7 +347,7 @@ mod tests {
         assert_eq!("none".parse(), Ok(Policy::None));
         let err = "Strict".parse::<Policy>().expect_err("case matters");
         assert_eq!(err.to_string(), r#"vm.containerd.io/numa="Strict" is not a NUMA policy; use node, strict or none"#);
-        assert_eq!(Policy::default(), Policy::Node);
+        assert_eq!(Policy::default(), Policy::Auto);
     }
 
     #[test]

@@ -71,7 +71,12 @@ fn limits() -> impl Strategy<Value = Limits> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let policy = prop_oneof![5 => Just(Policy::Node), 3 => Just(Policy::Strict), 1 => Just(Policy::None)];
+    let policy = prop_oneof![
+        5 => Just(Policy::Node),
+        3 => Just(Policy::Strict),
+        1 => Just(Policy::None),
+        2 => Just(Policy::Auto)
+    ];
     // Mostly VMs that fit a node, some larger than any.
     let vcpus = prop_oneof![8 => 1..=4u32, 2 => 5..=24u32];
     let gib = prop_oneof![8 => 1..=8u64, 1 => 9..=64u64];
@@ -112,6 +117,11 @@ fn check_placement(
 ) -> Result<(), TestCaseError> {
     if request.policy == Policy::None {
         prop_assert_eq!(placement, &Placement::none());
+        return Ok(());
+    }
+    // The default on a host with one node with CPUs: left to the kernel, as `none`.
+    if request.policy == Policy::Auto && placement.nodes.is_empty() {
+        prop_assert!(topology.nodes.iter().filter(|n| !n.cpus.is_empty()).count() <= 1 && request.node.is_none());
         return Ok(());
     }
     let mut next_vcpu = 0;
