@@ -113,6 +113,9 @@ impl VmEnv {
         for cgroup in cgroup_dirs(ns, id) {
             found.push(format!("cgroup {}", cgroup.display()));
         }
+        if let Some(reservation) = placement_of(Path::new(PLACEMENT_LEDGER), ns, id) {
+            found.push(format!("placement {reservation}"));
+        }
         found
     }
 
@@ -131,7 +134,7 @@ impl VmEnv {
             &script,
             format!(
                 r#"#!/usr/bin/env python3
-import json, socket, sys
+import json, os, socket, sys
 conn = socket.socket(fileno=3)  # the shim hands QEMU one end of a connected socketpair
 def send(message):
     conn.sendall(json.dumps(message).encode() + b"\r\n")
@@ -145,6 +148,8 @@ for line in conn.makefile("rb"):
     if command in ("cont", "stop"):
         event("RESUME" if command == "cont" else "STOP")
     reply = {{"return": [] if command == "query-commands" else {{}}}}
+    if command == "query-cpus-fast":  # one vCPU: this process's only thread, for placement
+        reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
     if "id" in request:
         reply["id"] = request["id"]
     send(reply)
@@ -323,4 +328,15 @@ pub fn delete_task(ns: &Namespace<'_>, id: &str) -> Result<i32> {
             .with_context(|| format!("exit code in {stderr:?}"))?,
         None => 0,
     })
+}
+
+/// The host-wide placement ledger the shims use unless configured otherwise.
+pub const PLACEMENT_LEDGER: &str = "/run/containerd-shim-vm/placements.json";
+
+/// The reservation of VM `id` in namespace `ns` in the ledger at `ledger`, as JSON text.
+pub fn placement_of(ledger: &Path, ns: &str, id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(ledger).ok()?;
+    let ledger: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let key = format!("{ns}/{id}");
+    ledger["reservations"].as_array()?.iter().find(|r| r["key"] == key.as_str()).map(|r| r.to_string())
 }

@@ -11,13 +11,15 @@ pub use netns::MacvtapMode;
 
 /// The kernel's limit on a macvtap's queues (MAX_TAP_QUEUES).
 const MAX_TAP_QUEUES: u32 = 256;
-use crate::quantity;
+use crate::{placement, quantity};
 
 /// Environment variable naming a config file when containerd sends no ConfigPath.
 pub const CONFIG_ENV: &str = "CONTAINERD_SHIM_VM_CONFIG";
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/containerd-shim-vm/config.toml";
 /// How a config that came in the runtime options' ConfigBody is named in messages.
 pub const OPTIONS_BODY_SOURCE: &str = "<containerd runtime options>";
+/// One for the host: every shim (one per pod) must see every other's placements.
+pub const DEFAULT_PLACEMENT_LEDGER: &str = "/run/containerd-shim-vm/placements.json";
 
 /// What containerd's runtime options say about the config (runtimeoptions.v1.Options).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +60,9 @@ struct RawConfig {
     max_net_queues: u32,
     non_vm_containers: NonVmContainers,
     runc: PathBuf,
+    numa_cpu_overcommit: f64,
+    numa_memory_overcommit: f64,
+    placement_ledger: PathBuf,
 }
 
 impl Default for RawConfig {
@@ -80,6 +85,9 @@ impl Default for RawConfig {
             max_net_queues: 8,
             non_vm_containers: NonVmContainers::Run,
             runc: PathBuf::from("runc"),
+            numa_cpu_overcommit: placement::Limits::default().cpu_overcommit,
+            numa_memory_overcommit: placement::Limits::default().memory_overcommit,
+            placement_ledger: PathBuf::from(DEFAULT_PLACEMENT_LEDGER),
         }
     }
 }
@@ -117,6 +125,10 @@ pub struct Config {
     /// The runc binary for the pod's sandbox and ordinary containers (looked up in PATH
     /// unless a path).
     pub runc: PathBuf,
+    /// How far the VMs on one NUMA node may exceed it (vCPUs per CPU, memory).
+    pub numa_limits: placement::Limits,
+    /// The host-wide file every shim records its VMs' placements in.
+    pub placement_ledger: PathBuf,
 }
 
 /// `non_vm_containers`: whether containers that are not VMs run (the pod sandbox always does).
@@ -219,7 +231,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             format!("must be between 1 and max_cpus ({})", raw.max_cpus),
         ));
     }
-    for (field, p) in [("state_dir", &raw.state_dir), ("qemu", &raw.qemu)] {
+    for (field, p) in [("state_dir", &raw.state_dir), ("qemu", &raw.qemu), ("placement_ledger", &raw.placement_ledger)]
+    {
         if !p.is_absolute() {
             return Err(invalid(field, p.display().to_string(), "must be an absolute path".into()));
         }
@@ -233,6 +246,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             raw.max_net_queues.to_string(),
             format!("must be between 1 and {MAX_TAP_QUEUES}"),
         ));
+    }
+    for (field, value) in
+        [("numa_cpu_overcommit", raw.numa_cpu_overcommit), ("numa_memory_overcommit", raw.numa_memory_overcommit)]
+    {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(invalid(field, value.to_string(), "must be a number above 0 (1.0: no overcommit)".into()));
+        }
     }
     if raw.runc.as_os_str().is_empty() {
         return Err(invalid(
@@ -281,6 +301,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         max_net_queues: raw.max_net_queues,
         non_vm_containers: raw.non_vm_containers,
         runc: raw.runc,
+        numa_limits: placement::Limits {
+            cpu_overcommit: raw.numa_cpu_overcommit,
+            memory_overcommit: raw.numa_memory_overcommit,
+        },
+        placement_ledger: raw.placement_ledger,
     })
 }
 

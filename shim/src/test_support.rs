@@ -60,6 +60,9 @@ for line in conn.makefile("rb"):
     if command in ("cont", "stop"):
         event("RESUME" if command == "cont" else "STOP")
     reply = {{"return": [] if command == "query-commands" else {{}}}}
+    if command == "query-cpus-fast":
+        # One vCPU, run (as far as placement can tell) by this process's only thread.
+        reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
     if "id" in request:
         reply["id"] = request["id"]
     send(reply)

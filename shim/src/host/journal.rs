@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::process::ProcessId;
-use super::{cgroup, network, rootfs, state_dir};
+use super::{cgroup, network, placement, rootfs, state_dir};
 use netns::{Interface, NetnsId};
 
 /// The journal's file name in the bundle.
@@ -45,6 +45,8 @@ pub enum Resource {
     Macvtap { netns: PathBuf, netns_id: NetnsId, name: String },
     /// An ordinary container runc created (with its cgroup): deleted by force.
     RuncContainer(super::runc::RuncHandle),
+    /// The VM's reservation `key` in the host-wide placement ledger at `ledger`.
+    Placement { ledger: PathBuf, key: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +256,7 @@ fn release(record: &Record, resource: &Resource) -> Result<Option<u32>, String> 
             network::restore_interface(netns, *netns_id, saved).map(|()| None)
         }
         Resource::RuncContainer(container) => container.delete().map(|()| None),
+        Resource::Placement { ledger, key } => placement::release(ledger, key).map(|()| None),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod network;
 pub mod oom;
+pub mod placement;
 pub mod process;
 pub mod qemu;
 pub mod rootfs;

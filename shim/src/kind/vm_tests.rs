@@ -56,9 +56,10 @@ impl Fixture {
         std::fs::write(
             &config,
             format!(
-                "accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\nqemu_user = \"{user}\"\n",
+                "accel = \"tcg\"\nstate_dir = \"{}\"\nqemu = \"{}\"\nqemu_user = \"{user}\"\nplacement_ledger = \"{}\"\n",
                 state.display(),
-                qemu.display()
+                qemu.display(),
+                scratch.path("placements.json").display()
             ),
         )
         .unwrap();

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::PlanError;
+use crate::placement;
 use crate::quantity::{self, format_bytes};
 
 pub const ANNOTATION_PREFIX: &str = "vm.containerd.io/";
@@ -15,6 +16,8 @@ pub const KNOWN_ANNOTATIONS: &[&str] = &[
     ANNOTATION_DISK,
     super::network::ANNOTATION_NETWORK,
     super::network::ANNOTATION_MACVTAP_MODE,
+    placement::ANNOTATION_NUMA,
+    placement::ANNOTATION_NUMA_NODE,
 ];
 
 /// Smallest guest memory the shim will start: a Linux guest below this cannot boot.
@@ -60,6 +63,61 @@ pub(super) fn parse_memory(value: &str, max_memory: u64) -> Result<u64, PlanErro
     }
     // QEMU sizes guest RAM in whole MiB.
     bytes.div_ceil(MEMORY_ALIGN).checked_mul(MEMORY_ALIGN).ok_or_else(|| err("too large".into()))
+}
+
+/// The NUMA placement asked for: `vm.containerd.io/numa` (node, the default; strict;
+/// none), `vm.containerd.io/numa-node`, and the spec's cpuset (kubelet's CPU and memory
+/// managers), within which placement stays.
+pub(super) fn placement_request(
+    annotations: &HashMap<String, String>,
+    vcpus: u32,
+    memory_bytes: u64,
+    cpuset_cpus: Option<&str>,
+    cpuset_mems: Option<&str>,
+) -> Result<placement::Request, PlanError> {
+    let err = |key: &str, value: &str, reason: String| PlanError::Annotation {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    let policy = match annotations.get(placement::ANNOTATION_NUMA) {
+        Some(value) => value.trim().parse().map_err(|_| {
+            err(placement::ANNOTATION_NUMA, value, "not a NUMA policy; use node, strict or none".into())
+        })?,
+        None => placement::Policy::default(),
+    };
+    let node = match annotations.get(placement::ANNOTATION_NUMA_NODE) {
+        Some(value) => {
+            let node: u32 = value
+                .trim()
+                .parse()
+                .map_err(|_| err(placement::ANNOTATION_NUMA_NODE, value, "not a NUMA node number".into()))?;
+            if policy == placement::Policy::None {
+                return Err(err(
+                    placement::ANNOTATION_NUMA_NODE,
+                    value,
+                    format!("asks for a node, but {}=none leaves placement to the kernel", placement::ANNOTATION_NUMA),
+                ));
+            }
+            Some(node)
+        }
+        None => None,
+    };
+    // Both were checked as CPU lists with the cgroup's limits.
+    let list = |text: Option<&str>, field: &'static str| -> Result<Option<placement::CpuSet>, PlanError> {
+        text.map(|t| t.parse::<placement::CpuSet>())
+            .transpose()
+            .map(|set| set.filter(|s| !s.is_empty()))
+            .map_err(|e| PlanError::Spec { field, value: e.text.clone(), reason: e.to_string() })
+    };
+    Ok(placement::Request {
+        vcpus,
+        memory_bytes,
+        policy,
+        node,
+        cpuset: list(cpuset_cpus, "linux.resources.cpu.cpus")?,
+        mems: list(cpuset_mems, "linux.resources.cpu.mems")?.map(|m| m.iter().collect()),
+    })
 }
 
 /// The disk annotation names a path inside the image (or under a configured host

@@ -90,6 +90,8 @@ pub struct VmPlan {
     pub network: NetworkPlan,
     /// The guest's hostname: the spec's, else the container id.
     pub hostname: String,
+    /// Which host NUMA node(s) and CPUs the VM asks for.
+    pub placement: crate::placement::Request,
 }
 
 impl VmPlan {
@@ -208,6 +210,14 @@ impl VmPlan {
             cpuset_cpus: cpuset(cpu.and_then(|c| c.cpus().as_ref()), "linux.resources.cpu.cpus")?,
             cpuset_mems: cpuset(cpu.and_then(|c| c.mems().as_ref()), "linux.resources.cpu.mems")?,
         };
+        let placement = annotations::placement_request(
+            annotations,
+            cpus,
+            // What QEMU is given (`-m` is in MiB), so the node backends add up to it.
+            memory_bytes.div_ceil(MEMORY_ALIGN) * MEMORY_ALIGN,
+            limits_of_cgroup.cpuset_cpus.as_deref(),
+            limits_of_cgroup.cpuset_mems.as_deref(),
+        )?;
         let cgroup = cgroups_path.map(|path| CgroupPlan { path, limits: limits_of_cgroup });
 
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
@@ -225,6 +235,7 @@ impl VmPlan {
             cgroup,
             network,
             hostname,
+            placement,
         })
     }
 }
@@ -380,6 +391,34 @@ mod tests {
         assert!(e.contains("linux.resources.cpu.cpus=0-x"), "{e}");
         let e = plan(json!({}), json!({"cpu": {"mems": "3-1"}})).unwrap_err().to_string();
         assert!(e.contains("linux.resources.cpu.mems=3-1"), "{e}");
+    }
+
+    #[test]
+    fn placement_comes_from_the_annotations_and_the_spec_cpuset() {
+        use crate::placement::Policy;
+        let p = plan(json!({}), json!({})).unwrap();
+        assert_eq!((p.placement.policy, p.placement.vcpus, p.placement.memory_bytes), (Policy::Auto, 1, 512 << 20));
+        assert_eq!((p.placement.node, p.placement.cpuset.clone(), p.placement.mems.clone()), (None, None, None));
+        let p = plan(
+            json!({"vm.containerd.io/numa": "strict", "vm.containerd.io/numa-node": "1", "vm.containerd.io/cpus": "2"}),
+            json!({"cpu": {"cpus": "2-3", "mems": "1"}}),
+        )
+        .unwrap();
+        assert_eq!((p.placement.policy, p.placement.node, p.placement.vcpus), (Policy::Strict, Some(1), 2));
+        assert_eq!(p.placement.cpuset.map(|c| c.to_string()), Some("2-3".into()));
+        assert_eq!(p.placement.mems, Some(vec![1]));
+        for (annotations, key, value) in [
+            (json!({"vm.containerd.io/numa": "spread"}), "vm.containerd.io/numa", "spread"),
+            (json!({"vm.containerd.io/numa-node": "one"}), "vm.containerd.io/numa-node", "one"),
+            (
+                json!({"vm.containerd.io/numa": "none", "vm.containerd.io/numa-node": "0"}),
+                "vm.containerd.io/numa-node",
+                "0",
+            ),
+        ] {
+            let e = plan(annotations, json!({})).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(value), "{e}");
+        }
     }
 
     #[test]

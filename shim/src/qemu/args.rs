@@ -85,13 +85,31 @@ impl QemuArg for Smp {
     }
 }
 
-pub struct Memory {
+/// Guest RAM; placed on host NUMA nodes, it is one backend per node bound there
+/// (`policy=bind`: the guest's pages never come from another node). One node: the
+/// machine's RAM is that backend. Several: one guest NUMA node each, with its vCPUs.
+pub struct Memory<'a> {
     pub bytes: u64,
+    pub nodes: &'a [crate::placement::NodePlacement],
 }
 
-impl QemuArg for Memory {
+impl QemuArg for Memory<'_> {
     fn push_args(&self, argv: &mut Vec<OsString>) {
         push(argv, "-m", format!("{}M", self.bytes.div_ceil(1 << 20)));
+        for (index, node) in self.nodes.iter().enumerate() {
+            let id = format!("ram-node{index}");
+            push(
+                argv,
+                "-object",
+                format!("memory-backend-ram,id={id},size={},host-nodes={},policy=bind", node.memory_bytes, node.node),
+            );
+            if self.nodes.len() == 1 {
+                push(argv, "-machine", format!("memory-backend={id}"));
+            } else {
+                let cpus = format!("{}-{}", node.vcpus.start, node.vcpus.end.saturating_sub(1));
+                push(argv, "-numa", format!("node,nodeid={index},cpus={cpus},memdev={id}"));
+            }
+        }
     }
 }
 
@@ -316,8 +334,43 @@ mod tests {
 
     #[test]
     fn memory_in_mib_rounded_up() {
-        assert_eq!(render(&Memory { bytes: 256 << 20 }), ["-m", "256M"]);
-        assert_eq!(render(&Memory { bytes: (256 << 20) + 1 }), ["-m", "257M"]);
+        assert_eq!(render(&Memory { bytes: 256 << 20, nodes: &[] }), ["-m", "256M"]);
+        assert_eq!(render(&Memory { bytes: (256 << 20) + 1, nodes: &[] }), ["-m", "257M"]);
+    }
+
+    #[test]
+    fn placed_memory_is_bound_to_its_nodes() {
+        let node = |node, memory_bytes, vcpus| crate::placement::NodePlacement {
+            node,
+            cpus: "0-3".parse().unwrap(),
+            memory_bytes,
+            vcpus,
+        };
+        assert_eq!(
+            render(&Memory { bytes: 512 << 20, nodes: &[node(1, 512 << 20, 0..2)] }),
+            [
+                "-m",
+                "512M",
+                "-object",
+                "memory-backend-ram,id=ram-node0,size=536870912,host-nodes=1,policy=bind",
+                "-machine",
+                "memory-backend=ram-node0"
+            ]
+        );
+        let spanning = render(&Memory { bytes: 3 << 30, nodes: &[node(2, 2 << 30, 0..4), node(3, 1 << 30, 4..6)] });
+        assert_eq!(
+            spanning[2..],
+            [
+                "-object",
+                "memory-backend-ram,id=ram-node0,size=2147483648,host-nodes=2,policy=bind",
+                "-numa",
+                "node,nodeid=0,cpus=0-3,memdev=ram-node0",
+                "-object",
+                "memory-backend-ram,id=ram-node1,size=1073741824,host-nodes=3,policy=bind",
+                "-numa",
+                "node,nodeid=1,cpus=4-5,memdev=ram-node1"
+            ]
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct HostFacts {
     /// Empty PCIe ports for devices added before the guest runs (q35; `pc` takes
     /// them on its own bus).
     pub hotplug_ports: usize,
+    /// The host NUMA node(s) the VM was given (none: the kernel decides).
+    pub placement: crate::placement::Placement,
 }
 
 /// Ports a VM whose network comes after Create gets: the seed and up to three NICs.
@@ -83,7 +85,7 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
         &Sandbox,
         &Machine { kind: plan.machine, accel: host.accel, tcg_translation_cache_mib: plan.tcg_translation_cache_mib },
         &Smp { cpus: plan.cpus },
-        &Memory { bytes: plan.memory_bytes },
+        &Memory { bytes: plan.memory_bytes, nodes: &host.placement.nodes },
         &QmpSocket { fd: QMP_FD },
         &SerialConsole { fd: CONSOLE_FD },
         &PanicDevice,
@@ -124,6 +126,7 @@ mod tests {
             cgroup: None,
             network: crate::plan::NetworkPlan::None { own_namespace: false },
             hostname: "vm1".into(),
+            placement: Default::default(),
         };
         let host = HostFacts {
             accel: Accel::Tcg,
@@ -131,6 +134,7 @@ mod tests {
             seed: false,
             nics: Vec::new(),
             hotplug_ports: 0,
+            placement: crate::placement::Placement::none(),
         };
         let argv: Vec<String> = argv(&plan, &host).into_iter().map(|a| a.into_string().unwrap()).collect();
         let count = |flag: &str| argv.iter().filter(|a| *a == flag).count();

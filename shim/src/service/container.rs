@@ -51,6 +51,11 @@ pub trait Container: Send + Sync {
     fn exec_pids(&self) -> Vec<(String, u32)> {
         Vec::new()
     }
+    /// What a user may read of the task beside its kind (`ctr task ps`): annotation
+    /// keys and values.
+    fn annotations(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// An exec process [`Container::exec`] added and Delete has not removed.
     fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
         Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id())))

@@ -16,12 +16,19 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 /// runc's ProcessDetails by its bare name: ctr 1.6 finds no `type.googleapis.com/` name.
 const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
 
-/// `pids` as Pids answers: `task_pid` carries the task's `kind`, an exec's pid its id.
-pub fn process_infos(pids: &[u32], task_pid: u32, kind: &str, execs: &[(String, u32)]) -> Vec<ProcessInfo> {
+/// `pids` as Pids answers: `task_pid` carries the task's `kind` and `annotations` (what
+/// else a user may want to see of it: a VM's placement), an exec's pid its id.
+pub fn process_infos(
+    pids: &[u32],
+    task_pid: u32,
+    kind: &str,
+    annotations: &[(&str, String)],
+    execs: &[(String, u32)],
+) -> Vec<ProcessInfo> {
     pids.iter()
         .map(|&pid| {
             let info = if pid == task_pid {
-                Some(kind_info(kind))
+                Some(kind_info(kind, annotations))
             } else {
                 execs.iter().find(|(_, exec_pid)| *exec_pid == pid).map(|(id, _)| exec_info(id))
             };
@@ -30,8 +37,13 @@ pub fn process_infos(pids: &[u32], task_pid: u32, kind: &str, execs: &[(String, 
         .collect()
 }
 
-fn kind_info(kind: &str) -> Any {
-    let spec = serde_json::json!({ "annotations": { KIND_ANNOTATION: kind } });
+fn kind_info(kind: &str, annotations: &[(&str, String)]) -> Any {
+    let mut all = serde_json::Map::new();
+    all.insert(KIND_ANNOTATION.into(), kind.into());
+    for (key, value) in annotations {
+        all.insert((*key).into(), value.as_str().into());
+    }
+    let spec = serde_json::json!({ "annotations": all });
     Any { type_url: SPEC_TYPE_URL.into(), value: spec.to_string().into_bytes(), ..Default::default() }
 }
 
@@ -49,13 +61,15 @@ mod tests {
     #[test]
     fn the_task_process_says_its_kind_and_execs_their_ids() {
         let execs = vec![("probe".to_string(), 40), ("shell".to_string(), 41)];
-        let infos = process_infos(&[10, 40, 41, 77], 10, "container", &execs);
+        let placed = [("vm.containerd.io/placement", "node 0 cpus 0-3".to_string())];
+        let infos = process_infos(&[10, 40, 41, 77], 10, "container", &placed, &execs);
         assert_eq!(infos.iter().map(|i| i.pid).collect::<Vec<_>>(), [10, 40, 41, 77]);
 
         let kind = infos[0].info.as_ref().expect("the task's process has info");
         assert_eq!(kind.type_url, SPEC_TYPE_URL);
         let spec: serde_json::Value = serde_json::from_slice(&kind.value).unwrap();
         assert_eq!(spec["annotations"][KIND_ANNOTATION], "container");
+        assert_eq!(spec["annotations"]["vm.containerd.io/placement"], "node 0 cpus 0-3");
 
         for (info, id) in infos[1..3].iter().zip(["probe", "shell"]) {
             let any = info.info.as_ref().expect("an exec's process has info");

@@ -346,7 +346,13 @@ impl<F: ContainerFactory> Task for TaskService<F> {
         let container = self.live(&req.id).await?;
         let pids = container.pids().await?;
         Ok(PidsResponse {
-            processes: process_infos(&pids, container.pid(), container.kind(), &container.exec_pids()),
+            processes: process_infos(
+                &pids,
+                container.pid(),
+                container.kind(),
+                &container.annotations(),
+                &container.exec_pids(),
+            ),
             ..Default::default()
         })
     }

@@ -20,8 +20,10 @@ use crate::host::cgroup::{CgroupError, VmCgroup};
 use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{Journal, JournalError, Resource};
 use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
+use crate::host::placement::{self as host_placement, PlacementHostError};
 use crate::host::process::{Pidfd, ProcessId};
 use crate::host::{qemu as qemu_process, state_dir};
+use crate::placement::{self, Placement, Policy};
 use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
 use crate::prepared::Prepared;
 use crate::qemu::{self, HostFacts, NicFacts};
@@ -56,6 +58,8 @@ pub enum VmError {
     Seed(#[from] crate::seed::SeedError),
     #[error("{0}")]
     Hook(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementHostError),
 }
 
 impl From<VmError> for TaskError {
@@ -66,16 +70,16 @@ impl From<VmError> for TaskError {
             VmError::Plan(_)
             | VmError::Disk(_)
             | VmError::Invalid(_)
-            | VmError::Network(NetworkError::Unusable(_) | NetworkError::OnlyLoopback(_)) => {
-                TaskError::InvalidArgument(message)
-            }
+            | VmError::Network(NetworkError::Unusable(_) | NetworkError::OnlyLoopback(_))
+            | VmError::Placement(PlacementHostError::Refused(_)) => TaskError::InvalidArgument(message),
             VmError::Host { .. }
             | VmError::Journal(_)
             | VmError::Cgroup(_)
             | VmError::Qemu { .. }
             | VmError::Network(_)
             | VmError::Seed(_)
-            | VmError::Hook(_) => TaskError::Unknown(message),
+            | VmError::Hook(_)
+            | VmError::Placement(_) => TaskError::Unknown(message),
         }
     }
 }
@@ -155,6 +159,12 @@ async fn launch(
     if let Some(path) = &cgroup_path {
         intended.push(Resource::Cgroup { path: path.clone(), created: !crate::host::cgroup::exists(path) });
     }
+    // Given back after QEMU is gone (newer entries are released first).
+    let placed = plan.placement.policy != Policy::None;
+    let placement_key = placement::key(req.namespace, req.id);
+    if placed {
+        intended.push(Resource::Placement { ledger: config.placement_ledger.clone(), key: placement_key.clone() });
+    }
     // A networked VM's interfaces are written down (once inspected) before QEMU: the
     // replay, newest first, stops QEMU before it gives the pod its interfaces back.
     let networked = matches!(plan.network, NetworkPlan::Pod { .. });
@@ -163,6 +173,16 @@ async fn launch(
     }
     let entries = journal.intend_all(intended)?;
     let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
+
+    let placement = if placed {
+        let (ledger, key, request, limits) =
+            (config.placement_ledger.clone(), placement_key.clone(), plan.placement.clone(), config.numa_limits);
+        let placement = blocking(move || host_placement::reserve(&ledger, &key, &request, &limits)).await??;
+        info!(placement = %host_placement::summary(&placement), reason = %placement.reason, "VM placed");
+        placement
+    } else {
+        Placement::none()
+    };
 
     let (image, overlay, accel, credentials) = {
         let (rootfs, disk_request, config, accel) =
@@ -216,6 +236,7 @@ async fn launch(
         seed: network.is_some(),
         nics: network.as_ref().map(|(n, _)| nic_facts(n)).unwrap_or_default(),
         hotplug_ports: if late { qemu::LATE_HOTPLUG_PORTS } else { 0 },
+        placement: placement.clone(),
     };
     let console_slave = console.take_slave().ok_or_else(|| VmError::Invalid("the console has no pty slave".into()))?;
     let log_path = state_dir.join(QEMU_LOG);
@@ -287,6 +308,15 @@ async fn launch(
         if (version.major, version.minor) < (major, minor) {
             return Err(qemu_err(format!("is version {version}; containerd-shim-vm needs QEMU {major}.{minor} or newer")));
         }
+        // Still paused: its threads go where they were placed before a guest instruction
+        // runs, and the reservation lives as long as QEMU from here.
+        if !placement.nodes.is_empty() {
+            let threads = qmp.vcpu_threads().await.map_err(|e| qemu_err(e.to_string()))?;
+            let placement = placement.clone();
+            blocking(move || host_placement::apply(pid, &threads, &placement)).await??;
+            let (ledger, key) = (config.placement_ledger.clone(), placement_key.clone());
+            blocking(move || host_placement::hand_to_qemu(&ledger, &key, process)).await??;
+        }
         // QEMU answered QMP and is an unreaped child: its namespace is the one it made.
         let qemu_netns = if late {
             Some(netns::NetNs::open(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(NetworkError::Host)?.id())
@@ -355,6 +385,7 @@ async fn launch(
         },
         hooks,
         annotations: spec.annotations().clone().unwrap_or_default(),
+        placement: placed.then_some(placement),
     })
 }
 

@@ -29,6 +29,8 @@ use crate::service::container::{published_exit, Container};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
+/// Where `ctr task ps` shows a VM's NUMA placement.
+pub const PLACEMENT_ANNOTATION: &str = "vm.containerd.io/placement";
 /// QEMU's log in the VM's state dir.
 pub const QEMU_LOG: &str = "qemu.log";
 /// Exit status of a task whose guest kernel panicked.
@@ -55,6 +57,8 @@ struct Parts {
     late_network: Option<LateNetwork>,
     hooks: Hooks,
     annotations: std::collections::HashMap<String, String>,
+    /// Where the VM was placed (`None`: `numa: none`).
+    placement: Option<crate::placement::Placement>,
 }
 
 /// A network the task's own namespace gets after Create (CNI run by the client once
@@ -105,6 +109,7 @@ pub struct Vm {
     late_network: Mutex<Option<LateNetwork>>,
     hooks: Hooks,
     annotations: std::collections::HashMap<String, String>,
+    placement: Option<crate::placement::Placement>,
 }
 
 impl Vm {
@@ -130,6 +135,7 @@ impl Vm {
             late_network: Mutex::new(parts.late_network),
             hooks: parts.hooks,
             annotations: parts.annotations,
+            placement: parts.placement,
         });
         let span = tracing::info_span!("vm", id = %vm.id);
         tokio::spawn(monitor::run(vm.clone(), parts.child, parts.qmp_events, parts.oom, published).instrument(span));
@@ -281,6 +287,10 @@ impl Container for Vm {
         "vm"
     }
 
+    fn annotations(&self) -> Vec<(&'static str, String)> {
+        self.placement.iter().map(|p| (PLACEMENT_ANNOTATION, crate::host::placement::summary(p))).collect()
+    }
+
     async fn exec(&self, _exec_id: &str, _spec: &Any, _stdio: Stdio) -> Result<(), TaskError> {
         Err(TaskError::Unimplemented(
             "exec into a VM is not supported yet by containerd-shim-vm: it needs the guest agent (exec into the \
@@ -405,6 +415,10 @@ impl Container for Vm {
 
     async fn update(&self, resources: Option<&Any>) -> Result<(), TaskError> {
         let limits = update::limits(resources, self.memory_bytes, self.memory_overhead_bytes)?;
+        let placement = match (&self.placement, &limits.cpuset_cpus) {
+            (Some(placement), Some(cpuset)) => Some(update::placement_within(placement, cpuset)?),
+            _ => None,
+        };
         let path = self.held().cgroup.as_ref().map(|c| c.path().to_string()).ok_or_else(|| {
             TaskError::FailedPrecondition(format!(
                 "task {} has no cgroup (the spec names no linux.cgroupsPath)",
@@ -415,7 +429,16 @@ impl Container for Vm {
         tokio::task::spawn_blocking(move || crate::host::cgroup::update(&path, &limits))
             .await
             .map_err(|e| TaskError::Unknown(format!("updating the cgroup: {e}")))?
-            .map_err(|e| TaskError::Unknown(e.to_string()))
+            .map_err(|e| TaskError::Unknown(e.to_string()))?;
+        if let Some(placement) = placement {
+            let threads = self.qmp.vcpu_threads().await.map_err(qmp_failed)?;
+            let pid = self.pid;
+            tokio::task::spawn_blocking(move || crate::host::placement::apply(pid, &threads, &placement))
+                .await
+                .map_err(|e| TaskError::Unknown(format!("placing the VM's threads again: {e}")))?
+                .map_err(|e| TaskError::Unknown(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Releases every host resource by replaying the journal. Taken out first, so Stats

@@ -4,6 +4,7 @@
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::LinuxResources;
 
+use crate::placement::{CpuSet, Placement};
 use crate::plan::CgroupLimits;
 use crate::quantity::format_bytes;
 use crate::service::error::TaskError;
@@ -48,9 +49,60 @@ pub(super) fn limits(
     })
 }
 
+/// The VM's placement inside a new cpuset (`linux.resources.cpu.cpus` of an Update:
+/// kubelet's CPU manager moving its shared pool), or why the VM cannot follow: a node
+/// left without CPUs (the VM would leave its NUMA node) or a strict vCPU's CPU taken
+/// away. Setting a v1 cpuset resets every thread's affinity to it, so the result is
+/// applied again after the cgroup's update.
+pub(super) fn placement_within(placement: &Placement, cpuset: &str) -> Result<Placement, TaskError> {
+    let invalid =
+        |reason: String| TaskError::InvalidArgument(format!("update linux.resources.cpu.cpus={cpuset}: {reason}"));
+    let allowed: CpuSet = cpuset.parse().map_err(|e: crate::placement::CpuListError| invalid(e.to_string()))?;
+    let mut within = placement.clone();
+    for node in &mut within.nodes {
+        node.cpus = node.cpus.intersection(&allowed);
+        if node.cpus.is_empty() {
+            return Err(invalid(format!(
+                "leaves none of the CPUs of NUMA node {} the VM was placed on ({}); a running VM cannot move",
+                node.node,
+                placement.nodes.iter().find(|n| n.node == node.node).map(|n| n.cpus.to_string()).unwrap_or_default()
+            )));
+        }
+    }
+    if let Some((vcpu, cpu)) = within.pins.iter().enumerate().find(|(_, cpu)| !allowed.contains(**cpu)) {
+        return Err(invalid(format!("leaves out CPU {cpu}, to which the strict VM's vCPU {vcpu} is pinned")));
+    }
+    Ok(within)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_cpuset_narrows_the_placement_or_is_refused() {
+        let node = |node, cpus: &str, vcpus| crate::placement::NodePlacement {
+            node,
+            cpus: cpus.parse().unwrap(),
+            memory_bytes: 1 << 30,
+            vcpus,
+        };
+        let floating = Placement {
+            nodes: vec![node(1, "4-7", 0..2)],
+            pins: Vec::new(),
+            from_cpuset: false,
+            reason: String::new(),
+        };
+        let narrowed = placement_within(&floating, "0-2,5-6").unwrap();
+        assert_eq!(narrowed.nodes[0].cpus.to_string(), "5-6");
+        let e = placement_within(&floating, "0-3").unwrap_err().to_string();
+        assert!(e.contains("cpu.cpus=0-3") && e.contains("NUMA node 1") && e.contains("4-7"), "{e}");
+        let strict = Placement { pins: vec![4, 5], ..floating };
+        assert!(placement_within(&strict, "4-6").is_ok());
+        let e = placement_within(&strict, "4,6-7").unwrap_err().to_string();
+        assert!(e.contains("CPU 5") && e.contains("vCPU 1"), "{e}");
+        assert!(placement_within(&strict, "x").unwrap_err().to_string().contains("cpu.cpus=x"));
+    }
 
     fn any(json: &str) -> Any {
         Any { type_url: LINUX_RESOURCES_TYPE.into(), value: json.as_bytes().to_vec(), ..Default::default() }

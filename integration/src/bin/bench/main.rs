@@ -175,6 +175,8 @@ fn run() -> Result<()> {
     let with_ns = format!("network:{}", pod.path().display());
     let pod_args = ["--with-ns", with_ns.as_str()];
     let none_args = ["--annotation", "vm.containerd.io/network=none"];
+    // The plain start is placed on a NUMA node (the default); this one is not.
+    let unplaced_args = ["--annotation", "vm.containerd.io/numa=none"];
 
     let mut lv_first = Series::default();
     // Warm-up: page cache, snapshotter, libvirt's capability cache; captures the shim's argv.
@@ -200,6 +202,7 @@ fn run() -> Result<()> {
     let mut shim_start = Series::default();
     let mut pod_start = Series::default();
     let mut none_start = Series::default();
+    let mut unplaced_start = Series::default();
     let mut shim_console = Series::default();
     let mut bare_start = Series::default();
     let mut bare_console = Series::default();
@@ -209,7 +212,7 @@ fn run() -> Result<()> {
     let mut bare_connected = Series::default();
     let mut bare_greeting = Series::default();
     for r in 0..runs {
-        let kinds = ["shim", "bare", "libvirt", "shim-pod", "shim-none"];
+        let kinds = ["shim", "bare", "libvirt", "shim-pod", "shim-none", "shim-unplaced"];
         for k in 0..kinds.len() {
             // Let the previous run's teardown (QEMU exit, libvirt's cleanup) finish first.
             sleep(settle)?;
@@ -223,6 +226,11 @@ fn run() -> Result<()> {
                     let (l, _) = bench.shim_run(&format!("none-{r}"), &none_args)?;
                     eprintln!("bench: run {r}: no net   start {:8.1} ms", ms(l.start));
                     none_start.push(ms(l.start));
+                }
+                "shim-unplaced" => {
+                    let (l, _) = bench.shim_run(&format!("unplaced-{r}"), &unplaced_args)?;
+                    eprintln!("bench: run {r}: numa none start {:8.1} ms", ms(l.start));
+                    unplaced_start.push(ms(l.start));
                 }
                 "shim" => {
                     let (l, _) = bench.shim_run(&format!("shim-{r}"), &[])?;
@@ -388,6 +396,7 @@ fn run() -> Result<()> {
     report.row("(a) start: libvirt, `virsh create` until it returns", "ms", &lv_start);
     report.row("(a) start: shim in a pod's network (`--with-ns`: macvtap, seed, NIC)", "ms", &pod_start);
     report.row("(a) start: shim with `vm.containerd.io/network=none`", "ms", &none_start);
+    report.row("(a) start: shim with `vm.containerd.io/numa=none` (not placed)", "ms", &unplaced_start);
     report.row("(b) first console line: shim (`--log-uri file://`)", "ms", &shim_console);
     report.row("(b) first console line: bare QEMU (serial file)", "ms", &bare_console);
     report.row("(b) first console line: libvirt (serial file; context)", "ms", &lv_console);
@@ -473,6 +482,15 @@ fn run() -> Result<()> {
         fmt_opt(n, 1),
         fmt_opt(p.zip(n).map(|(p, n)| p - n), 1)
     )?;
+    let (s, u) = (shim_start.median(), unplaced_start.median());
+    writeln!(
+        text,
+        "- {}: start placed on a NUMA node {} ms ≤ start with numa=none {} ms + 5 ms (added: {} ms)",
+        verdict(s.zip(u).map(|(s, u)| s <= u + 5.0)),
+        fmt_opt(s, 1),
+        fmt_opt(u, 1),
+        fmt_opt(s.zip(u).map(|(s, u)| s - u), 1)
+    )?;
     let (sr, rr) = (vm_shims.rss.median(), runc_shims.rss.median());
     writeln!(
         text,
@@ -489,6 +507,7 @@ fn run() -> Result<()> {
         ("shim start", &shim_start),
         ("shim start, pod network", &pod_start),
         ("shim start, network none", &none_start),
+        ("shim start, numa none", &unplaced_start),
         ("bare QEMU start", &bare_start),
         ("libvirt start", &lv_start),
         ("shim first console", &shim_console),
