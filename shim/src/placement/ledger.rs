@@ -87,7 +87,7 @@ impl Ledger {
                 memory_bytes: request.memory_bytes,
                 placement: placement.clone(),
             });
-            Ok(placement)
+            Ok((placement, true))
         })
     }
 
@@ -96,8 +96,9 @@ impl Ledger {
     pub fn adopt(&self, key: &str, owner: Owner) -> Result<(), LedgerError> {
         self.update(|reservations| match reservations.iter_mut().find(|r| r.key == key) {
             Some(reservation) => {
+                let changed = reservation.owner != owner;
                 reservation.owner = owner;
-                Ok(())
+                Ok(((), changed))
             }
             None => Err(LedgerError::Missing { key: key.to_string(), path: self.path.clone() }),
         })
@@ -112,7 +113,8 @@ impl Ledger {
         self.update(|reservations| {
             let before = reservations.len();
             reservations.retain(|r| r.key != key);
-            Ok(reservations.len() < before)
+            let released = reservations.len() < before;
+            Ok((released, released))
         })
     }
 
@@ -122,8 +124,9 @@ impl Ledger {
             return Ok(Vec::new());
         }
         self.update(|reservations| {
+            let before = reservations.len();
             reservations.retain(|r| is_alive(&r.owner));
-            Ok(reservations.clone())
+            Ok((reservations.clone(), reservations.len() < before))
         })
     }
 
@@ -138,15 +141,16 @@ impl Ledger {
     }
 
     /// Read, change, and (if anything changed) write, all under the lock.
+    /// Runs `change` on the reservations under the lock; it says whether it changed them
+    /// (then they are written back: a copy to compare with would cost as much as the read).
     fn update<T>(
         &self,
-        change: impl FnOnce(&mut Vec<Reservation>) -> Result<T, LedgerError>,
+        change: impl FnOnce(&mut Vec<Reservation>) -> Result<(T, bool), LedgerError>,
     ) -> Result<T, LedgerError> {
         let _lock = self.lock()?;
         let mut reservations = self.read()?;
-        let before = reservations.clone();
-        let out = change(&mut reservations)?;
-        if reservations != before {
+        let (out, changed) = change(&mut reservations)?;
+        if changed {
             self.write(reservations)?;
         }
         Ok(out)
@@ -176,11 +180,16 @@ impl Ledger {
             Err(e) => return Err(io_error(&self.path)(e)),
         };
         let corrupt = |source| LedgerError::Corrupt { path: self.path.clone(), source };
-        let header: Header = serde_json::from_slice(&text).map_err(corrupt)?;
-        if header.version != LEDGER_VERSION {
-            return Err(LedgerError::Version { path: self.path.clone(), found: header.version });
+        let version = |found| LedgerError::Version { path: self.path.clone(), found };
+        match serde_json::from_slice::<Contents>(&text) {
+            Ok(contents) if contents.version == LEDGER_VERSION => Ok(contents.reservations),
+            Ok(contents) => Err(version(contents.version)),
+            // Read once more, only to tell a later version's file from a corrupt one.
+            Err(e) => match serde_json::from_slice::<Header>(&text) {
+                Ok(header) if header.version != LEDGER_VERSION => Err(version(header.version)),
+                _ => Err(corrupt(e)),
+            },
         }
-        Ok(serde_json::from_slice::<Contents>(&text).map_err(corrupt)?.reservations)
     }
 
     /// Writes beside the file and renames over it. No fsync: the ledger lives under /run
@@ -249,7 +258,8 @@ mod tests {
         let listed = ledger.list(alive).expect("lists");
         assert_eq!(keys(&listed), ["default/a", "default/b"]);
         assert_eq!(listed[0].owner, owner(10));
-        assert_eq!(listed[0].placement, a);
+        // The ledger keeps all but the reason.
+        assert_eq!(listed[0].placement, Placement { reason: String::new(), ..a });
 
         let text = std::fs::read_to_string(ledger.path()).expect("the file");
         assert!(text.starts_with(r#"{"version":1,"reservations":[{"key":"default/a""#), "{text}");

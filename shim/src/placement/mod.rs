@@ -12,7 +12,6 @@ mod ledger;
 mod proptests;
 mod topology;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
@@ -31,10 +30,11 @@ pub const ANNOTATION_NUMA_NODE: &str = "vm.containerd.io/numa-node";
 /// own limit (NR_CPUS) is at most 8192.
 const MAX_CPU: u32 = 1 << 16;
 
-/// A set of host CPU numbers, written as the kernel writes them ("0-3,8,10-11").
+/// A set of host CPU numbers, written as the kernel writes them ("0-3,8,10-11"). A bitmap:
+/// every shim reads every reservation's sets from the ledger at each placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CpuSet(BTreeSet<u32>);
+pub struct CpuSet(Vec<u64>);
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{text:?} is not a CPU list ({reason}); expected e.g. 0-3,8,10-11")]
@@ -48,8 +48,28 @@ impl CpuSet {
         CpuSet::default()
     }
 
+    /// Equal sets have equal words: no trailing empty word is kept.
+    fn trimmed(mut words: Vec<u64>) -> CpuSet {
+        while words.last() == Some(&0) {
+            words.pop();
+        }
+        CpuSet(words)
+    }
+
+    fn insert(&mut self, cpu: u32) {
+        let (word, bit) = ((cpu / 64) as usize, cpu % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    fn word(&self, index: usize) -> u64 {
+        self.0.get(index).copied().unwrap_or(0)
+    }
+
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,36 +77,42 @@ impl CpuSet {
     }
 
     pub fn contains(&self, cpu: u32) -> bool {
-        self.0.contains(&cpu)
+        self.word((cpu / 64) as usize) & (1 << (cpu % 64)) != 0
     }
 
     /// The CPUs in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().copied()
+        self.0.iter().enumerate().flat_map(|(index, &word)| {
+            (0..64u32).filter(move |bit| word & (1 << bit) != 0).map(move |bit| index as u32 * 64 + bit)
+        })
     }
 
     pub fn intersection(&self, other: &CpuSet) -> CpuSet {
-        self.0.intersection(&other.0).copied().collect()
+        CpuSet::trimmed(self.0.iter().enumerate().map(|(i, w)| w & other.word(i)).collect())
     }
 
     pub fn difference(&self, other: &CpuSet) -> CpuSet {
-        self.0.difference(&other.0).copied().collect()
+        CpuSet::trimmed(self.0.iter().enumerate().map(|(i, w)| w & !other.word(i)).collect())
     }
 
     pub fn is_subset(&self, other: &CpuSet) -> bool {
-        self.0.is_subset(&other.0)
+        self.0.iter().enumerate().all(|(i, w)| w & !other.word(i) == 0)
     }
 }
 
 impl FromIterator<u32> for CpuSet {
     fn from_iter<I: IntoIterator<Item = u32>>(cpus: I) -> CpuSet {
-        CpuSet(cpus.into_iter().collect())
+        let mut set = CpuSet::new();
+        set.extend(cpus);
+        set
     }
 }
 
 impl Extend<u32> for CpuSet {
     fn extend<I: IntoIterator<Item = u32>>(&mut self, cpus: I) {
-        self.0.extend(cpus)
+        for cpu in cpus {
+            self.insert(cpu);
+        }
     }
 }
 
@@ -104,9 +130,9 @@ impl FromStr for CpuSet {
             }
             s.parse().ok().filter(|c| *c < MAX_CPU).ok_or_else(|| err("CPU number too large"))
         };
-        let mut set = BTreeSet::new();
+        let mut set = CpuSet::new();
         if text.trim().is_empty() {
-            return Ok(CpuSet(set));
+            return Ok(set);
         }
         for item in text.trim().split(',') {
             let (first, last) = match item.split_once('-') {
@@ -118,7 +144,7 @@ impl FromStr for CpuSet {
             }
             set.extend(first..=last);
         }
-        Ok(CpuSet(set))
+        Ok(set)
     }
 }
 
@@ -231,7 +257,9 @@ pub struct Placement {
     pub pins: Vec<u32>,
     /// Chosen inside the spec's cpuset (kubelet's), without the overcommit check.
     pub from_cpuset: bool,
-    /// Why these nodes, for the log and for users.
+    /// Why these nodes, for the log and for users; not kept in the ledger, which every
+    /// placement reads whole.
+    #[serde(default, skip_serializing)]
     pub reason: String,
 }
 
@@ -360,7 +388,10 @@ mod tests {
         };
         let json = serde_json::to_string(&placement).expect("serialises");
         assert!(json.contains(r#""cpus":"4-7""#), "{json}");
-        assert_eq!(serde_json::from_str::<Placement>(&json).expect("parses"), placement);
+        assert_eq!(
+            serde_json::from_str::<Placement>(&json).expect("parses"),
+            Placement { reason: String::new(), ..placement.clone() }
+        );
         assert_eq!(placement.cpus(), cpus("4-7"));
         assert!(Placement::none().nodes.is_empty());
     }
