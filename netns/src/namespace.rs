@@ -111,9 +111,16 @@ impl NetNs {
         let bad = |reason: String| NetnsError::Namespace { path: self.path.clone(), reason };
         // A flock belongs to an open file description: a new one, so that the lock goes
         // with this value and not with `self.file`.
-        let file = File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd())).map_err(|e| bad(e.to_string()))?;
-        let held = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| bad(format!("flock: {e}")))?;
-        Ok(NetnsLock { _held: held })
+        let mut file =
+            File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd())).map_err(|e| bad(e.to_string()))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(held) => return Ok(NetnsLock { _held: held }),
+                // A signal (the shim reaping a child) ended the wait, not the holder.
+                Err((again, nix::errno::Errno::EINTR)) => file = again,
+                Err((_, e)) => return Err(bad(format!("flock: {e}"))),
+            }
+        }
     }
 
     /// Runs `work` on a new thread that has entered this namespace, after `prepare` (run
