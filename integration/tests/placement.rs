@@ -12,11 +12,10 @@ use integration::vmenv::{placement_of, wait_status, wait_until, VmEnv, PLACEMENT
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The CPUs of NUMA node 0 as the kernel lists them (a kernel without NUMA: all online).
-fn node0_cpus() -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist")
-        .or_else(|_| std::fs::read_to_string("/sys/devices/system/cpu/online"))?;
-    cpu_list(&text)
+/// The CPUs this test (and so containerd, the shim and QEMU) may run on.
+fn allowed_cpus() -> Result<Vec<u32>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    cpu_list(status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or_default())
 }
 
 fn cpu_list(text: &str) -> Result<Vec<u32>> {
@@ -50,34 +49,49 @@ fn vcpu_affinities(pid: u32) -> Result<Vec<Vec<u32>>> {
 fn a_vm_floats_on_its_node_with_its_memory_bound_there() -> Result<()> {
     let env = VmEnv::start()?;
     let ns = env.namespace("numa-node")?;
-    let node = node0_cpus()?;
     ns.ctr_ok(env.run_args(
         &["-d", "--annotation", "vm.containerd.io/cpus=2", "--annotation", "vm.containerd.io/numa=node"],
         TINY,
         "placed",
     ))?;
     let pid = wait_status(&ns, "placed", "RUNNING", Duration::from_secs(30))?;
+    // The node it was given, and that node's CPUs (those this host lets us use).
+    let reservation = placement_of(Path::new(PLACEMENT_LEDGER), ns.name(), "placed")
+        .context("the running VM has no reservation in the ledger")?;
+    let reservation: serde_json::Value = serde_json::from_str(&reservation)?;
+    let share = &reservation["placement"]["nodes"][0];
+    let node_id = share["node"].as_u64().context("the reservation names no node")?;
+    let node = cpu_list(share["cpus"].as_str().unwrap_or_default())?;
+    ensure!(!node.is_empty() && node.iter().all(|c| allowed_cpus().unwrap_or_default().contains(c)), "{reservation}");
 
     let threads = thread_affinities(pid)?;
     let vcpus = vcpu_affinities(pid)?;
     ensure!(vcpus.len() == 2, "two vCPU threads expected: {threads:?}");
-    ensure!(vcpus.iter().all(|cpus| *cpus == node), "vCPUs not on node 0's CPUs {node:?}: {threads:?}");
-    ensure!(threads.iter().all(|(_, cpus)| cpus.iter().all(|c| node.contains(c))), "a thread off node 0: {threads:?}");
-    // The guest's RAM: a mapping whose policy binds it to node 0.
+    ensure!(vcpus.iter().all(|cpus| *cpus == node), "vCPUs not on node {node_id}'s CPUs {node:?}: {threads:?}");
+    ensure!(
+        threads.iter().all(|(_, cpus)| cpus.iter().all(|c| node.contains(c))),
+        "a thread off its node: {threads:?}"
+    );
+    // The guest's RAM: a mapping whose policy binds it to that node.
     let numa_maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))?;
     let argv = integration::vmenv::cmdline(pid)?.join(" ");
-    ensure!(argv.contains("host-nodes=0,policy=bind"), "guest RAM not bound to node 0: {argv}");
     ensure!(
-        numa_maps.lines().any(|l| l.split_whitespace().nth(1) == Some("bind:0")),
-        "no mapping bound to node 0 ({argv}):\n{numa_maps}"
+        argv.contains(&format!("host-nodes={node_id},policy=bind")),
+        "guest RAM not bound to node {node_id}: {argv}"
+    );
+    let bound = format!("bind:{node_id}");
+    ensure!(
+        numa_maps.lines().any(|l| l.split_whitespace().nth(1) == Some(bound.as_str())),
+        "no mapping bound to node {node_id} ({argv}):\n{numa_maps}"
     );
 
     // Visible to users, and held by QEMU in the ledger.
     let ps = ns.ctr_ok(["task", "ps", "placed"])?;
-    ensure!(ps.contains("vm.containerd.io/placement") && ps.contains("node 0 cpus"), "ctr task ps: {ps}");
-    let reservation = placement_of(Path::new(PLACEMENT_LEDGER), ns.name(), "placed")
-        .context("the running VM has no reservation in the ledger")?;
-    ensure!(reservation.contains(&format!("\"pid\":{pid},")), "the reservation is not QEMU's ({pid}): {reservation}");
+    ensure!(
+        ps.contains("vm.containerd.io/placement") && ps.contains(&format!("node {node_id} cpus")),
+        "ctr task ps: {ps}"
+    );
+    ensure!(reservation["owner"]["pid"] == pid, "the reservation is not QEMU's ({pid}): {reservation}");
 
     ns.ctr_ok(["task", "kill", "-s", "SIGKILL", "placed"])?;
     wait_status(&ns, "placed", "STOPPED", EXIT_TIMEOUT)?;
@@ -105,8 +119,7 @@ fn a_vm_floats_on_its_node_with_its_memory_bound_there() -> Result<()> {
     if nodes <= 1 {
         ensure!(ps.contains("none (one NUMA node"), "ctr task ps on a one-node host: {ps}");
         // QEMU keeps the CPUs it inherited (containerd's, this test's).
-        let ours = std::fs::read_to_string("/proc/self/status")?;
-        let ours = cpu_list(ours.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or_default())?;
+        let ours = allowed_cpus()?;
         ensure!(vcpu_affinities(pid)?.iter().all(|cpus| *cpus == ours), "a default VM's vCPUs were moved: {ours:?}");
     } else {
         ensure!(ps.contains("node ") && ps.contains(" cpus "), "ctr task ps on a {nodes}-node host: {ps}");
@@ -118,15 +131,15 @@ fn a_vm_floats_on_its_node_with_its_memory_bound_there() -> Result<()> {
     env.assert_gone(&ns, "default")
 }
 
-/// Twenty strict one-vCPU VMs created at once on a node of N CPUs: N run, each pinned to a
-/// CPU no other has; the rest are refused with an error saying why, leaving nothing.
-/// Then a winner's shim is killed: `delete` gives its CPU back.
+/// Twenty strict one-vCPU VMs created at once on a host of N usable CPUs: N (at most 20)
+/// run, each pinned to a CPU no other has; the rest are refused with an error saying why,
+/// leaving nothing. Then a winner's shim is killed: `delete` gives its CPU back.
 #[test]
 fn strict_vms_placed_at_once_never_share_a_cpu() -> Result<()> {
     const VMS: usize = 20;
     let env = VmEnv::start()?;
     let ns = env.namespace("numa-strict")?;
-    let node = node0_cpus()?;
+    let usable = allowed_cpus()?;
     let ids: Vec<String> = (0..VMS).map(|n| format!("strict-{n}")).collect();
     let mut runs = Vec::new();
     for id in &ids {
@@ -142,7 +155,7 @@ fn strict_vms_placed_at_once_never_share_a_cpu() -> Result<()> {
             refusals.push((id.clone(), run.stderr()));
         }
     }
-    let expected = node.len().min(VMS);
+    let expected = usable.len().min(VMS);
     ensure!(winners.len() == expected, "{expected} strict VMs should fit, {} did: {refusals:?}", winners.len());
     for (id, stderr) in &refusals {
         ensure!(stderr.contains("NUMA placement") && stderr.contains("no NUMA node can take"), "{id}: {stderr}");

@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
-use nix::sched::{sched_setaffinity, CpuSet as AffinitySet};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet as AffinitySet};
 use nix::unistd::Pid;
 
 use super::process::ProcessId;
-use crate::placement::{CpuSet, Ledger, LedgerError, Limits, Owner, Placement, PlacementError, Request, Topology};
+use crate::placement::{
+    left_to_kernel, CpuSet, Ledger, LedgerError, Limits, Owner, Placement, PlacementError, Request, Topology,
+};
 
 /// Where the kernel describes the host's NUMA nodes.
 const SYSFS: &str = "/sys";
@@ -39,12 +41,29 @@ fn is_alive(owner: &Owner) -> bool {
     ProcessId { pid: owner.pid, start_time: owner.start_time }.is_running()
 }
 
-/// Reserves the VM's place in the ledger at `ledger`, owned by this shim until QEMU runs.
-/// Blocking (sysfs, and the ledger's lock, held by other shims for a read and a write).
-pub fn reserve(ledger: &Path, key: &str, request: &Request, limits: &Limits) -> Result<Placement, PlacementHostError> {
-    let topology = Topology::read(Path::new(SYSFS)).map_err(|e| PlacementHostError::Host(e.to_string()))?;
+/// Reserves the VM's place in the ledger at `ledger`, owned by this shim until QEMU runs;
+/// whether anything was reserved (a VM left to the kernel takes nothing). Blocking (sysfs,
+/// and the ledger's lock, held by other shims for a read and a write).
+pub fn reserve(
+    ledger: &Path,
+    key: &str,
+    request: &Request,
+    limits: &Limits,
+) -> Result<(Placement, bool), PlacementHostError> {
+    let mut topology = Topology::read(Path::new(SYSFS)).map_err(|e| PlacementHostError::Host(e.to_string()))?;
+    if let Some(none) = left_to_kernel(&topology, request) {
+        return Ok((none, false));
+    }
+    // Only the CPUs this shim may use (and QEMU, its child): a restricted cpuset above
+    // containerd (systemd's AllowedCPUs, a container) would make the others fail.
+    let allowed =
+        sched_getaffinity(Pid::from_raw(0)).map_err(|e| PlacementHostError::Host(format!("sched_getaffinity: {e}")))?;
+    for node in &mut topology.nodes {
+        node.cpus = node.cpus.iter().filter(|&cpu| allowed.is_set(cpu as usize).unwrap_or(false)).collect();
+    }
     let shim = ProcessId::of(std::process::id()).map_err(|e| PlacementHostError::Host(format!("this shim: {e}")))?;
-    Ok(Ledger::at(ledger.to_path_buf()).place(key, owner(shim), request, &topology, limits, is_alive)?)
+    let placement = Ledger::at(ledger.to_path_buf()).place(key, owner(shim), request, &topology, limits, is_alive)?;
+    Ok((placement, true))
 }
 
 /// The reservation now lives as long as QEMU (`process`): a shim killed later leaves it
@@ -70,7 +89,11 @@ pub fn apply(pid: u32, vcpu_threads: &[(u32, u32)], placement: &Placement) -> Re
         .map_err(|e| PlacementHostError::Host(format!("listing QEMU's threads: {e}")))?;
     for task in tasks.filter_map(Result::ok) {
         let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
-        set_affinity(tid, &all)?;
+        match set_affinity(tid, &all) {
+            // A helper thread that ended since the listing: nothing to place.
+            Err(PlacementHostError::Host(_)) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}
+            other => other?,
+        }
     }
     for &(vcpu, tid) in vcpu_threads {
         let cpus = match placement.pins.get(vcpu as usize) {

@@ -59,6 +59,20 @@ pub fn totals(taken: &[Reservation]) -> BTreeMap<u32, NodeTotals> {
     totals
 }
 
+/// The placement of a VM that is not placed (`numa: none`; the default on a host with one
+/// NUMA node with CPUs), or `None` if it is to be placed. Nothing to reserve for it.
+pub fn left_to_kernel(topology: &Topology, request: &Request) -> Option<Placement> {
+    let nodes_with_cpus = topology.nodes.iter().filter(|n| !n.cpus.is_empty()).count();
+    match request.policy {
+        Policy::None => Some(Placement::none()),
+        Policy::Auto if nodes_with_cpus <= 1 && request.node.is_none() => Some(Placement {
+            reason: "one NUMA node on this host: left to the kernel (vm.containerd.io/numa=node places anyway)".into(),
+            ..Placement::none()
+        }),
+        _ => None,
+    }
+}
+
 /// Places one VM. Pure: the caller holds the ledger's lock and appends the result.
 pub fn choose(
     topology: &Topology,
@@ -66,15 +80,8 @@ pub fn choose(
     request: &Request,
     limits: &Limits,
 ) -> Result<Placement, PlacementError> {
-    if request.policy == Policy::None {
-        return Ok(Placement::none());
-    }
-    let nodes_with_cpus = topology.nodes.iter().filter(|n| !n.cpus.is_empty()).count();
-    if request.policy == Policy::Auto && nodes_with_cpus <= 1 && request.node.is_none() {
-        return Ok(Placement {
-            reason: "one NUMA node on this host: left to the kernel (vm.containerd.io/numa=node places anyway)".into(),
-            ..Placement::none()
-        });
+    if let Some(none) = left_to_kernel(topology, request) {
+        return Ok(none);
     }
     if request.vcpus == 0 {
         return Err(PlacementError::NoVcpus);
@@ -89,7 +96,26 @@ pub fn choose(
     let totals = totals(taken);
     match (request.policy, &request.cpuset) {
         (Policy::Strict, _) => strict(&candidates, &totals, request, limits),
-        (_, Some(cpuset)) => Ok(inside_cpuset(&candidates, request, cpuset)),
+        (_, Some(cpuset)) => {
+            // kubelet chose the CPUs (its shared pool often spans every node): one node's
+            // share of them when the VM fits there, else the cpuset across its nodes; never
+            // refused for the overcommit limits.
+            let unlimited =
+                Limits { cpu_overcommit: f64::INFINITY, memory_overcommit: limits.memory_overcommit.max(1.0) };
+            let roomy: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| c.cpus.len() as u64 >= u64::from(request.vcpus))
+                .map(|c| Candidate { node: c.node, cpus: c.cpus.clone() })
+                .collect();
+            match balanced(topology, &roomy, &totals, request, &unlimited) {
+                Ok(one) if one.nodes.len() == 1 => Ok(Placement {
+                    from_cpuset: true,
+                    reason: format!("inside the spec's cpuset {cpuset}: {}", one.reason),
+                    ..one
+                }),
+                _ => Ok(inside_cpuset(&candidates, request, cpuset)),
+            }
+        }
         _ => balanced(topology, &candidates, &totals, request, limits),
     }
 }
@@ -660,14 +686,19 @@ mod tests {
     }
 
     #[test]
-    fn a_cpuset_across_nodes_spans_them_in_proportion() {
+    fn a_cpuset_across_nodes_takes_one_node_that_holds_the_vm_else_spans_in_proportion() {
         let topology = Topology::symmetric(2, 4, 4 * GIB);
-        let placement =
-            choose(&topology, &[], &Request { cpuset: Some(cpus("2-7")), ..request(3, 3) }, &Limits::default())
-                .expect("placed");
-        let shares: Vec<_> =
-            placement.nodes.iter().map(|n| (n.node, n.cpus.to_string(), n.vcpus.clone(), n.memory_bytes)).collect();
-        assert_eq!(shares, [(0, "2-3".to_string(), 0..1, GIB), (1, "4-7".to_string(), 1..3, 2 * GIB)]);
+        // kubelet's shared pool over both nodes: a VM that one node's share holds stays there.
+        let small = Request { cpuset: Some(cpus("2-7")), ..request(3, 3) };
+        let placement = choose(&topology, &[], &small, &Limits::default()).expect("placed");
+        assert_eq!((node_of(&placement), placement.nodes[0].cpus.to_string()), (1, "4-7".to_string()));
+        assert!(placement.from_cpuset && placement.reason.starts_with("inside the spec's cpuset 2-7"));
+        // Five vCPUs: no node's share holds them, so the cpuset's nodes share the VM.
+        let large = Request { cpuset: Some(cpus("2-7")), ..request(5, 3) };
+        let placement = choose(&topology, &[], &large, &Limits::default()).expect("placed");
+        let shares: Vec<_> = placement.nodes.iter().map(|n| (n.node, n.cpus.to_string(), n.vcpus.len())).collect();
+        assert_eq!(shares.len(), 2, "{shares:?}");
+        assert_eq!(shares.iter().map(|s| s.2).sum::<usize>(), 5);
         assert_eq!(placement.reason, "inside the spec's cpuset 2-7 (kubelet's CPU manager): nodes 0, 1");
     }
 

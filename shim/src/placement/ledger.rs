@@ -30,6 +30,29 @@ pub enum LedgerError {
     Placement(#[from] PlacementError),
 }
 
+/// How many owners one placement asks after (see [`Ledger::place`]).
+const RECONCILE_BATCH: usize = 16;
+
+/// Drops the dead among up to RECONCILE_BATCH reservations, starting at a place that
+/// moves from one call to the next, so that every reservation is asked after in turn.
+fn reconcile_some(reservations: &mut Vec<Reservation>, is_alive: &impl Fn(&Owner) -> bool) {
+    let len = reservations.len();
+    if len == 0 {
+        return;
+    }
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = clock as usize % len;
+    let dead: Vec<usize> = (0..RECONCILE_BATCH.min(len))
+        .map(|i| (start + i) % len)
+        .filter(|&i| !is_alive(&reservations[i].owner))
+        .collect();
+    let mut index = 0;
+    reservations.retain(|_| {
+        index += 1;
+        !dead.contains(&(index - 1))
+    });
+}
+
 #[derive(Serialize, Deserialize)]
 struct Contents {
     version: u32,
@@ -58,10 +81,12 @@ impl Ledger {
         &self.path
     }
 
-    /// Places the VM `key` for `owner` and records it. First drops every reservation whose
-    /// owner `is_alive` calls dead. If `key` already has a reservation of the same owner (a
-    /// create retried), the new placement replaces it; another live owner's is refused. On
-    /// any error the ledger is left as it was.
+    /// Places the VM `key` for `owner` and records it. Reservations whose owner `is_alive`
+    /// calls dead are dropped: a few of them at each placement (asking costs a read of
+    /// /proc per owner, 500 owners would cost milliseconds), and all of them before a
+    /// VM is refused for want of room. If `key` already has a reservation of the same owner
+    /// (a create retried), or of a dead one, the new placement replaces it; another live
+    /// owner's is refused. On any error the ledger is left as it was.
     pub fn place(
         &self,
         key: &str,
@@ -72,14 +97,21 @@ impl Ledger {
         is_alive: impl Fn(&Owner) -> bool,
     ) -> Result<Placement, LedgerError> {
         self.update(|reservations| {
-            reservations.retain(|r| is_alive(&r.owner));
             if let Some(index) = reservations.iter().position(|r| r.key == key) {
-                if reservations[index].owner != owner {
-                    return Err(LedgerError::Taken { key: key.to_string(), pid: reservations[index].owner.pid });
+                let holder = reservations[index].owner;
+                if holder != owner && is_alive(&holder) {
+                    return Err(LedgerError::Taken { key: key.to_string(), pid: holder.pid });
                 }
                 reservations.remove(index);
             }
-            let placement = choose(topology, reservations, request, limits)?;
+            reconcile_some(reservations, &is_alive);
+            let placement = match choose(topology, reservations, request, limits) {
+                Ok(placement) => placement,
+                Err(_) => {
+                    reservations.retain(|r| is_alive(&r.owner));
+                    choose(topology, reservations, request, limits)?
+                }
+            };
             reservations.push(Reservation {
                 key: key.to_string(),
                 owner,

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use choose::{choose, totals, NodeTotals, PlacementError};
+pub use choose::{choose, left_to_kernel, totals, NodeTotals, PlacementError};
 pub use ledger::{Ledger, LedgerError, LEDGER_VERSION};
 pub use topology::{Node, Topology, TopologyError};
 

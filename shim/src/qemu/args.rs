@@ -106,8 +106,13 @@ impl QemuArg for Memory<'_> {
             if self.nodes.len() == 1 {
                 push(argv, "-machine", format!("memory-backend={id}"));
             } else {
-                let cpus = format!("{}-{}", node.vcpus.start, node.vcpus.end.saturating_sub(1));
-                push(argv, "-numa", format!("node,nodeid={index},cpus={cpus},memdev={id}"));
+                // A node given memory but no vCPU is a memory-only guest node (`cpus=` of
+                // an empty range would be refused).
+                let cpus = match node.vcpus.is_empty() {
+                    true => String::new(),
+                    false => format!("cpus={}-{},", node.vcpus.start, node.vcpus.end - 1),
+                };
+                push(argv, "-numa", format!("node,nodeid={index},{cpus}memdev={id}"));
             }
         }
     }
@@ -357,6 +362,9 @@ mod tests {
                 "memory-backend=ram-node0"
             ]
         );
+        let memory_only = render(&Memory { bytes: 3 << 30, nodes: &[node(0, 2 << 30, 0..1), node(1, 1 << 30, 1..1)] });
+        assert_eq!(memory_only[5], "node,nodeid=0,cpus=0-0,memdev=ram-node0");
+        assert_eq!(memory_only[9], "node,nodeid=1,memdev=ram-node1");
         let spanning = render(&Memory { bytes: 3 << 30, nodes: &[node(2, 2 << 30, 0..4), node(3, 1 << 30, 4..6)] });
         assert_eq!(
             spanning[2..],

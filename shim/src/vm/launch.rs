@@ -152,6 +152,21 @@ async fn launch(
     let state_dir = config.state_dir.join(req.namespace).join(req.id);
     let token = state_dir::new_token().map_err(host("making the state dir's token"))?;
     let cgroup_path = plan.cgroup.as_ref().map(|c| crate::plan::cgroup::relative_path(&c.path));
+    // The placement is reserved before the journal names it: a Create refused here (no
+    // room; the key still held by a live VM) must not give back what is not its own. A
+    // shim that dies in between leaves a reservation whose owner is dead: the next
+    // placement drops it.
+    let placement_key = placement::key(req.namespace, req.id);
+    let (placement, reserved) = if plan.placement.policy == Policy::None {
+        (Placement::none(), false)
+    } else {
+        let (ledger, key, request, limits) =
+            (config.placement_ledger.clone(), placement_key.clone(), plan.placement.clone(), config.numa_limits);
+        blocking(move || host_placement::reserve(&ledger, &key, &request, &limits)).await??
+    };
+    if plan.placement.policy != Policy::None {
+        info!(placement = %host_placement::summary(&placement), reason = %placement.reason, "VM placed");
+    }
     // Everything the plan will take is written down at once, before any of it is taken:
     // one journal write (and sync) instead of one per resource.
     let mut intended = Vec::new();
@@ -160,9 +175,7 @@ async fn launch(
         intended.push(Resource::Cgroup { path: path.clone(), created: !crate::host::cgroup::exists(path) });
     }
     // Given back after QEMU is gone (newer entries are released first).
-    let placed = plan.placement.policy != Policy::None;
-    let placement_key = placement::key(req.namespace, req.id);
-    if placed {
+    if reserved {
         intended.push(Resource::Placement { ledger: config.placement_ledger.clone(), key: placement_key.clone() });
     }
     // A networked VM's interfaces are written down (once inspected) before QEMU: the
@@ -171,18 +184,16 @@ async fn launch(
     if !networked {
         intended.push(Resource::Qemu { process: None });
     }
-    let entries = journal.intend_all(intended)?;
-    let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
-
-    let placement = if placed {
-        let (ledger, key, request, limits) =
-            (config.placement_ledger.clone(), placement_key.clone(), plan.placement.clone(), config.numa_limits);
-        let placement = blocking(move || host_placement::reserve(&ledger, &key, &request, &limits)).await??;
-        info!(placement = %host_placement::summary(&placement), reason = %placement.reason, "VM placed");
-        placement
-    } else {
-        Placement::none()
+    let entries = match journal.intend_all(intended) {
+        Ok(entries) => entries,
+        Err(e) => {
+            if reserved {
+                let _ = host_placement::release(&config.placement_ledger, &placement_key);
+            }
+            return Err(e.into());
+        }
     };
+    let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
 
     let (image, overlay, accel, credentials) = {
         let (rootfs, disk_request, config, accel) =
@@ -385,7 +396,7 @@ async fn launch(
         },
         hooks,
         annotations: spec.annotations().clone().unwrap_or_default(),
-        placement: placed.then_some(placement),
+        placement: (plan.placement.policy != Policy::None).then_some(placement),
     })
 }
 

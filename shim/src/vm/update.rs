@@ -52,13 +52,27 @@ pub(super) fn limits(
 /// The VM's placement inside a new cpuset (`linux.resources.cpu.cpus` of an Update:
 /// kubelet's CPU manager moving its shared pool), or why the VM cannot follow: a node
 /// left without CPUs (the VM would leave its NUMA node) or a strict vCPU's CPU taken
-/// away. Setting a v1 cpuset resets every thread's affinity to it, so the result is
-/// applied again after the cgroup's update.
+/// away. A placement that came from the spec's cpuset follows kubelet whatever it says
+/// (kubelet's managers win): onto the new CPUs of its nodes, else onto all the new ones.
+/// Setting a v1 cpuset resets every thread's affinity to it, so the result is applied
+/// again after the cgroup's update.
 pub(super) fn placement_within(placement: &Placement, cpuset: &str) -> Result<Placement, TaskError> {
     let invalid =
         |reason: String| TaskError::InvalidArgument(format!("update linux.resources.cpu.cpus={cpuset}: {reason}"));
     let allowed: CpuSet = cpuset.parse().map_err(|e: crate::placement::CpuListError| invalid(e.to_string()))?;
     let mut within = placement.clone();
+    if placement.from_cpuset {
+        for node in &mut within.nodes {
+            node.cpus = node.cpus.intersection(&allowed);
+            if node.cpus.is_empty() {
+                node.cpus = allowed.clone();
+            }
+        }
+        if within.pins.iter().any(|cpu| !allowed.contains(*cpu)) {
+            within.pins.clear();
+        }
+        return Ok(within);
+    }
     for node in &mut within.nodes {
         node.cpus = node.cpus.intersection(&allowed);
         if node.cpus.is_empty() {
@@ -80,7 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_cpuset_narrows_the_placement_or_is_refused() {
+    fn a_new_cpuset_narrows_the_placement_or_is_refused_unless_it_is_kubelets() {
         let node = |node, cpus: &str, vcpus| crate::placement::NodePlacement {
             node,
             cpus: cpus.parse().unwrap(),
@@ -102,6 +116,10 @@ mod tests {
         let e = placement_within(&strict, "4,6-7").unwrap_err().to_string();
         assert!(e.contains("CPU 5") && e.contains("vCPU 1"), "{e}");
         assert!(placement_within(&strict, "x").unwrap_err().to_string().contains("cpu.cpus=x"));
+        // kubelet's own cpuset: followed, never refused.
+        let kubelets = Placement { from_cpuset: true, ..strict };
+        let moved = placement_within(&kubelets, "0-3").unwrap();
+        assert_eq!((moved.nodes[0].cpus.to_string(), moved.pins.len()), ("0-3".to_string(), 0));
     }
 
     fn any(json: &str) -> Any {
