@@ -654,6 +654,8 @@ pub struct Spawned<'r> {
     /// Position in `stdout` after the last match.
     cursor: usize,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread that reads stderr: done once the pipe is closed.
+    stderr_reader: thread::JoinHandle<()>,
     _rig: PhantomData<&'r Rig>,
 }
 
@@ -689,7 +691,7 @@ impl<'r> Spawned<'r> {
         });
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let sink = stderr.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -709,6 +711,7 @@ impl<'r> Spawned<'r> {
             stdout: Vec::new(),
             cursor: 0,
             stderr,
+            stderr_reader,
             _rig: PhantomData,
         })
     }
@@ -811,11 +814,18 @@ impl<'r> Spawned<'r> {
         self.stderr.lock().map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default()
     }
 
-    /// Wait for the process to exit, at most `timeout`; stdin is closed first.
+    /// Wait for the process to exit, at most `timeout`; stdin is closed first. Its stderr
+    /// is then read to the end (unless something it started holds the pipe open).
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.close_stdin();
         match wait_child(&mut self.child, timeout)? {
-            Some(status) => Ok(status),
+            Some(status) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !self.stderr_reader.is_finished() && std::time::Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Ok(status)
+            }
             None => {
                 let details = self.describe();
                 bail!("{} still running after {timeout:?}{details}", self.what)
