@@ -14,6 +14,6 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
   busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio kmod \
   linux-image-cloud-amd64 \
   protobuf-compiler iproute2 procps ca-certificates git python3 gcc libc6-dev \
-  cloud-init util-linux iputils-ping openssl
+  cloud-init qemu-guest-agent util-linux iputils-ping openssl
 # QEMU runs as this unprivileged user (config qemu_user), as it does once installed.
 bash "$(dirname "$0")/../../packaging/create-qemu-user.sh"

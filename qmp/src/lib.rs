@@ -26,13 +26,11 @@
 //! - `events`: [`VmEvent`] decoding and the [`Events`] receiver.
 //! - `error`: [`QmpError`].
 //!
-//! A guest-agent client (QGA over a virtio-serial chardev) belongs in a
-//! sibling `qga` module next to `session`, reusing `error`. It would use
-//! `qapi::futures::QgaStreamTokio` (needs the `qga` feature of `qapi`). QGA has
-//! no events and no greeting, so it does not need `reader`, but it needs a
-//! `guest-sync` handshake, and every call needs a timeout because the guest
-//! agent may not be running.
+//! - `agent`: the guest-agent client ([`Agent`]), QGA over the virtio-serial
+//!   channel: no greeting, no events, a deadline on every call and a
+//!   `guest-sync-delimited` resynchronisation after any call that ran out of it.
 
+mod agent;
 mod error;
 mod events;
 mod reader;
@@ -41,6 +39,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+pub use agent::{Agent, AgentError, ExecEnd, ExecStatus, GuestCommand};
 pub use error::QmpError;
 pub use events::{Events, VmEvent};
 pub use session::{QemuVersion, Qmp};
