@@ -23,6 +23,9 @@
 #     gateway4/gateway6, routes with to/via/on-link/scope/metric/table/from, nameservers into
 #     /etc/resolv.conf) with busybox ip, and prints "TINY-NET-UP <ifname> <mac> <address>..." per
 #     interface it configured, "TINY-NET-ERROR: <what>" per failure (`tiny-net` runs it again),
+#   * runs Debian's qemu-ga (with the libraries it links) on the virtio-serial port named
+#     org.qemu.guest_agent.0 when the VM has one, started once (log in /var/log/qemu-ga.log), so
+#     exec works through the guest agent,
 #   * runs busybox acpid so the ACPI power button (QMP system_powerdown) powers it off cleanly,
 #   * gives a root shell on ttyS0 (prompt "tiny# "); `poweroff`, `reboot` work and unmount first,
 #   * panics on `echo c > /proc/sysrq-trigger` with pvpanic loaded and panic=0 (no auto reboot).
@@ -53,6 +56,9 @@ need syslinux syslinux
 need sfdisk fdisk
 need qemu-img qemu-utils
 need modprobe kmod
+need ldd libc-bin
+QEMU_GA=/usr/sbin/qemu-ga
+[ -x "$QEMU_GA" ] || { echo "build-tiny.sh: $QEMU_GA not found; install the Debian package 'qemu-guest-agent'" >&2; exit 1; }
 
 # --- inputs -----------------------------------------------------------------------------------
 # The newest installed cloud kernel, unless KVER says which one.
@@ -68,7 +74,7 @@ SYSLINUX_BIN=$(readlink -f "$(command -v syslinux)")   # carries ldlinux.sys/.c3
 for f in "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN"; do
     [ -r "$f" ] || { echo "build-tiny.sh: missing input $f" >&2; exit 1; }
 done
-INPUTS=("$SCRIPT" "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$SYSLINUX_BIN")
+INPUTS=("$SCRIPT" "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$SYSLINUX_BIN" "$QEMU_GA")
 OUTPUTS=("$OUTDIR/tiny.qcow2" "$OUTDIR/tiny.raw" "$OUTDIR/tiny-part.qcow2")
 
 # Modules the guest loads (everything else it needs is built in: see /boot/config-$KVER).
@@ -76,7 +82,8 @@ OUTPUTS=("$OUTDIR/tiny.qcow2" "$OUTDIR/tiny.raw" "$OUTDIR/tiny-part.qcow2")
 #   vfat + nls_cp437 + nls_ascii   mount the FAT disk (codepage 437, default iocharset "ascii")
 #   button, evdev                  ACPI power button as /dev/input/event* for acpid
 #   pvpanic_mmio, pvpanic_pci      report panics to QEMU (ISA "-device pvpanic" / "pvpanic-pci")
-MODULES="virtio_pci virtio_blk vfat nls_cp437 nls_ascii button evdev pvpanic_mmio pvpanic_pci"
+#   virtio_console                 the guest agent's virtio-serial port
+MODULES="virtio_pci virtio_blk vfat nls_cp437 nls_ascii button evdev pvpanic_mmio pvpanic_pci virtio_console"
 # Loaded only when the VM has a virtio NIC, so that boots without one do not pay for them.
 #   virtio_net (+ failover, net_failover)   the pod NIC; IPv4, IPv6 and packet sockets are built in
 NET_MODULES="virtio_net"
@@ -133,6 +140,13 @@ add_modules() { # add_modules LIST-FILE MODULE...
         done
     done
 }
+# qemu-ga and the shared libraries it links, at the paths the dynamic loader looks in.
+cp "$QEMU_GA" "$ROOT/usr/sbin/qemu-ga"
+ldd "$QEMU_GA" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | while read -r lib; do
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
+done
+
 add_modules "$ROOT/etc/modules" $MODULES
 add_modules "$ROOT/etc/modules.net" $NET_MODULES
 
@@ -622,7 +636,26 @@ function emit(    i, j, id, n, list, r, def4, def6) {
 }
 NETCONF_EOF
 
+# tiny-agent: qemu-ga on the port named org.qemu.guest_agent.0 (devtmpfs has its node as
+# /dev/vportNpM; the name is in sysfs). The port appears once virtio_console is loaded.
+cat >"$ROOT/sbin/tiny-agent" <<'EOF'
+#!/bin/sh
+i=0
+while [ $i -lt 100 ]; do
+    for port in /sys/class/virtio-ports/*; do
+        [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+        mkdir -p /run/qga
+        exec /usr/sbin/qemu-ga --method=virtio-serial --path="/dev/${port##*/}" --statedir=/run/qga \
+            --logfile=/var/log/qemu-ga.log
+    done
+    usleep 50000; i=$((i + 1))
+done
+echo "tiny: no virtio-serial port org.qemu.guest_agent.0: no guest agent"
+EOF
+chmod 755 "$ROOT/sbin/tiny-agent"
+
 cat >"$ROOT/etc/inittab" <<'EOF'
+::once:/sbin/tiny-agent
 ::respawn:/sbin/acpid -f -l /var/log/acpid.log
 ttyS0::respawn:-/bin/sh
 ::shutdown:/etc/rc.shutdown

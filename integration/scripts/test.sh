@@ -85,7 +85,7 @@ else
 fi
 
 # Selected together so that cargo builds the workspace's dependencies once, with one feature set.
-run_suites "unit tests, the layering check, the QMP client against real QEMU, pod namespaces" --workspace --lib --bins --test qemu --test layers --test pod_namespace
+run_suites "unit tests, the layering check, the QMP client against real QEMU, the guest-agent client against real qemu-ga, pod namespaces" --workspace --lib --bins --test qemu --test agent --test layers --test pod_namespace
 run_suites "doc examples" --workspace --doc
 host_version=$(containerd --version | awk '{print $3}')
 run_suites "end-to-end suites on containerd $host_version (host)" -p integration --tests

@@ -124,7 +124,7 @@ fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
     ensure!(cri.inspect("inspect", &sidecar)?["status"]["state"] == "CONTAINER_RUNNING", "sidecar not running");
 
     // Exec into the sidecar, as kubectl exec and exec probes do: ExecSync with its exit code,
-    // and the streaming Exec. Exec into the VM says why it cannot.
+    // and the streaming Exec.
     let mut events = ns.events()?;
     let synced = cri.crictl_ok(&["exec", "--sync", &sidecar, "sh", "-c", "echo sync-$((6*7))"])?;
     ensure!(synced.contains("sync-42"), "crictl exec --sync: {synced:?}");
@@ -143,9 +143,25 @@ fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
     ensure!(statuses == [0, 3], "the execs' exit statuses: {statuses:?}");
     let streamed = cri.crictl_ok(&["exec", &sidecar, "sh", "-c", "echo stream-$((6*7))"])?;
     ensure!(streamed.contains("stream-42"), "crictl exec: {streamed:?}");
-    let into_vm = cri.crictl(&["exec", "--sync", &vm, "true"])?;
-    let stderr = String::from_utf8_lossy(&into_vm.stderr);
-    ensure!(!into_vm.status.success() && stderr.contains("guest agent"), "crictl exec into the VM: {stderr}");
+    // Into the VM, through its guest agent: ExecSync as an exec probe runs it (with a
+    // timeout), passing and failing, and the streaming Exec with stdout and stderr.
+    let probe = wait_until("the VM's guest agent", BOOT_TIMEOUT, || {
+        let out = cri.crictl(&["exec", "--sync", "--timeout", "10", &vm, "cat", "/proc/cmdline"])?;
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    })?;
+    ensure!(probe.contains("tiny.disk="), "the probe ran on the host, not in the guest: {probe:?}");
+    let failing = cri.crictl(&["exec", "--sync", "--timeout", "10", &vm, "sh", "-c", "echo not-ready >&2; exit 3"])?;
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    ensure!(
+        !failing.status.success() && stderr.contains("exited with 3") && stderr.contains("not-ready"),
+        "a failing probe in the VM: {failing:?}"
+    );
+    let streamed = cri.crictl(&["exec", &vm, "sh", "-c", "echo vm-out-$((6*7)); echo vm-err-$((6*7)) >&2"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&streamed.stdout), String::from_utf8_lossy(&streamed.stderr));
+    ensure!(
+        streamed.status.success() && stdout.contains("vm-out-42") && stderr.contains("vm-err-42"),
+        "crictl exec into the VM: {streamed:?}"
+    );
 
     // A second VM: the pod's network is the first one's.
     let config = cri.container_config("vm2", TINY, &["/disk"], &[])?;

@@ -210,6 +210,25 @@ impl Sink {
     }
 }
 
+/// An output stream of an exec's (stdout or stderr: a FIFO or a `file://` path; empty:
+/// none), opened as the console's are.
+pub fn open_output(uri: &str) -> io::Result<Option<Box<dyn AsyncWrite + Send + Unpin>>> {
+    match Sink::open(uri)? {
+        Sink::Writer(writer) => Ok(Some(writer)),
+        Sink::Discard => Ok(None),
+    }
+}
+
+/// An exec's stdin FIFO (empty: none), opened read-only: it ends when its last writer
+/// closes (older `ctr task exec` closes its end and never sends CloseIO), as runc's shim
+/// does for an exec, or at CloseIO.
+pub fn open_input(path: &str) -> io::Result<Option<tokio::net::unix::pipe::Receiver>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    tokio::net::unix::pipe::OpenOptions::new().open_receiver(path).map(Some)
+}
+
 /// Opens a FIFO for writing read-write, so a reader that goes away (a detached
 /// `ctr`) does not turn every later write into EPIPE.
 fn open_fifo_writer(path: &str) -> io::Result<Option<tokio::net::unix::pipe::Sender>> {

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim::protos::events::task::TaskExecStarted;
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
@@ -33,12 +32,6 @@ pub struct ExecContext {
     pub log: PathBuf,
     /// Where console sockets are made (a short path).
     pub console_dir: PathBuf,
-}
-
-/// The OCI process of an ExecProcessRequest (JSON, whatever its type URL).
-pub fn parse_spec(spec: &Any) -> Result<oci_spec::runtime::Process, TaskError> {
-    serde_json::from_slice(&spec.value)
-        .map_err(|e| TaskError::InvalidArgument(format!("containerd-shim-vm: the exec's process spec: {e}")))
 }
 
 pub struct ExecProcess(Arc<Inner>);
@@ -132,22 +125,6 @@ fn end_unstarted(inner: &Inner, status: u32) -> Exit {
         let _ = publish.send(Some(exit));
     }
     exit
-}
-
-impl ExecProcess {
-    /// Delete's part: the exit to report, or why not yet. Waits out a Start under way, and
-    /// ends an exec that never started.
-    pub async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
-        let inner = &self.0;
-        let _one_at_a_time = inner.requests.lock().await;
-        match self.state() {
-            State::Stopped(exit) => Ok(exit),
-            State::Created => Ok(end_unstarted(inner, 0)),
-            State::Running | State::Paused => {
-                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
-            }
-        }
-    }
 }
 
 impl Inner {
@@ -250,6 +227,18 @@ impl Process for ExecProcess {
                 .resize(width.min(u16::MAX as u32) as u16, height.min(u16::MAX as u32) as u16)
                 .map_err(|e| TaskError::Unknown(format!("resizing the exec's console: {e}"))),
             None => Ok(()),
+        }
+    }
+
+    async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
+        let inner = &self.0;
+        let _one_at_a_time = inner.requests.lock().await;
+        match self.state() {
+            State::Stopped(exit) => Ok(exit),
+            State::Created => Ok(end_unstarted(inner, 0)),
+            State::Running | State::Paused => {
+                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
+            }
         }
     }
 

@@ -8,7 +8,6 @@ mod exec;
 mod launch;
 mod stdio;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -29,6 +28,7 @@ use crate::prepared::Prepared;
 use crate::service::container::{published_exit, Container, Process};
 use crate::service::error::TaskError;
 use crate::service::events::{task_exit, TaskEvents};
+use crate::service::processes::ExecProcesses;
 use exec::{ExecContext, ExecProcess};
 use launch::{Launch, Launched};
 use stdio::{StdinEnd, Streams};
@@ -99,8 +99,7 @@ pub struct OrdinaryContainer {
     journal: Mutex<Option<Journal>>,
     events: TaskEvents,
     exec_context: Arc<ExecContext>,
-    /// Exec processes, from Exec until their Delete.
-    processes: Mutex<HashMap<String, Arc<ExecProcess>>>,
+    processes: ExecProcesses<ExecProcess>,
 }
 
 /// Creates the container with runc (not started: its init waits for `runc start`).
@@ -210,7 +209,7 @@ async fn create_with(
         streams: Mutex::new(streams),
         journal: Mutex::new(None),
         exec_context,
-        processes: Mutex::new(HashMap::new()),
+        processes: ExecProcesses::new(id),
         events,
     });
     info!(pid, "container created by runc");
@@ -271,10 +270,6 @@ impl OrdinaryContainer {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_processes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ExecProcess>>> {
-        self.processes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Runs a lifecycle request: the state checked and the runc command run under one
     /// lock, then the change recorded and published.
     async fn request(
@@ -311,8 +306,7 @@ impl Container for OrdinaryContainer {
     }
 
     fn exec_pids(&self) -> Vec<(String, u32)> {
-        let processes = self.lock_processes();
-        processes.iter().map(|(id, process)| (id.clone(), process.pid())).filter(|(_, pid)| *pid != 0).collect()
+        self.processes.pids()
     }
 
     fn bundle(&self) -> &Path {
@@ -408,7 +402,7 @@ impl Container for OrdinaryContainer {
     }
 
     async fn exec(&self, exec_id: &str, spec: &Any, stdio: Stdio) -> Result<(), TaskError> {
-        let spec = exec::parse_spec(spec)?;
+        let spec = crate::service::processes::parse_exec_spec(spec)?;
         if self.state() != State::Running {
             return Err(TaskError::FailedPrecondition(format!(
                 "cannot exec in task {}: it is not running ({:?})",
@@ -416,32 +410,16 @@ impl Container for OrdinaryContainer {
                 self.state().status()
             )));
         }
-        // An exec's TaskExit carries its id: the container's id would read as the init's exit.
-        if exec_id == self.id {
-            return Err(TaskError::InvalidArgument(format!("exec id {exec_id:?} is the container's own id")));
-        }
-        let mut processes = self.lock_processes();
-        if processes.contains_key(exec_id) {
-            return Err(TaskError::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.id)));
-        }
-        let process = ExecProcess::new(self.exec_context.clone(), exec_id, spec, stdio, self.events.clone());
-        processes.insert(exec_id.to_string(), Arc::new(process));
-        Ok(())
+        let (context, events) = (self.exec_context.clone(), self.events.clone());
+        self.processes.add(exec_id, || ExecProcess::new(context, exec_id, spec, stdio, events))
     }
 
     fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
-        match self.lock_processes().get(exec_id) {
-            Some(process) => Ok(process.clone() as Arc<dyn Process>),
-            None => Err(TaskError::NotFound(format!("process {exec_id} not found in task {}", self.id))),
-        }
+        self.processes.get(exec_id)
     }
 
     async fn remove_process(&self, exec_id: &str) -> Result<Exit, TaskError> {
-        let process = self.lock_processes().get(exec_id).cloned();
-        let process = process.ok_or_else(|| TaskError::NotFound(format!("process {exec_id} not found")))?;
-        let exit = process.finish_for_delete().await?;
-        self.lock_processes().remove(exec_id);
-        Ok(exit)
+        self.processes.remove(exec_id).await
     }
 
     /// Removes the container (runc's state and cgroup) and unmounts its image, by

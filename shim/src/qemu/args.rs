@@ -147,6 +147,21 @@ impl QemuArg for SerialConsole {
     }
 }
 
+/// The guest agent's channel: a virtio-serial port named `org.qemu.guest_agent.0` (the
+/// name qemu-ga and its udev rules look for), whose host end is one end of a socketpair
+/// the shim keeps the other end of, handed in as descriptor `fd`.
+pub struct AgentChannel {
+    pub fd: i32,
+}
+
+impl QemuArg for AgentChannel {
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        push(argv, "-chardev", format!("socket,id=agent,fd={},server=off", self.fd));
+        push(argv, "-device", "virtio-serial-pci,id=agent-serial");
+        push(argv, "-device", "virtserialport,bus=agent-serial.0,chardev=agent,name=org.qemu.guest_agent.0");
+    }
+}
+
 /// Guest panics reach QEMU through pvpanic; QEMU pauses the guest and reports
 /// GUEST_PANICKED so the shim can end the task with a failure status.
 pub struct PanicDevice;

@@ -7,8 +7,8 @@ pub mod args;
 use std::ffi::OsString;
 
 use args::{
-    BaseFlags, HotplugPorts, Machine, Memory, Nic, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox, SeedDisk,
-    SerialConsole, Smp,
+    AgentChannel, BaseFlags, HotplugPorts, Machine, Memory, Nic, PanicDevice, QemuArg, QmpSocket, RootDisk, Sandbox,
+    SeedDisk, SerialConsole, Smp,
 };
 
 use crate::accel::Accel;
@@ -25,8 +25,10 @@ pub const OVERLAY_FD: i32 = 5;
 pub const CONSOLE_FD: i32 = 6;
 /// The descriptor of the NoCloud seed image (read-only).
 pub const SEED_FD: i32 = 7;
+/// The descriptor of the host end of the guest agent's channel (a socketpair).
+pub const AGENT_FD: i32 = 8;
 /// The first of the NICs' queue and vhost descriptors, numbered on from here.
-pub const FIRST_NIC_FD: i32 = 8;
+pub const FIRST_NIC_FD: i32 = 9;
 
 /// What the host decided for the VM at launch.
 #[derive(Debug, Clone)]
@@ -80,7 +82,7 @@ pub fn nic_fds(nics: &[NicFacts]) -> Vec<(Vec<i32>, Vec<i32>)> {
 
 /// The argument vector (without the binary).
 pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
-    let pieces: [&dyn QemuArg; 9] = [
+    let pieces: [&dyn QemuArg; 10] = [
         &BaseFlags { name: &plan.name },
         &Sandbox,
         &Machine { kind: plan.machine, accel: host.accel, tcg_translation_cache_mib: plan.tcg_translation_cache_mib },
@@ -88,6 +90,7 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
         &Memory { bytes: plan.memory_bytes, nodes: &host.placement.nodes },
         &QmpSocket { fd: QMP_FD },
         &SerialConsole { fd: CONSOLE_FD },
+        &AgentChannel { fd: AGENT_FD },
         &PanicDevice,
         &RootDisk { image_fd: IMAGE_FD, image_format: host.image_format, overlay_fd: OVERLAY_FD },
     ];
@@ -150,12 +153,14 @@ mod tests {
         assert_eq!(count("-add-fd"), 3);
         assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "socket,id=qmp,fd=3,server=off"));
         assert_eq!(count("-netdev"), 0, "no network: no NIC");
+        assert!(argv.windows(2).any(|w| w[0] == "-chardev" && w[1] == "socket,id=agent,fd=8,server=off"));
+        assert!(argv.iter().any(|a| a.contains("name=org.qemu.guest_agent.0")));
     }
 
     #[test]
     fn nic_descriptors_are_numbered_nic_by_nic() {
         let nic = |queues, vhost| NicFacts { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, queues, vhost };
-        assert_eq!(nic_fds(&[nic(1, false)]), [(vec![8], vec![])]);
-        assert_eq!(nic_fds(&[nic(2, true), nic(1, false)]), [(vec![8, 9], vec![10, 11]), (vec![12], vec![])]);
+        assert_eq!(nic_fds(&[nic(1, false)]), [(vec![9], vec![])]);
+        assert_eq!(nic_fds(&[nic(2, true), nic(1, false)]), [(vec![9, 10], vec![11, 12]), (vec![13], vec![])]);
     }
 }

@@ -79,6 +79,9 @@ pub trait Process: Send + Sync {
     async fn wait(&self) -> Exit;
     fn resize_pty(&self, width: u32, height: u32) -> Result<(), TaskError>;
     fn close_stdin(&self);
+    /// Delete's part: the exit to report, or why not yet. Waits out a Start under way,
+    /// and ends an exec that never started.
+    async fn finish_for_delete(&self) -> Result<Exit, TaskError>;
 }
 
 /// The exit a task's monitor publishes, once it has; `None` if the monitor ended without

@@ -6,6 +6,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod process_info;
+pub mod processes;
 pub mod task;
 
 use std::marker::PhantomData;

@@ -17,7 +17,9 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
 
 /// `pids` as Pids answers: `task_pid` carries the task's `kind` and `annotations` (what
-/// else a user may want to see of it: a VM's placement), an exec's pid its id.
+/// else a user may want to see of it: a VM's placement), an exec's pid its id. Execs that
+/// run inside the task's own process (a VM's, in its guest) have the task's pid: they get
+/// a line each after the task's.
 pub fn process_infos(
     pids: &[u32],
     task_pid: u32,
@@ -25,7 +27,8 @@ pub fn process_infos(
     annotations: &[(&str, String)],
     execs: &[(String, u32)],
 ) -> Vec<ProcessInfo> {
-    pids.iter()
+    let mut infos: Vec<ProcessInfo> = pids
+        .iter()
         .map(|&pid| {
             let info = if pid == task_pid {
                 Some(kind_info(kind, annotations))
@@ -34,7 +37,14 @@ pub fn process_infos(
             };
             ProcessInfo { pid, info: info.into(), ..Default::default() }
         })
-        .collect()
+        .collect();
+    let inside = execs.iter().filter(|(_, exec_pid)| *exec_pid == task_pid);
+    infos.extend(inside.map(|(id, pid)| ProcessInfo {
+        pid: *pid,
+        info: Some(exec_info(id)).into(),
+        ..Default::default()
+    }));
+    infos
 }
 
 fn kind_info(kind: &str, annotations: &[(&str, String)]) -> Any {
@@ -78,5 +88,17 @@ mod tests {
         }
         // A process the task forked itself: nothing to say.
         assert!(infos[3].info.is_none());
+    }
+
+    #[test]
+    fn execs_inside_the_task_process_get_a_line_each() {
+        let execs = vec![("probe".to_string(), 10), ("shell".to_string(), 10)];
+        let infos = process_infos(&[10], 10, "vm", &[], &execs);
+        assert_eq!(infos.iter().map(|i| i.pid).collect::<Vec<_>>(), [10, 10, 10]);
+        let ids: Vec<String> = infos[1..]
+            .iter()
+            .map(|i| ProcessDetails::parse_from_bytes(&i.info.as_ref().unwrap().value).unwrap().exec_id)
+            .collect();
+        assert_eq!(ids, ["probe", "shell"]);
     }
 }

@@ -259,6 +259,14 @@ async fn launch(
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(qmp_ours))
         .map_err(host("registering the QMP socket"))?;
+    // The guest agent's channel, the same way: the agent answers or not; no file to race.
+    let (agent_ours, agent_theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(host("making the guest agent's socketpair"))?;
+    let agent = agent_ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(agent_ours))
+        .map(qmp::Agent::new)
+        .map_err(host("registering the guest agent's socket"))?;
     let spawned = qemu_process::spawn(qemu_process::Launch {
         binary: &config.qemu,
         argv: qemu::argv(&plan, &facts),
@@ -270,6 +278,7 @@ async fn launch(
                 (OwnedFd::from(image.file), qemu::IMAGE_FD),
                 (OwnedFd::from(overlay.file), qemu::OVERLAY_FD),
                 (console_slave, qemu::CONSOLE_FD),
+                (OwnedFd::from(agent_theirs), qemu::AGENT_FD),
             ],
             network,
         ),
@@ -371,6 +380,7 @@ async fn launch(
         stdio: req.stdio.clone(),
         pid,
         qmp,
+        agent: std::sync::Arc::new(agent),
         console,
         cgroup,
         qemu_entry,

@@ -1,6 +1,7 @@
 //! The VM, the first kind of task: created from a plan (`launch`), watched until QEMU
 //! exits (`monitor`), driven over QMP, and released by replaying its journal.
 
+mod exec;
 mod hotplug;
 pub(crate) mod launch;
 mod monitor;
@@ -25,9 +26,11 @@ use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{EntryId, Journal};
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
-use crate::service::container::{published_exit, Container};
+use crate::service::container::{published_exit, Container, Process};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
+use crate::service::processes::ExecProcesses;
+use exec::GuestExec;
 
 /// Where `ctr task ps` shows a VM's NUMA placement.
 pub const PLACEMENT_ANNOTATION: &str = "vm.containerd.io/placement";
@@ -43,6 +46,7 @@ struct Parts {
     stdio: Stdio,
     pid: u32,
     qmp: Qmp,
+    agent: Arc<qmp::Agent>,
     console: Console,
     cgroup: Option<VmCgroup>,
     qemu_entry: EntryId,
@@ -89,6 +93,9 @@ pub struct Vm {
     stdio: Stdio,
     pid: u32,
     qmp: Qmp,
+    /// The guest agent's channel (exec).
+    agent: Arc<qmp::Agent>,
+    processes: ExecProcesses<GuestExec>,
     console: Console,
     state: Mutex<State>,
     /// Held across a request's check of the state and its QMP command, so two requests
@@ -116,11 +123,13 @@ impl Vm {
     fn start_monitoring(parts: Parts, journal: Journal) -> Arc<Vm> {
         let (published, exit_published) = watch::channel(None);
         let vm = Arc::new(Vm {
+            processes: ExecProcesses::new(&parts.id),
             id: parts.id,
             bundle: parts.bundle,
             stdio: parts.stdio,
             pid: parts.pid,
             qmp: parts.qmp,
+            agent: parts.agent,
             console: parts.console,
             state: Mutex::new(State::Created),
             requests: tokio::sync::Mutex::new(()),
@@ -291,12 +300,39 @@ impl Container for Vm {
         self.placement.iter().map(|p| (PLACEMENT_ANNOTATION, crate::host::placement::summary(p))).collect()
     }
 
-    async fn exec(&self, _exec_id: &str, _spec: &Any, _stdio: Stdio) -> Result<(), TaskError> {
-        Err(TaskError::Unimplemented(
-            "exec into a VM is not supported yet by containerd-shim-vm: it needs the guest agent (exec into the \
-             pod's ordinary containers works)"
-                .into(),
-        ))
+    /// Checks that the exec can run (no terminal, root, an agent that answers) before it
+    /// is added: a refusal leaves nothing.
+    async fn exec(&self, exec_id: &str, spec: &Any, stdio: Stdio) -> Result<(), TaskError> {
+        let process = crate::service::processes::parse_exec_spec(spec)?;
+        let refused =
+            |why: String| TaskError::InvalidArgument(format!("containerd-shim-vm: exec in VM {}: {why}", self.id));
+        let command = exec::guest_command(&process, stdio.terminal).map_err(refused)?;
+        if self.state() != State::Running {
+            return Err(TaskError::FailedPrecondition(format!(
+                "cannot exec in VM {}: it is not running ({:?})",
+                self.id,
+                self.state().status()
+            )));
+        }
+        self.processes.free(exec_id)?;
+        self.agent
+            .sync(exec::AGENT_ANSWER_TIMEOUT)
+            .await
+            .map_err(|e| TaskError::FailedPrecondition(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
+        let (agent, events) = (self.agent.clone(), self.events.clone());
+        self.processes.add(exec_id, || GuestExec::new(&self.id, exec_id, self.pid, agent, command, stdio, events))
+    }
+
+    fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
+        self.processes.get(exec_id)
+    }
+
+    async fn remove_process(&self, exec_id: &str) -> Result<Exit, TaskError> {
+        self.processes.remove(exec_id).await
+    }
+
+    fn exec_pids(&self) -> Vec<(String, u32)> {
+        self.processes.pids()
     }
 
     fn bundle(&self) -> &Path {

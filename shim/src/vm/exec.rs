@@ -1,0 +1,545 @@
+//! Exec processes of a VM (`ctr task exec`, `crictl exec`, `kubectl exec`, exec probes):
+//! run in the guest by its agent. `guest-exec` starts the command with its whole stdin,
+//! `guest-exec-status` is polled until it ends and hands over its output, which goes to
+//! the exec's stdout and stderr as it arrives (qemu-ga hands it over when the process
+//! ends), and its exit status is the exec's TaskExit. Stdin is taken whole before the
+//! command starts (`input-data`); a stdin that brings nothing at once is none. There is no pty: an exec with a
+//! terminal is refused. The exec's pid is QEMU's, the host process the guest runs in.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_shim::protos::events::task::TaskExecStarted;
+use qmp::{Agent, AgentError, ExecEnd, GuestCommand};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use crate::console::{self, Stdio};
+use crate::lifecycle::{Change, Exit, Request, State};
+use crate::service::container::{published_exit, Process};
+use crate::service::error::TaskError;
+use crate::service::events::{task_exit, TaskEvents};
+
+/// How long an exec waits for the guest agent to answer before it is refused: the agent
+/// is there or it is not; a busy guest under TCG answers in well under a second.
+pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one agent command may take once the agent has answered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most stdin an exec may give: the agent takes it whole, inside one JSON command.
+pub const MAX_INPUT: usize = 4 << 20;
+/// How long Start waits for an exec's stdin to bring something. `ctr task exec` always
+/// hands a stdin FIFO but never opens it when it has nothing to send (a terminal nobody
+/// types into, /dev/null), while piped input arrives at once: a command whose stdin
+/// brought nothing by then starts without input.
+const STDIN_GRACE: Duration = Duration::from_millis(200);
+/// Polling `guest-exec-status`: quick at first (a probe's command ends in milliseconds),
+/// slower for a command that runs on.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(200);
+/// The exit status of an exec that could not run in the guest, or lost its agent.
+const NOT_RUN: u32 = 255;
+/// Status polls in a row the agent may leave unanswered (CALL_TIMEOUT each) before the
+/// exec is given up as lost: the agent died or the guest hangs.
+const UNANSWERED_POLLS: u32 = 3;
+
+/// What the guest agent runs for an exec's OCI process. Refuses what it cannot do: a
+/// terminal, a user other than root (qemu-ga runs commands as itself), no command.
+pub fn guest_command(process: &oci_spec::runtime::Process, terminal: bool) -> Result<GuestCommand, String> {
+    if terminal || process.terminal().unwrap_or(false) {
+        return Err(
+            "exec with a terminal (tty) cannot run in a VM: the guest agent's guest-exec has no pty; \
+                    run it without one (kubectl exec without -t, crictl exec without -t, ctr task exec without --tty)"
+                .into(),
+        );
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let Some((program, rest)) = args.split_first().filter(|(program, _)| !program.is_empty()) else {
+        return Err("exec: the process has no command (args is empty)".into());
+    };
+    let (uid, gid) = (process.user().uid(), process.user().gid());
+    if uid != 0 {
+        return Err(format!(
+            "exec: user uid {uid} (gid {gid}): the guest agent runs commands as root only; exec as root, or run \
+             `su` or `setpriv` in the guest"
+        ));
+    }
+    let env = process.env().clone().unwrap_or_default();
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    if cwd.is_empty() || cwd == "/" {
+        return Ok(GuestCommand { path: program.clone(), args: rest.to_vec(), env, input: None });
+    }
+    // guest-exec has no working directory: a shell changes to it first.
+    let mut wrapped = vec!["-c".into(), "cd -- \"$1\" || exit 126; shift; exec \"$@\"".into(), "sh".into(), cwd];
+    wrapped.extend(args);
+    Ok(GuestCommand { path: "/bin/sh".into(), args: wrapped, env, input: None })
+}
+
+/// The exec's exit status from how the guest process ended: its code, or 128 + the
+/// signal, as a shell reports it.
+fn exit_status(end: ExecEnd) -> u32 {
+    match end {
+        ExecEnd::Code(code) => u32::try_from(code).unwrap_or(NOT_RUN),
+        ExecEnd::Signal(signal) => 128 + u32::try_from(signal).unwrap_or(0),
+    }
+}
+
+pub struct GuestExec(Arc<Inner>);
+
+struct Inner {
+    vm_id: String,
+    exec_id: String,
+    /// QEMU's pid: the exec's pid as containerd sees it.
+    qemu_pid: u32,
+    agent: Arc<Agent>,
+    command: GuestCommand,
+    stdio: Stdio,
+    state: Mutex<State>,
+    /// Held across Start's check of the state and its first agent command.
+    requests: tokio::sync::Mutex<()>,
+    /// The process in the guest, once guest-exec has started it.
+    guest_pid: Mutex<Option<i64>>,
+    /// Whoever ends the exec first takes it: the runner, or a Kill whose agent did not
+    /// answer, or a Delete before Start.
+    publish: Mutex<Option<watch::Sender<Option<Exit>>>>,
+    exit_published: watch::Receiver<Option<Exit>>,
+    /// CloseIO: stdin is complete.
+    stdin_closed: watch::Sender<bool>,
+    events: TaskEvents,
+}
+
+impl GuestExec {
+    pub fn new(
+        vm_id: &str,
+        exec_id: &str,
+        qemu_pid: u32,
+        agent: Arc<Agent>,
+        command: GuestCommand,
+        stdio: Stdio,
+        events: TaskEvents,
+    ) -> GuestExec {
+        let (publish, exit_published) = watch::channel(None);
+        GuestExec(Arc::new(Inner {
+            vm_id: vm_id.to_string(),
+            exec_id: exec_id.to_string(),
+            qemu_pid,
+            agent,
+            command,
+            stdio,
+            state: Mutex::new(State::Created),
+            requests: tokio::sync::Mutex::new(()),
+            guest_pid: Mutex::new(None),
+            publish: Mutex::new(Some(publish)),
+            exit_published,
+            stdin_closed: watch::channel(false).0,
+            events,
+        }))
+    }
+}
+
+type Output = Option<Box<dyn AsyncWrite + Send + Unpin>>;
+
+impl Inner {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn guest_pid(&self) -> Option<i64> {
+        *self.guest_pid.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends the exec with `status` unless it has ended already; `ran` says whether a
+    /// process ran (TaskExit) or not. Returns the exit, if this call ended it.
+    fn end(&self, status: u32, ran: bool) -> Option<Exit> {
+        let publish = self.publish.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let exit = Exit { status, at: SystemTime::now() };
+        self.lock_state().apply(Change::Exited(exit));
+        if ran {
+            self.events.send(task_exit(&self.vm_id, &self.exec_id, self.qemu_pid, exit));
+        }
+        let _ = publish.send(Some(exit));
+        Some(exit)
+    }
+
+    fn ended(&self) -> bool {
+        self.publish.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    async fn start_in_guest(&self, input: Option<Vec<u8>>) -> Result<i64, AgentError> {
+        let command = GuestCommand { input, ..self.command.clone() };
+        let pid = self.agent.exec(&command, CALL_TIMEOUT).await?;
+        *self.guest_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
+        info!(exec_id = %self.exec_id, guest_pid = pid, "exec process started in the guest");
+        Ok(pid)
+    }
+}
+
+type Stdin = tokio::net::unix::pipe::Receiver;
+
+/// What an exec's stdin brought within STDIN_GRACE.
+enum FirstInput {
+    /// Nothing: the command starts without input.
+    Nothing,
+    /// All of it (it ended: EOF or CloseIO).
+    Whole(Vec<u8>),
+    /// The start of it: the rest is read before the command starts.
+    Part(Vec<u8>),
+}
+
+async fn first_input(stdin: &mut Stdin, closed: &mut watch::Receiver<bool>) -> FirstInput {
+    let mut chunk = vec![0u8; 64 * 1024];
+    tokio::select! {
+        read = stdin.read(&mut chunk) => match read {
+            Ok(0) => FirstInput::Whole(Vec::new()),
+            Ok(n) => FirstInput::Part(chunk[..n].to_vec()),
+            Err(e) => {
+                warn!("reading the exec's stdin: {e}");
+                FirstInput::Nothing
+            }
+        },
+        Ok(_) = closed.wait_for(|closed| *closed) => FirstInput::Whole(already_there(stdin)),
+        _ = tokio::time::sleep(STDIN_GRACE) => FirstInput::Nothing,
+    }
+}
+
+/// What is in the FIFO now (it came before CloseIO).
+fn already_there(stdin: &mut Stdin) -> Vec<u8> {
+    let mut input = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = stdin.try_read(&mut chunk) {
+        input.extend_from_slice(&chunk[..n]);
+    }
+    input
+}
+
+/// Reads the rest of the exec's stdin (after `input`) until EOF or CloseIO, at most
+/// MAX_INPUT bytes.
+async fn read_input(
+    mut stdin: Stdin,
+    mut closed: watch::Receiver<bool>,
+    mut input: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if input.len() > MAX_INPUT {
+            return Err(format!("stdin over {MAX_INPUT} bytes: the guest agent takes an exec's input whole"));
+        }
+        tokio::select! {
+            read = stdin.read(&mut chunk) => match read {
+                Ok(0) => return Ok(input),
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading stdin: {e}")),
+            },
+            Ok(_) = closed.wait_for(|closed| *closed) => {
+                input.extend(already_there(&mut stdin));
+                return Ok(input);
+            }
+        }
+    }
+}
+
+/// Reads and drops stdin that comes after the command started without it, so that its
+/// writer never blocks; says so once.
+async fn drop_late_input(mut stdin: Stdin, exec_id: String) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut said = false;
+    while let Ok(n @ 1..) = stdin.read(&mut chunk).await {
+        if !said {
+            warn!(%exec_id, bytes = n, "stdin that comes after the command started cannot reach it: dropped");
+            said = true;
+        }
+    }
+}
+
+async fn write_all(output: &mut Output, bytes: &[u8], what: &str) {
+    if let (Some(writer), false) = (output.as_mut(), bytes.is_empty()) {
+        if let Err(e) = writer.write_all(bytes).await {
+            warn!("writing the exec's {what}: {e}");
+        }
+    }
+}
+
+/// Runs the exec to its end: starts it in the guest if Start could not (its input was
+/// still coming), polls it, passes on its output and publishes its exit.
+async fn run(inner: Arc<Inner>, mut stdout: Output, mut stderr: Output, coming: Option<(Stdin, Vec<u8>)>) {
+    let pid = match (inner.guest_pid(), coming) {
+        (Some(pid), _) => pid,
+        (None, coming) => {
+            let input = match coming {
+                Some((stdin, first)) => read_input(stdin, inner.stdin_closed.subscribe(), first).await,
+                None => Ok(Vec::new()),
+            };
+            if inner.ended() {
+                return; // killed while it waited for its input
+            }
+            let started = match input {
+                Ok(input) => inner.start_in_guest(Some(input)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(pid) => pid,
+                Err(e) => {
+                    write_all(&mut stderr, format!("containerd-shim-vm: exec: {e}\n").as_bytes(), "stderr").await;
+                    inner.end(NOT_RUN, true);
+                    return;
+                }
+            }
+        }
+    };
+    let mut delay = POLL_FIRST;
+    let mut unanswered = 0;
+    let status = loop {
+        if inner.ended() {
+            return;
+        }
+        match inner.agent.exec_status(pid, CALL_TIMEOUT).await {
+            Ok(status) => {
+                unanswered = 0;
+                write_all(&mut stdout, &status.stdout, "stdout").await;
+                write_all(&mut stderr, &status.stderr, "stderr").await;
+                if status.truncated {
+                    let note = "containerd-shim-vm: the guest agent cut this exec's output at its limit (16 MiB)\n";
+                    write_all(&mut stderr, note.as_bytes(), "stderr").await;
+                }
+                if let Some(end) = status.ended {
+                    break exit_status(end);
+                }
+            }
+            // A busy guest: ask again, a few times.
+            Err(AgentError::NoAnswer { .. }) if unanswered + 1 < UNANSWERED_POLLS => unanswered += 1,
+            Err(e) => {
+                warn!(exec_id = %inner.exec_id, "exec lost: {e}");
+                write_all(&mut stderr, format!("containerd-shim-vm: exec: {e}\n").as_bytes(), "stderr").await;
+                break NOT_RUN;
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(POLL_MAX);
+    };
+    // Flushed and closed before the exit is published: a reader has all the output by the
+    // time TaskExit arrives.
+    for output in [&mut stdout, &mut stderr].into_iter().flatten() {
+        let _ = output.shutdown().await;
+    }
+    drop((stdout, stderr));
+    if let Some(exit) = inner.end(status, true) {
+        info!(exec_id = %inner.exec_id, exit_status = exit.status, "exec process exited");
+    }
+}
+
+#[async_trait]
+impl Process for GuestExec {
+    fn pid(&self) -> u32 {
+        match self.state() {
+            State::Created => 0,
+            _ => self.0.qemu_pid,
+        }
+    }
+
+    fn stdio(&self) -> &Stdio {
+        &self.0.stdio
+    }
+
+    fn state(&self) -> State {
+        *self.0.lock_state()
+    }
+
+    async fn start(&self) -> Result<u32, TaskError> {
+        let inner = &self.0;
+        let _one_at_a_time = inner.requests.lock().await;
+        self.state().check(Request::Start)?;
+        let opened = (|| {
+            let named = |what: &'static str| move |e: std::io::Error| format!("the exec's {what}: {e}");
+            let stdout = console::open_output(&inner.stdio.stdout).map_err(named("stdout"))?;
+            let stderr = console::open_output(&inner.stdio.stderr).map_err(named("stderr"))?;
+            let stdin = console::open_input(&inner.stdio.stdin).map_err(named("stdin"))?;
+            Ok::<_, String>((stdout, stderr, stdin))
+        })();
+        let (stdout, stderr, stdin) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                inner.end(NOT_RUN, false);
+                return Err(TaskError::Unknown(format!("containerd-shim-vm: {e}")));
+            }
+        };
+        // The command starts now (a command the guest cannot run is Start's error) unless
+        // its input is still coming.
+        let mut closed = inner.stdin_closed.subscribe();
+        let (now, coming) = match stdin {
+            None => (Some(None), None),
+            Some(mut stdin) => match first_input(&mut stdin, &mut closed).await {
+                FirstInput::Nothing => {
+                    tokio::spawn(drop_late_input(stdin, inner.exec_id.clone()).in_current_span());
+                    (Some(None), None)
+                }
+                FirstInput::Whole(input) => (Some(Some(input)), None),
+                FirstInput::Part(first) => (None, Some((stdin, first))),
+            },
+        };
+        if let Some(input) = now {
+            if let Err(e) = inner.start_in_guest(input).await {
+                inner.end(NOT_RUN, false);
+                let wrap = match e {
+                    AgentError::Command { .. } => TaskError::InvalidArgument,
+                    _ => TaskError::Unknown,
+                };
+                return Err(wrap(format!("containerd-shim-vm: exec {} in VM {}: {e}", inner.exec_id, inner.vm_id)));
+            }
+        }
+        inner.lock_state().apply(Change::Started);
+        inner.events.send(TaskExecStarted {
+            container_id: inner.vm_id.clone(),
+            exec_id: inner.exec_id.clone(),
+            pid: inner.qemu_pid,
+            ..Default::default()
+        });
+        tokio::spawn(run(inner.clone(), stdout, stderr, coming).instrument(tracing::Span::current()));
+        Ok(inner.qemu_pid)
+    }
+
+    /// Signals the process in the guest with the shell's `kill`. If the agent does not
+    /// answer, or the process has not started in the guest yet (it waits for stdin), the
+    /// exec ends here with 128 + the signal, so that nobody waits on it for ever.
+    async fn kill(&self, signal: u32) -> Result<(), TaskError> {
+        let inner = &self.0;
+        match self.state() {
+            State::Created => {
+                return Err(TaskError::FailedPrecondition(format!("exec {} is not started", inner.exec_id)))
+            }
+            State::Stopped(_) => return Err(TaskError::process_finished()),
+            State::Running | State::Paused => {}
+        }
+        if !(1..=64).contains(&signal) {
+            return Err(TaskError::InvalidArgument(format!("signal {signal} is not a signal")));
+        }
+        let Some(pid) = inner.guest_pid() else {
+            inner.end(128 + signal, true);
+            return Ok(());
+        };
+        let kill = GuestCommand {
+            path: "/bin/sh".into(),
+            args: vec!["-c".into(), format!("kill -{signal} {pid}")],
+            env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            input: None,
+        };
+        match inner.agent.exec(&kill, AGENT_ANSWER_TIMEOUT).await {
+            // The poller sees the process end; a process that had just ended is no error.
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(exec_id = %inner.exec_id, "the exec ends here: signalling it in the guest failed: {e}");
+                inner.end(128 + signal, true);
+                Ok(())
+            }
+        }
+    }
+
+    async fn wait(&self) -> Exit {
+        published_exit(&self.0.exit_published)
+            .await
+            .unwrap_or_else(|| self.state().exit().unwrap_or(Exit { status: NOT_RUN, at: SystemTime::now() }))
+    }
+
+    fn resize_pty(&self, _width: u32, _height: u32) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
+        let inner = &self.0;
+        let _one_at_a_time = inner.requests.lock().await;
+        match self.state() {
+            State::Stopped(exit) => Ok(exit),
+            State::Created => Ok(inner.end(0, false).unwrap_or(Exit { status: 0, at: SystemTime::now() })),
+            State::Running | State::Paused => {
+                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
+            }
+        }
+    }
+
+    fn close_stdin(&self) {
+        self.0.stdin_closed.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{ProcessBuilder, UserBuilder};
+
+    fn process(args: &[&str], cwd: &str, uid: u32) -> oci_spec::runtime::Process {
+        ProcessBuilder::default()
+            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            .env(vec!["PATH=/usr/bin:/bin".to_string()])
+            .cwd(cwd)
+            .user(UserBuilder::default().uid(uid).gid(uid).build().unwrap())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_command_runs_as_given_from_the_root_directory() {
+        let command = guest_command(&process(&["cat", "/etc/hostname"], "/", 0), false).unwrap();
+        assert_eq!(command.path, "cat");
+        assert_eq!(command.args, ["/etc/hostname"]);
+        assert_eq!(command.env, ["PATH=/usr/bin:/bin"]);
+    }
+
+    #[test]
+    fn another_working_directory_goes_through_a_shell() {
+        let command = guest_command(&process(&["ls", "-a"], "/var/log", 0), false).unwrap();
+        assert_eq!(command.path, "/bin/sh");
+        assert_eq!(command.args[2..], ["sh", "/var/log", "ls", "-a"]);
+    }
+
+    #[test]
+    fn a_terminal_a_user_or_no_command_is_refused_by_name() {
+        let e = guest_command(&process(&["sh"], "/", 0), true).unwrap_err();
+        assert!(e.contains("terminal") && e.contains("without -t"), "{e}");
+        let e = guest_command(&process(&["id"], "/", 1000), false).unwrap_err();
+        assert!(e.contains("uid 1000") && e.contains("root"), "{e}");
+        let e = guest_command(&process(&[], "/", 0), false).unwrap_err();
+        assert!(e.contains("args is empty"), "{e}");
+    }
+
+    #[test]
+    fn exit_status_is_the_code_or_128_plus_the_signal() {
+        assert_eq!(exit_status(ExecEnd::Code(3)), 3);
+        assert_eq!(exit_status(ExecEnd::Signal(9)), 137);
+        assert_eq!(exit_status(ExecEnd::Code(-1)), NOT_RUN);
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stdin_ends_when_its_writer_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let path = fifo.clone();
+        // As ctr does: a blocking open for writing, waiting for the reader.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            w.write_all(b"abc").unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stdin = console::open_input(fifo.to_str().unwrap()).unwrap().unwrap();
+        writer.join().unwrap();
+        let (_close_io, closed) = watch::channel(false);
+        let input = tokio::time::timeout(Duration::from_secs(5), read_input(stdin, closed, Vec::new())).await;
+        assert_eq!(input.expect("stdin did not end").unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_stdin_nobody_opens_brings_nothing_and_the_command_starts_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut stdin = console::open_input(fifo.to_str().unwrap()).unwrap().unwrap();
+        let (_close_io, mut closed) = watch::channel(false);
+        assert!(matches!(first_input(&mut stdin, &mut closed).await, FirstInput::Nothing));
+    }
+}
