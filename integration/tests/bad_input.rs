@@ -161,6 +161,37 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         // must fail at once, not block the shim opening a pipe nobody writes
         case("fifo", "example.org/bad/fifo:1", &[], &["/disk/pipe.qcow2", "not a regular file"]),
         case("cpus-abc", TINY, &["--annotation", "vm.containerd.io/cpus=abc"], &["vm.containerd.io/cpus", "abc"]),
+        // Guest configuration: each names its annotation.
+        case(
+            "ssh-key",
+            TINY,
+            &["--annotation", "vm.containerd.io/ssh-keys=ssh-rsa AAAAnotakey"],
+            &["vm.containerd.io/ssh-keys", "not an SSH public key"],
+        ),
+        case(
+            "user-data-b64",
+            TINY,
+            &["--annotation", "vm.containerd.io/user-data-base64=@@@"],
+            &["vm.containerd.io/user-data-base64", "not base64"],
+        ),
+        case(
+            "cloud-init-type",
+            TINY,
+            &["--annotation", "vm.containerd.io/cloud-init=floppy"],
+            &["vm.containerd.io/cloud-init", "use nocloud or none"],
+        ),
+        case(
+            "user-data-yaml",
+            TINY,
+            &["--annotation", "vm.containerd.io/user-data=#cloud-config\nruncmd: [x"],
+            &["vm.containerd.io/user-data", "not valid YAML"],
+        ),
+        case(
+            "virtlet-source",
+            TINY,
+            &["--annotation", "VirtletSSHKeySource=secret/keys"],
+            &["VirtletSSHKeySource", "cannot read"],
+        ),
         case("cpus-0", TINY, &["--annotation", "vm.containerd.io/cpus=0"], &["vm.containerd.io/cpus", "\"0\""]),
         case(
             "memory-1ki",

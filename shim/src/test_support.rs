@@ -55,7 +55,10 @@ hog = {hog}
 hoard = []
 started = False
 for line in conn.makefile("rb"):
-    request = json.loads(line)
+    try:
+        request = json.loads(line)
+    except ValueError:
+        continue  # the byte a descriptor rides on (SCM_RIGHTS)
     command = request.get("execute")
     if command in ("cont", "stop"):
         event("RESUME" if command == "cont" else "STOP")
@@ -63,6 +66,8 @@ for line in conn.makefile("rb"):
     if command == "query-cpus-fast":
         # One vCPU, run (as far as placement can tell) by this process's only thread.
         reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
+    if command == "add-fd":
+        reply["return"] = {{"fdset-id": request.get("arguments", {{}}).get("fdset-id", 0), "fd": 10}}
     if "id" in request:
         reply["id"] = request["id"]
     send(reply)

@@ -11,6 +11,12 @@ pub const ANNOTATION_CPUS: &str = "vm.containerd.io/cpus";
 pub const ANNOTATION_MEMORY: &str = "vm.containerd.io/memory";
 pub const ANNOTATION_DISK: &str = "vm.containerd.io/disk";
 pub const KNOWN_ANNOTATIONS: &[&str] = &[
+    super::guest::ANNOTATION_CLOUD_INIT,
+    super::guest::ANNOTATION_USER_DATA,
+    super::guest::ANNOTATION_USER_DATA_BASE64,
+    super::guest::ANNOTATION_USER_DATA_OVERWRITE,
+    super::guest::ANNOTATION_META_DATA,
+    super::guest::ANNOTATION_SSH_KEYS,
     ANNOTATION_CPUS,
     ANNOTATION_MEMORY,
     ANNOTATION_DISK,

@@ -4,6 +4,7 @@
 
 pub mod annotations;
 pub mod cgroup;
+pub mod guest;
 pub mod network;
 
 use std::collections::HashMap;
@@ -92,6 +93,8 @@ pub struct VmPlan {
     pub hostname: String,
     /// Which host NUMA node(s) and CPUs the VM asks for.
     pub placement: crate::placement::Request,
+    /// What cloud-init in the guest is told beside its network.
+    pub guest: guest::GuestConfig,
 }
 
 impl VmPlan {
@@ -223,6 +226,8 @@ impl VmPlan {
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let network = network::plan(spec, annotations, cpus, limits.network)?;
         let hostname = spec.hostname().clone().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| name.to_string());
+        let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+        let guest = guest::parse(annotations, &env)?;
         Ok(VmPlan {
             name: name.to_string(),
             machine: limits.machine,
@@ -236,6 +241,7 @@ impl VmPlan {
             network,
             hostname,
             placement,
+            guest,
         })
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             network: crate::plan::NetworkPlan::None { own_namespace: false },
             hostname: "vm1".into(),
             placement: Default::default(),
+            guest: Default::default(),
         };
         let host = HostFacts {
             accel: Accel::Tcg,

@@ -15,6 +15,7 @@ mod network;
 mod nocloud;
 #[cfg(test)]
 mod tests;
+mod user_data;
 mod vfat;
 
 use std::io::{self, Read, Seek, Write};
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use network::{mac_text, Dns, GuestInterface, GuestNetwork, IpPrefix, Route};
 pub use nocloud::{quote as yaml_quote, render_meta_data, render_network_config, EMPTY_USER_DATA};
+pub use user_data::{environment_file, render_meta_data_with, render_user_data, ENVIRONMENT_FILE};
 pub use vfat::{write_vfat, SeedFile, MAX_CONTENTS};
 
 /// Why a seed could not be built.
@@ -56,8 +58,8 @@ pub enum SeedError {
     Image(String),
 }
 
-/// A NoCloud seed (label `cidata`): `meta-data`, an empty `user-data`, and `network-config`
-/// when there is a network to configure.
+/// A NoCloud seed (label `cidata`): `meta-data`, `user-data` (the user's and the shim's),
+/// and `network-config` when there is a network to configure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoCloudSeed {
     /// cloud-init runs its once-per-instance steps again when this changes. It names a
@@ -65,6 +67,7 @@ pub struct NoCloudSeed {
     pub instance_id: String,
     pub hostname: String,
     pub network: Option<GuestNetwork>,
+    pub guest: crate::plan::guest::GuestConfig,
 }
 
 impl NoCloudSeed {
@@ -78,8 +81,11 @@ impl NoCloudSeed {
             return Err(SeedError::InstanceId(self.instance_id.clone()));
         }
         let mut files = vec![
-            SeedFile::new("meta-data", render_meta_data(&self.instance_id, &self.hostname)),
-            SeedFile::new("user-data", EMPTY_USER_DATA),
+            SeedFile::new(
+                "meta-data",
+                render_meta_data_with(&self.instance_id, &self.hostname, self.guest.meta_data.as_deref()),
+            ),
+            SeedFile::new("user-data", render_user_data(&self.guest)),
         ];
         if let Some(network) = &self.network {
             network.validate()?;

@@ -136,7 +136,12 @@ print(json.dumps(out))
 fn nocloud_seed_is_read_back_by_cloud_init() {
     let scratch = Scratch::new("seed-nocloud");
     let hostname = "odd \"host\"\\name: #1\n- x é";
-    let seed = NoCloudSeed { instance_id: "pod-0123.a_b".into(), hostname: hostname.into(), network: Some(calico()) };
+    let seed = NoCloudSeed {
+        instance_id: "pod-0123.a_b".into(),
+        hostname: hostname.into(),
+        network: Some(calico()),
+        guest: Default::default(),
+    };
     let path = scratch.path("cidata.img");
     let mut file = std::fs::File::create_new(&path).unwrap();
     seed.write_image(&mut file).unwrap();
@@ -161,7 +166,8 @@ fn nocloud_seed_is_read_back_by_cloud_init() {
 
 #[test]
 fn nocloud_seed_without_network_has_no_network_config() {
-    let seed = NoCloudSeed { instance_id: "i-1".into(), hostname: "vm".into(), network: None };
+    let seed =
+        NoCloudSeed { instance_id: "i-1".into(), hostname: "vm".into(), network: None, guest: Default::default() };
     let files = seed.files().unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["meta-data", "user-data"]);

@@ -35,18 +35,18 @@ fn failed(what: &str) -> impl Fn(qmp::QmpError) -> String + '_ {
 /// Adds each NIC of `network` and the seed image, each on the next of `ports`
 /// (`None`: the machine's own bus takes hotplug, as `pc` does). The caller checked
 /// there are enough before it took the network.
-pub async fn attach(qmp: &Qmp, network: PodNetwork, seed: File, ports: &[Option<String>]) -> Result<(), String> {
+pub async fn attach(
+    qmp: &Qmp,
+    network: Option<PodNetwork>,
+    seed: Option<File>,
+    ports: &[Option<String>],
+) -> Result<(), String> {
     let mut ports = ports.iter();
     let mut next_port = || ports.next().cloned().flatten();
-
-    let add_fd = schema::add_fd { fdset_id: Some(SEED_FDSET), opaque: Some("seed".into()) };
-    qmp.pass_fd(seed.as_fd(), add_fd).await.map_err(failed("the seed"))?;
-    let file = json!({"driver": "file", "node-name": "seed-file", "read-only": true,
-                      "filename": format!("/dev/fdset/{SEED_FDSET}")});
-    qmp.execute(BlockdevAdd(file)).await.map_err(failed("the seed's file"))?;
-    let raw = json!({"driver": "raw", "node-name": "seed", "read-only": true, "file": "seed-file"});
-    qmp.execute(BlockdevAdd(raw)).await.map_err(failed("the seed's node"))?;
-    device_add(qmp, "virtio-blk-pci", "seed-disk", next_port(), json!({"drive": "seed"})).await?;
+    if let Some(seed) = seed {
+        attach_seed(qmp, seed, next_port()).await?;
+    }
+    let Some(network) = network else { return Ok(()) };
 
     for (index, nic) in network.nics.into_iter().enumerate() {
         let id = format!("net{index}");
@@ -79,6 +79,18 @@ pub async fn attach(qmp: &Qmp, network: PodNetwork, seed: File, ports: &[Option<
         device_add(qmp, "virtio-net-pci", &format!("nic{index}"), next_port(), arguments).await?;
     }
     Ok(())
+}
+
+/// The seed image, read-only, on `port`.
+async fn attach_seed(qmp: &Qmp, seed: File, port: Option<String>) -> Result<(), String> {
+    let add_fd = schema::add_fd { fdset_id: Some(SEED_FDSET), opaque: Some("seed".into()) };
+    qmp.pass_fd(seed.as_fd(), add_fd).await.map_err(failed("the seed"))?;
+    let file = json!({"driver": "file", "node-name": "seed-file", "read-only": true,
+                      "filename": format!("/dev/fdset/{SEED_FDSET}")});
+    qmp.execute(BlockdevAdd(file)).await.map_err(failed("the seed's file"))?;
+    let raw = json!({"driver": "raw", "node-name": "seed", "read-only": true, "file": "seed-file"});
+    qmp.execute(BlockdevAdd(raw)).await.map_err(failed("the seed's node"))?;
+    device_add(qmp, "virtio-blk-pci", "seed-disk", port, json!({"drive": "seed"})).await
 }
 
 async fn device_add(

@@ -217,14 +217,18 @@ async fn launch(
     // by Start is added then (`LateNetwork`).
     let late = matches!(plan.network, NetworkPlan::NewNamespace { .. });
     let own_namespace = late || matches!(plan.network, NetworkPlan::None { own_namespace: true });
-    let network = match &plan.network {
-        NetworkPlan::None { .. } | NetworkPlan::NewNamespace { .. } => None,
+    let (network, resolv_conf) = match &plan.network {
+        NetworkPlan::None { .. } | NetworkPlan::NewNamespace { .. } => (None, None),
         NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
             let (network, entry) = take_network(req.id, netns, *mode, *queues, journal).await?;
             qemu_entry = entry;
-            let seed = write_seed(&plan, &state_dir, &network, resolv_conf.clone()).await?;
-            Some((network, seed))
+            (Some(network), resolv_conf.clone())
         }
+    };
+    // A VM whose network comes at Start gets its seed then, with the network in it.
+    let seed = match late {
+        true => None,
+        false => write_seed(&plan, &state_dir, network.as_ref(), resolv_conf).await?,
     };
 
     let mut console = Console::open().map_err(host("opening the console pty"))?;
@@ -244,8 +248,8 @@ async fn launch(
     let facts = HostFacts {
         accel,
         image_format: image.info.format,
-        seed: network.is_some(),
-        nics: network.as_ref().map(|(n, _)| nic_facts(n)).unwrap_or_default(),
+        seed: seed.is_some(),
+        nics: network.as_ref().map(nic_facts).unwrap_or_default(),
         hotplug_ports: if late { qemu::LATE_HOTPLUG_PORTS } else { 0 },
         placement: placement.clone(),
     };
@@ -281,6 +285,7 @@ async fn launch(
                 (OwnedFd::from(agent_theirs), qemu::AGENT_FD),
             ],
             network,
+            seed,
         ),
         credentials,
         cgroup_join_files: cgroup.as_ref().map(VmCgroup::join_files).unwrap_or_default(),
@@ -433,12 +438,16 @@ async fn take_network(
 
 /// Writes the NoCloud seed that tells the guest its network (and name) into the
 /// state dir; returns it opened read-only for QEMU.
+/// The seed image (`None` with `cloud-init: none`), with `network` in it if there is one.
 pub(super) async fn write_seed(
     plan: &VmPlan,
     state_dir: &Path,
-    network: &PodNetwork,
+    network: Option<&PodNetwork>,
     resolv_conf: Option<PathBuf>,
-) -> Result<std::fs::File, VmError> {
+) -> Result<Option<std::fs::File>, VmError> {
+    if plan.guest.cloud_init == crate::plan::guest::CloudInit::None {
+        return Ok(None);
+    }
     let dns = match resolv_conf {
         Some(path) => match blocking(move || read_resolv_conf(&path).map_err(|e| (path, e))).await? {
             Ok(text) => crate::seed::Dns::from_resolv_conf(&text),
@@ -452,10 +461,11 @@ pub(super) async fn write_seed(
     let seed = crate::seed::NoCloudSeed {
         instance_id: plan.name.clone(),
         hostname: plan.hostname.clone(),
-        network: Some(pod_network::guest_network(&network.interfaces, dns)?),
+        network: network.map(|n| pod_network::guest_network(&n.interfaces, dns)).transpose()?,
+        guest: plan.guest.clone(),
     };
     let path = state_dir.join(SEED_IMAGE);
-    blocking(move || -> Result<std::fs::File, VmError> {
+    blocking(move || -> Result<Option<std::fs::File>, VmError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -465,7 +475,7 @@ pub(super) async fn write_seed(
         // Not synced: QEMU reads it through the page cache, and a crash loses nothing a
         // new Create would not write again.
         seed.write_image(&file)?;
-        std::fs::File::open(&path).map_err(host(format!("reopening {}", path.display())))
+        std::fs::File::open(&path).map(Some).map_err(host(format!("reopening {}", path.display())))
     })
     .await?
 }
@@ -500,9 +510,15 @@ fn read_resolv_conf(path: &Path) -> std::io::Result<String> {
 
 /// Every descriptor QEMU inherits, at the numbers `qemu::argv` names: the fixed ones,
 /// the seed's, then each NIC's queues and vhost-net descriptors.
-fn qemu_fds(mut fds: Vec<(OwnedFd, i32)>, network: Option<(PodNetwork, std::fs::File)>) -> Vec<(OwnedFd, i32)> {
-    let Some((network, seed)) = network else { return fds };
-    fds.push((OwnedFd::from(seed), qemu::SEED_FD));
+fn qemu_fds(
+    mut fds: Vec<(OwnedFd, i32)>,
+    network: Option<PodNetwork>,
+    seed: Option<std::fs::File>,
+) -> Vec<(OwnedFd, i32)> {
+    if let Some(seed) = seed {
+        fds.push((OwnedFd::from(seed), qemu::SEED_FD));
+    }
+    let Some(network) = network else { return fds };
     let numbers = qemu::nic_fds(&nic_facts(&network));
     for (nic, (queue_numbers, vhost_numbers)) in network.nics.into_iter().zip(numbers) {
         fds.extend(nic.queues.into_iter().zip(queue_numbers));

@@ -228,6 +228,15 @@ impl Vm {
         }
     }
 
+    /// No network came: the seed still tells the guest its name, keys and user data.
+    async fn attach_seed_alone(&self, late: &LateNetwork) -> Result<(), TaskError> {
+        let seed = launch::write_seed(&late.plan, &late.state_dir, None, None).await?;
+        match seed {
+            Some(seed) => hotplug::attach(&self.qmp, None, Some(seed), &late.ports).await.map_err(TaskError::Unknown),
+            None => Ok(()),
+        }
+    }
+
     async fn take_late_network(&self, late: &LateNetwork) -> Result<(), TaskError> {
         use crate::host::network::{self as pod_network, NetworkError};
         let path = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
@@ -235,7 +244,7 @@ impl Vm {
         // `--cni`): the kernel's list of its devices says so without a netlink socket,
         // thread and runtime, which would stay in the shim's memory for its whole life.
         if only_loopback(self.pid) {
-            return Ok(());
+            return self.attach_seed_alone(late).await;
         }
         let inspected = {
             let (path, id) = (path.clone(), late.netns_id);
@@ -248,7 +257,7 @@ impl Vm {
         };
         let inspected = match inspected {
             Ok(found) => found,
-            Err(NetworkError::OnlyLoopback(_)) => return Ok(()),
+            Err(NetworkError::OnlyLoopback(_)) => return self.attach_seed_alone(late).await,
             Err(e) => return Err(VmError::from(e).into()),
         };
         if inspected.interfaces.len() + 1 > late.ports.len() {
@@ -272,8 +281,8 @@ impl Vm {
         let network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues))
             .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
-        let seed = launch::write_seed(&late.plan, &late.state_dir, &network, late.resolv_conf.clone()).await?;
-        hotplug::attach(&self.qmp, network, seed, &late.ports).await.map_err(TaskError::Unknown)
+        let seed = launch::write_seed(&late.plan, &late.state_dir, Some(&network), late.resolv_conf.clone()).await?;
+        hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)
     }
 }
 

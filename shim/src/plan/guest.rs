@@ -1,0 +1,368 @@
+//! What the guest is told about itself through cloud-init: the `vm.containerd.io/`
+//! cloud-init annotations, Virtlet's with Virtlet's meanings, and the process env,
+//! checked here so that bad input is refused before anything is taken.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::PlanError;
+
+pub const ANNOTATION_CLOUD_INIT: &str = "vm.containerd.io/cloud-init";
+pub const ANNOTATION_USER_DATA: &str = "vm.containerd.io/user-data";
+pub const ANNOTATION_USER_DATA_BASE64: &str = "vm.containerd.io/user-data-base64";
+pub const ANNOTATION_USER_DATA_OVERWRITE: &str = "vm.containerd.io/user-data-overwrite";
+pub const ANNOTATION_META_DATA: &str = "vm.containerd.io/meta-data";
+pub const ANNOTATION_SSH_KEYS: &str = "vm.containerd.io/ssh-keys";
+
+/// Virtlet's pod annotations for the same things.
+const VIRTLET_USER_DATA: &str = "VirtletCloudInitUserData";
+const VIRTLET_USER_DATA_SCRIPT: &str = "VirtletCloudInitUserDataScript";
+const VIRTLET_USER_DATA_OVERWRITE: &str = "VirtletCloudInitUserDataOverwrite";
+const VIRTLET_META_DATA: &str = "VirtletCloudInitMetaData";
+const VIRTLET_SSH_KEYS: &str = "VirtletSSHKeys";
+const VIRTLET_IMAGE_TYPE: &str = "VirtletCloudInitImageType";
+/// Virtlet's annotations that name a Kubernetes object, which a shim cannot read, and
+/// what to use instead.
+const VIRTLET_SOURCES: &[(&str, &str)] = &[
+    ("VirtletSSHKeySource", "put the keys themselves in VirtletSSHKeys or vm.containerd.io/ssh-keys"),
+    ("VirtletCloudInitUserDataSource", "put the user data itself in vm.containerd.io/user-data"),
+    ("VirtletFilesFromDataSource", "write the files with write_files in vm.containerd.io/user-data"),
+];
+
+/// The most user data a VM may be given: the seed image holds 64 MiB in all.
+pub const MAX_USER_DATA: usize = 16 << 20;
+
+/// Which cloud-init datasource the guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudInit {
+    /// A NoCloud seed (vfat, label `cidata`).
+    #[default]
+    NoCloud,
+    /// No seed: the image configures itself (it then gets no pod IP, hostname or keys).
+    None,
+}
+
+/// The user's own user data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserData {
+    pub text: String,
+    /// Taken as the whole user data, not merged with what the shim generates.
+    pub verbatim: bool,
+}
+
+/// What the seed tells the guest beside its network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GuestConfig {
+    pub cloud_init: CloudInit,
+    pub user_data: Option<UserData>,
+    /// More meta-data keys (a YAML mapping, checked), over the shim's.
+    pub meta_data: Option<String>,
+    /// Each an OpenSSH public key line, checked.
+    pub ssh_keys: Vec<String>,
+    /// The process env (`NAME=value`), written into the guest as /etc/cloud/environment.
+    pub env: Vec<String>,
+}
+
+fn refused(key: &str, value: &str, reason: impl Into<String>) -> PlanError {
+    PlanError::Annotation { key: key.to_string(), value: shorten(value), reason: reason.into() }
+}
+
+/// A value as an error shows it: long user data is cut.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &value[..at]),
+        None => value.to_string(),
+    }
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, PlanError> {
+    match value.trim() {
+        "true" | "True" | "TRUE" | "yes" | "1" => Ok(true),
+        "false" | "False" | "FALSE" | "no" | "0" | "" => Ok(false),
+        _ => Err(refused(key, value, "not a boolean; use true or false")),
+    }
+}
+
+pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<GuestConfig, PlanError> {
+    let get = |key: &str| annotations.get(key).map(String::as_str);
+    for (key, instead) in VIRTLET_SOURCES {
+        if let Some(value) = get(key) {
+            return Err(refused(
+                key,
+                value,
+                format!("names a Kubernetes object, which containerd-shim-vm cannot read: {instead}"),
+            ));
+        }
+    }
+    let cloud_init = match (get(ANNOTATION_CLOUD_INIT), get(VIRTLET_IMAGE_TYPE)) {
+        (Some(value), _) => cloud_init_type(ANNOTATION_CLOUD_INIT, value)?,
+        (None, Some(value)) => cloud_init_type(VIRTLET_IMAGE_TYPE, value)?,
+        (None, None) => CloudInit::NoCloud,
+    };
+
+    let mut given = Vec::new();
+    for key in [ANNOTATION_USER_DATA, ANNOTATION_USER_DATA_BASE64, VIRTLET_USER_DATA, VIRTLET_USER_DATA_SCRIPT] {
+        if let Some(value) = get(key) {
+            given.push((key, value));
+        }
+    }
+    let user_data = match given.as_slice() {
+        [] => None,
+        [(key, value)] => {
+            let text = match *key {
+                ANNOTATION_USER_DATA_BASE64 => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(value.trim())
+                        .map_err(|e| refused(key, value, format!("not base64: {e}")))?;
+                    String::from_utf8(bytes)
+                        .map_err(|_| refused(key, value, "decodes to bytes that are not UTF-8 text"))?
+                }
+                _ => value.to_string(),
+            };
+            let verbatim = match (get(ANNOTATION_USER_DATA_OVERWRITE), get(VIRTLET_USER_DATA_OVERWRITE)) {
+                (Some(v), _) => flag(ANNOTATION_USER_DATA_OVERWRITE, v)?,
+                (None, Some(v)) => flag(VIRTLET_USER_DATA_OVERWRITE, v)?,
+                (None, None) => false,
+            };
+            Some(check_user_data(key, value, text, verbatim)?)
+        }
+        [(first, _), (second, value), ..] => {
+            return Err(refused(second, value, format!("user data is given twice, by {first} and {second}: give one")))
+        }
+    };
+    if cloud_init == CloudInit::None {
+        if let Some((key, value)) = given.first() {
+            return Err(refused(
+                key,
+                value,
+                format!("{ANNOTATION_CLOUD_INIT}=none: the guest gets no seed to read it from"),
+            ));
+        }
+    }
+
+    let meta_data = match (get(ANNOTATION_META_DATA), get(VIRTLET_META_DATA)) {
+        (Some(value), _) => Some(check_meta_data(ANNOTATION_META_DATA, value)?),
+        (None, Some(value)) => Some(check_meta_data(VIRTLET_META_DATA, value)?),
+        (None, None) => None,
+    };
+    let ssh_keys = match (get(ANNOTATION_SSH_KEYS), get(VIRTLET_SSH_KEYS)) {
+        (Some(value), _) => ssh_keys(ANNOTATION_SSH_KEYS, value)?,
+        (None, Some(value)) => ssh_keys(VIRTLET_SSH_KEYS, value)?,
+        (None, None) => Vec::new(),
+    };
+    Ok(GuestConfig { cloud_init, user_data, meta_data, ssh_keys, env: env.to_vec() })
+}
+
+fn cloud_init_type(key: &str, value: &str) -> Result<CloudInit, PlanError> {
+    match value.trim() {
+        "nocloud" => Ok(CloudInit::NoCloud),
+        "none" => Ok(CloudInit::None),
+        "configdrive" => Err(refused(
+            key,
+            value,
+            "the config drive (config-2) is not supported yet by containerd-shim-vm; use nocloud",
+        )),
+        _ => Err(refused(key, value, "not a cloud-init type; use nocloud or none")),
+    }
+}
+
+/// User data is a cloud-config (checked as YAML) or a script; verbatim, anything
+/// cloud-init takes (MIME, `#include`, ...).
+fn check_user_data(key: &str, value: &str, text: String, verbatim: bool) -> Result<UserData, PlanError> {
+    if text.len() > MAX_USER_DATA {
+        return Err(refused(
+            key,
+            value,
+            format!("{} bytes of user data, over the seed's limit of {MAX_USER_DATA} bytes", text.len()),
+        ));
+    }
+    let first_line = text.lines().next().unwrap_or_default().trim_end();
+    if first_line == "#cloud-config" {
+        match yaml_serde::from_str::<yaml_serde::Value>(&text) {
+            Ok(yaml_serde::Value::Mapping(_)) | Ok(yaml_serde::Value::Null) => {}
+            Ok(_) => return Err(refused(key, value, "the cloud-config is not a YAML mapping")),
+            Err(e) => return Err(refused(key, value, format!("the cloud-config is not valid YAML: {e}"))),
+        }
+    } else if key == VIRTLET_USER_DATA {
+        // Virtlet's cloud-config annotation carries the mapping without the header.
+        return match yaml_serde::from_str::<yaml_serde::Value>(&text) {
+            Ok(yaml_serde::Value::Mapping(_)) => Ok(UserData { text: format!("#cloud-config\n{text}"), verbatim }),
+            Ok(_) => Err(refused(key, value, "not a YAML mapping (a cloud-config)")),
+            Err(e) => Err(refused(key, value, format!("not valid YAML: {e}"))),
+        };
+    } else if !first_line.starts_with("#!") && !verbatim {
+        return Err(refused(
+            key,
+            value,
+            "starts with neither #cloud-config nor #! (a script); other formats only with \
+             vm.containerd.io/user-data-overwrite=true",
+        ));
+    }
+    Ok(UserData { text, verbatim })
+}
+
+fn check_meta_data(key: &str, value: &str) -> Result<String, PlanError> {
+    match yaml_serde::from_str::<yaml_serde::Value>(value) {
+        Ok(yaml_serde::Value::Mapping(map)) => {
+            if map.keys().any(|k| !k.is_string()) {
+                return Err(refused(key, value, "meta-data keys must be strings"));
+            }
+            Ok(value.to_string())
+        }
+        Ok(_) => Err(refused(key, value, "not a YAML (or JSON) mapping")),
+        Err(e) => Err(refused(key, value, format!("not valid YAML: {e}"))),
+    }
+}
+
+/// Key types an OpenSSH public key line may carry.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// One key per line (blank lines and `#` comments skipped): `type base64 [comment]`, the
+/// base64 decoding to a key blob that names the same type.
+fn ssh_keys(key: &str, value: &str) -> Result<Vec<String>, PlanError> {
+    let mut keys = Vec::new();
+    for line in value.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let bad = |why: &str| refused(key, value, format!("line {line:?} is not an SSH public key: {why}"));
+        let mut fields = line.split_whitespace();
+        let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+            return Err(bad("expected `<type> <base64 key> [comment]`"));
+        };
+        if !SSH_KEY_TYPES.contains(&kind) {
+            return Err(bad(&format!("unknown key type {kind:?}")));
+        }
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(blob).map_err(|_| bad("the key is not base64"))?;
+        // The blob begins with its type, as a length-prefixed string.
+        let named = decoded
+            .get(..4)
+            .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+            .and_then(|len| decoded.get(4..4 + len));
+        if named != Some(kind.as_bytes()) {
+            return Err(bad("the key's data does not match its type"));
+        }
+        keys.push(line.to_string());
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz test@host";
+
+    fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn reason(e: PlanError) -> (String, String) {
+        match e {
+            PlanError::Annotation { key, reason, .. } => (key, reason),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_asked_is_a_nocloud_seed_with_the_env() {
+        let env = vec!["PATH=/bin".to_string(), "GREETING=hi there".to_string()];
+        let config = parse(&HashMap::new(), &env).unwrap();
+        assert_eq!(config.cloud_init, CloudInit::NoCloud);
+        assert_eq!(config.env, env);
+        assert!(config.user_data.is_none() && config.ssh_keys.is_empty());
+    }
+
+    #[test]
+    fn ours_and_virtlets_annotations_are_read() {
+        let ours = parse(
+            &annotations(&[
+                (ANNOTATION_USER_DATA, "#cloud-config\nruncmd: [[touch, /x]]\n"),
+                (ANNOTATION_SSH_KEYS, &format!("{ED25519}\n\n# a comment\n")),
+                (ANNOTATION_META_DATA, "{\"zone\": \"a\"}"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ours.ssh_keys, [ED25519]);
+        assert!(!ours.user_data.as_ref().unwrap().verbatim);
+        let virtlet = parse(
+            &annotations(&[
+                (VIRTLET_USER_DATA, "runcmd:\n  - [touch, /x]\n"),
+                (VIRTLET_USER_DATA_OVERWRITE, "true"),
+                (VIRTLET_SSH_KEYS, ED25519),
+                (VIRTLET_META_DATA, "zone: a\n"),
+                (VIRTLET_IMAGE_TYPE, "nocloud"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let user_data = virtlet.user_data.unwrap();
+        assert!(user_data.verbatim);
+        assert!(user_data.text.starts_with("#cloud-config\nruncmd:"), "{}", user_data.text);
+        let script = parse(&annotations(&[(VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\necho hi\n")]), &[]).unwrap();
+        assert_eq!(script.user_data.unwrap().text, "#!/bin/sh\necho hi\n");
+        let b64 = parse(&annotations(&[(ANNOTATION_USER_DATA_BASE64, "IyEvYmluL3NoCmVjaG8gaGkK")]), &[]).unwrap();
+        assert_eq!(b64.user_data.unwrap().text, "#!/bin/sh\necho hi\n");
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_the_annotation() {
+        // (annotations, the key the error names, words it says)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[(ANNOTATION_CLOUD_INIT, "cdrom")], ANNOTATION_CLOUD_INIT, "use nocloud or none"),
+            (&[(ANNOTATION_USER_DATA_BASE64, "%%%")], ANNOTATION_USER_DATA_BASE64, "not base64"),
+            (&[(ANNOTATION_USER_DATA, "#cloud-config\nruncmd: [unclosed\n")], ANNOTATION_USER_DATA, "not valid YAML"),
+            (&[(ANNOTATION_USER_DATA, "hello")], ANNOTATION_USER_DATA, "neither #cloud-config nor #!"),
+            (&[(ANNOTATION_SSH_KEYS, "ssh-rsa notbase64!")], ANNOTATION_SSH_KEYS, "not base64"),
+            (&[(ANNOTATION_SSH_KEYS, "hello world")], ANNOTATION_SSH_KEYS, "unknown key type"),
+            (
+                &[(
+                    ANNOTATION_SSH_KEYS,
+                    "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz",
+                )],
+                ANNOTATION_SSH_KEYS,
+                "does not match its type",
+            ),
+            (&[(ANNOTATION_META_DATA, "- a list")], ANNOTATION_META_DATA, "mapping"),
+            (&[("VirtletSSHKeySource", "secret/x")], "VirtletSSHKeySource", "cannot read"),
+            (&[("VirtletFilesFromDataSource", "configmap/x")], "VirtletFilesFromDataSource", "write_files"),
+            (
+                &[(ANNOTATION_USER_DATA_OVERWRITE, "maybe"), (ANNOTATION_USER_DATA, "#!/bin/sh\n")],
+                ANNOTATION_USER_DATA_OVERWRITE,
+                "boolean",
+            ),
+            (
+                &[(ANNOTATION_USER_DATA, "#!/bin/sh\n"), (VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\n")],
+                VIRTLET_USER_DATA_SCRIPT,
+                "given twice",
+            ),
+            (
+                &[(ANNOTATION_CLOUD_INIT, "none"), (ANNOTATION_USER_DATA, "#!/bin/sh\n")],
+                ANNOTATION_USER_DATA,
+                "no seed",
+            ),
+            (&[(VIRTLET_IMAGE_TYPE, "configdrive")], VIRTLET_IMAGE_TYPE, "not supported yet"),
+        ];
+        for (pairs, key, words) in cases {
+            let (got_key, why) = reason(parse(&annotations(pairs), &[]).unwrap_err());
+            assert_eq!(&got_key, key, "{pairs:?}: {why}");
+            assert!(why.contains(words), "{pairs:?}: {why}");
+        }
+        let huge = format!("#!/bin/sh\n{}", "#".repeat(MAX_USER_DATA));
+        let (key, why) = reason(parse(&annotations(&[(ANNOTATION_USER_DATA, &huge)]), &[]).unwrap_err());
+        assert_eq!(key, ANNOTATION_USER_DATA);
+        assert!(why.contains("over the seed's limit"), "{why}");
+    }
+}

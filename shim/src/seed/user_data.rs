@@ -1,0 +1,217 @@
+//! `user-data` and the meta-data the user adds: the user's own user data, merged with a
+//! cloud-config the shim generates (the SSH keys, the process env as
+//! /etc/cloud/environment) as a MIME multipart that cloud-init merges, or taken verbatim.
+
+use std::fmt::Write as _;
+
+use yaml_serde::{Mapping, Value};
+
+use super::nocloud::{render_meta_data, EMPTY_USER_DATA};
+use crate::plan::guest::GuestConfig;
+
+/// Where the process env is written in the guest, one `NAME='value'` per line, for a
+/// shell to source (`set -a; . /etc/cloud/environment`).
+pub const ENVIRONMENT_FILE: &str = "/etc/cloud/environment";
+/// How the shim's part merges into the user's: the user's values win, lists are joined.
+const MERGE_TYPE: &str = "list(append)+dict(no_replace,recurse_list)+str()";
+/// Put at the top of the user's shell script, so the env is exported to it.
+const EXPORT_ENV: &str = "set -a; [ -r /etc/cloud/environment ] && . /etc/cloud/environment; set +a";
+
+/// The whole `user-data` file.
+pub fn render_user_data(guest: &GuestConfig) -> String {
+    if let Some(user) = guest.user_data.as_ref().filter(|u| u.verbatim) {
+        return user.text.clone();
+    }
+    let generated = generated_cloud_config(guest);
+    match (&guest.user_data, generated) {
+        (None, None) => EMPTY_USER_DATA.to_string(),
+        (None, Some(generated)) => generated,
+        (Some(user), None) => user.text.clone(),
+        (Some(user), Some(generated)) => {
+            let (kind, text) = match user.text.starts_with("#!") {
+                true => ("text/x-shellscript", exporting_env(&user.text, !guest.env.is_empty())),
+                false => ("text/cloud-config", user.text.clone()),
+            };
+            multipart(&[
+                (kind, "user-data", None, text),
+                ("text/cloud-config", "containerd-shim-vm.cfg", Some(MERGE_TYPE), generated),
+            ])
+        }
+    }
+}
+
+/// The shim's cloud-config: the SSH keys and the env file; `None` when there is neither.
+fn generated_cloud_config(guest: &GuestConfig) -> Option<String> {
+    let mut config = Mapping::new();
+    if !guest.ssh_keys.is_empty() {
+        let keys = guest.ssh_keys.iter().map(|k| Value::String(k.clone())).collect();
+        config.insert("ssh_authorized_keys".into(), Value::Sequence(keys));
+    }
+    let environment = environment_file(&guest.env);
+    if !environment.is_empty() {
+        let mut file = Mapping::new();
+        file.insert("path".into(), ENVIRONMENT_FILE.into());
+        file.insert("permissions".into(), "0644".into());
+        file.insert("content".into(), environment.into());
+        config.insert("write_files".into(), Value::Sequence(vec![Value::Mapping(file)]));
+    }
+    if config.is_empty() {
+        return None;
+    }
+    // Serialising a mapping of strings cannot fail.
+    let body = yaml_serde::to_string(&config).unwrap_or_default();
+    Some(format!("#cloud-config\n{body}"))
+}
+
+/// `NAME='value'` lines for the env entries whose names a shell can take.
+pub fn environment_file(env: &[String]) -> String {
+    let mut out = String::new();
+    for entry in env {
+        let Some((name, value)) = entry.split_once('=') else { continue };
+        let shell_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if shell_name {
+            let _ = writeln!(out, "{name}='{}'", value.replace('\'', "'\\''"));
+        }
+    }
+    out
+}
+
+/// A shell script with the env exported at its top (after the `#!` line); other scripts
+/// (Python, ...) as they are.
+fn exporting_env(script: &str, has_env: bool) -> String {
+    let (first, rest) = script.split_once('\n').unwrap_or((script, ""));
+    let shell = ["sh", "bash", "dash", "ash", "ksh", "zsh"]
+        .iter()
+        .any(|name| first.split_whitespace().any(|word| word.rsplit('/').next() == Some(name)));
+    match has_env && shell {
+        true => format!("{first}\n{EXPORT_ENV}\n{rest}"),
+        false => script.to_string(),
+    }
+}
+
+/// A MIME multipart/mixed message of `parts` (type, file name, Merge-Type, body), with a
+/// boundary found in none of them.
+fn multipart(parts: &[(&str, &str, Option<&str>, String)]) -> String {
+    let mut n = 0;
+    let boundary = loop {
+        let candidate = format!("==containerd-shim-vm-{n}==");
+        if !parts.iter().any(|(_, _, _, body)| body.contains(&candidate)) {
+            break candidate;
+        }
+        n += 1;
+    };
+    let mut out = format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n");
+    for (kind, name, merge, body) in parts {
+        let _ = write!(
+            out,
+            "--{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Transfer-Encoding: 8bit\n\
+             Content-Disposition: attachment; filename=\"{name}\"\n"
+        );
+        if let Some(merge) = merge {
+            let _ = writeln!(out, "Merge-Type: {merge}");
+        }
+        // The line break before a boundary belongs to the boundary: keep the body's own.
+        let _ = write!(out, "\n{body}\n");
+    }
+    let _ = writeln!(out, "--{boundary}--");
+    out
+}
+
+/// `meta-data`: the shim's instance id and hostname, and the user's keys over them.
+pub fn render_meta_data_with(instance_id: &str, hostname: &str, extra: Option<&str>) -> String {
+    let extra = extra.and_then(|text| match yaml_serde::from_str::<Value>(text) {
+        Ok(Value::Mapping(map)) if !map.is_empty() => Some(map),
+        _ => None,
+    });
+    let Some(extra) = extra else { return render_meta_data(instance_id, hostname) };
+    let ours = render_meta_data(instance_id, hostname);
+    let mut out: String = ours
+        .lines()
+        .filter(|line| line.split_once(':').is_none_or(|(key, _)| !extra.contains_key(key)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    out.push_str(&yaml_serde::to_string(&extra).unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::guest::UserData;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz k";
+
+    fn guest(user: Option<(&str, bool)>, keys: &[&str], env: &[&str]) -> GuestConfig {
+        GuestConfig {
+            user_data: user.map(|(text, verbatim)| UserData { text: text.into(), verbatim }),
+            ssh_keys: keys.iter().map(|k| k.to_string()).collect(),
+            env: env.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_to_say_is_an_empty_cloud_config() {
+        assert_eq!(render_user_data(&guest(None, &[], &[])), EMPTY_USER_DATA);
+    }
+
+    #[test]
+    fn keys_and_env_make_a_cloud_config_whose_env_file_a_shell_can_source() {
+        let text = render_user_data(&guest(None, &[KEY], &["A=1", "QUOTE=it's", "bad-name=x", "EMPTY="]));
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        let config: Value = yaml_serde::from_str(&text).unwrap();
+        assert_eq!(config["ssh_authorized_keys"][0], KEY);
+        assert_eq!(config["write_files"][0]["path"], ENVIRONMENT_FILE);
+        let content = config["write_files"][0]["content"].as_str().unwrap();
+        assert_eq!(content, "A='1'\nQUOTE='it'\\''s'\nEMPTY=''\n");
+        let sourced = std::process::Command::new("sh")
+            .args(["-c", &format!("{content}\nprintf '%s|%s' \"$A\" \"$QUOTE\"")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&sourced.stdout), "1|it's");
+    }
+
+    #[test]
+    fn verbatim_user_data_is_the_user_data_byte_for_byte() {
+        let text = "#cloud-config\nruncmd: [[touch, /x]]\n";
+        assert_eq!(render_user_data(&guest(Some((text, true)), &[KEY], &["A=1"])), text);
+    }
+
+    #[test]
+    fn user_data_merges_with_the_shims_as_two_mime_parts() {
+        let script = "#!/bin/sh\necho from-the-script\n";
+        let text = render_user_data(&guest(Some((script, false)), &[KEY], &["A=1"]));
+        let boundary = "==containerd-shim-vm-0==";
+        assert!(text.starts_with(&format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\n")), "{text}");
+        let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+        assert_eq!(parts.len(), 4, "preamble, two parts, the end: {text}");
+        assert!(parts[1].contains("Content-Type: text/x-shellscript"), "{}", parts[1]);
+        assert!(parts[1].contains(&format!("\n\n#!/bin/sh\n{EXPORT_ENV}\necho from-the-script\n")), "{}", parts[1]);
+        assert!(parts[2].contains("Content-Type: text/cloud-config") && parts[2].contains(MERGE_TYPE), "{}", parts[2]);
+        assert!(parts[2].contains(KEY) && parts[3] == "--\n", "{text}");
+        // A boundary that the user data holds is not used.
+        let tricky = format!("#!/bin/sh\necho --{boundary}\n");
+        let text = render_user_data(&guest(Some((&tricky, false)), &[KEY], &[]));
+        assert!(text.contains("boundary=\"==containerd-shim-vm-1==\""), "{text}");
+    }
+
+    #[test]
+    fn a_python_script_is_left_as_it_is() {
+        let script = "#!/usr/bin/env python3\nprint(1)\n";
+        assert_eq!(exporting_env(script, true), script);
+        assert_eq!(exporting_env("#!/bin/bash -e\nx\n", true), format!("#!/bin/bash -e\n{EXPORT_ENV}\nx\n"));
+    }
+
+    #[test]
+    fn the_users_meta_data_is_added_and_wins() {
+        let ours = render_meta_data_with("i-1", "vm1", None);
+        assert_eq!(ours, render_meta_data("i-1", "vm1"));
+        let merged = render_meta_data_with("i-1", "vm1", Some("local-hostname: custom\nzone: a\n"));
+        let value: Value = yaml_serde::from_str(&merged).unwrap();
+        assert_eq!(value["instance-id"], "i-1");
+        assert_eq!(value["local-hostname"], "custom");
+        assert_eq!(value["zone"], "a");
+        assert_eq!(merged.matches("local-hostname").count(), 1, "{merged}");
+    }
+}
