@@ -47,8 +47,12 @@ pub fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError
     }
 }
 
-pub(super) fn parse_cpus(value: &str, max_cpus: u32) -> Result<u32, PlanError> {
-    let err = |reason: String| PlanError::Annotation { key: ANNOTATION_CPUS.into(), value: value.to_string(), reason };
+/// Virtlet's annotation for the vCPU count, read as `vm.containerd.io/cpus` is.
+pub const VIRTLET_VCPU_COUNT: &str = "VirtletVCPUCount";
+
+/// `key` is the annotation the value came from (ours or Virtlet's).
+pub(super) fn parse_cpus(key: &str, value: &str, max_cpus: u32) -> Result<u32, PlanError> {
+    let err = |reason: String| PlanError::Annotation { key: key.into(), value: value.to_string(), reason };
     let cpus: u32 = value.trim().parse().map_err(|_| err("not a whole number of vCPUs".into()))?;
     if cpus == 0 || cpus > max_cpus {
         return Err(err(format!("must be between 1 and {max_cpus}")));

@@ -111,8 +111,11 @@ impl VmPlan {
         let cpu_quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0);
         let cpu_period = cpu.and_then(|c| c.period()).filter(|p| *p > 0);
 
-        let cpus = match annotations.get(ANNOTATION_CPUS) {
-            Some(value) => annotations::parse_cpus(value, limits.max_cpus)?,
+        let asked_cpus = [ANNOTATION_CPUS, annotations::VIRTLET_VCPU_COUNT]
+            .into_iter()
+            .find_map(|key| annotations.get(key).map(|value| (key, value)));
+        let cpus = match asked_cpus {
+            Some((key, value)) => annotations::parse_cpus(key, value, limits.max_cpus)?,
             None => match (cpu_quota, cpu_period) {
                 (Some(quota), Some(period)) => {
                     let cpus = (quota as u64).div_ceil(period).max(1);
@@ -325,6 +328,13 @@ mod tests {
             let e = plan(json!({"vm.containerd.io/cpus": bad}), json!({})).unwrap_err().to_string();
             assert!(e.contains("vm.containerd.io/cpus") && e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn virtlets_vcpu_count_is_read_as_cpus_and_named_in_its_errors() {
+        assert_eq!(plan(json!({"VirtletVCPUCount": "2"}), json!({})).unwrap().cpus, 2);
+        let e = plan(json!({"VirtletVCPUCount": "two"}), json!({})).unwrap_err().to_string();
+        assert!(e.contains("VirtletVCPUCount") && e.contains("two"), "{e}");
     }
 
     #[test]
