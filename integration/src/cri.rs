@@ -96,7 +96,7 @@ impl CriEnv {
 
     /// `crictl <args>` against this containerd, from the network namespace containerd runs
     /// in: CRI's streaming server (attach, exec, port-forward) listens on its loopback.
-    fn crictl_command(&self, args: &[&str]) -> Command {
+    pub fn crictl_command(&self, args: &[&str]) -> Command {
         let endpoint = format!("unix://{}", self.env.rig.address().display());
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.netns.name()])

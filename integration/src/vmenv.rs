@@ -143,13 +143,18 @@ def event(name):
 send({{"QMP": {{"version": {{"qemu": {{"major": {major}, "minor": {minor}, "micro": {micro}}}, "package": ""}}, "capabilities": []}}}})
 conts = 0
 for line in conn.makefile("rb"):
-    request = json.loads(line)
+    try:
+        request = json.loads(line)
+    except ValueError:
+        continue  # the byte a descriptor rides on (SCM_RIGHTS)
     command = request.get("execute")
     if command in ("cont", "stop"):
         event("RESUME" if command == "cont" else "STOP")
     reply = {{"return": [] if command == "query-commands" else {{}}}}
     if command == "query-cpus-fast":  # one vCPU: this process's only thread, for placement
         reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
+    if command == "add-fd":  # the seed, added at Start
+        reply["return"] = {{"fdset-id": request.get("arguments", {{}}).get("fdset-id", 0), "fd": 10}}
     if "id" in request:
         reply["id"] = request["id"]
     send(reply)

@@ -105,8 +105,8 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     ensure!(
         meta_data.contains("instance-id: \"ci1\"")
             && meta_data.contains("local-hostname: \"ci1\"")
-            && meta_data.contains("zone: z1")
-            && meta_data.contains("app: web"),
+            && meta_data.contains("\"zone\": \"z1\"")
+            && meta_data.contains("\"labels\": {\"app\":\"web\"}"),
         "meta-data: {meta_data:?}"
     );
     let hostname = String::from_utf8(guest_file(&ns, "ci1", "h1", "/proc/sys/kernel/hostname")?)?;

@@ -156,6 +156,24 @@ fn a_vm_pod_with_init_container_sidecar_and_a_restarted_vm() -> Result<()> {
         !failing.status.success() && stderr.contains("exited with 3") && stderr.contains("not-ready"),
         "a failing probe in the VM: {failing:?}"
     );
+    // A probe whose command outlives its timeout: ExecSync fails, and the exec is killed and
+    // ends (its leftover child holding the output open does not keep it).
+    let slow = cri.crictl(&["exec", "--sync", "--timeout", "3", &vm, "sh", "-c", "sleep 600 & sleep 600"])?;
+    ensure!(!slow.status.success(), "a probe past its timeout passed: {slow:?}");
+    // stdin (kubectl exec -i): CRI copies it in after Start, then closes it.
+    let mut cat = cri
+        .crictl_command(&["exec", "-i", &vm, "sh", "-c", "cat; echo stdin-done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(&mut cat.stdin.take().context("stdin")?, b"through-stdin-42\n")?;
+    let cat = cat.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&cat.stdout);
+    ensure!(
+        cat.status.success() && stdout.contains("through-stdin-42\nstdin-done"),
+        "crictl exec -i into the VM: {cat:?}"
+    );
     let streamed = cri.crictl(&["exec", &vm, "sh", "-c", "echo vm-out-$((6*7)); echo vm-err-$((6*7)) >&2"])?;
     let (stdout, stderr) = (String::from_utf8_lossy(&streamed.stdout), String::from_utf8_lossy(&streamed.stderr));
     ensure!(

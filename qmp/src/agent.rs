@@ -143,12 +143,20 @@ impl Agent {
         within(timeout, "guest-sync-delimited", connection.resync(id)).await
     }
 
-    /// Runs `command` (resynchronising first if needed); the whole call, including any
-    /// wait for the channel, has `timeout`.
+    /// Runs `command` (resynchronising first if needed). `timeout` is the agent's: it
+    /// starts once the channel is free (a call waits for the one before it, which has a
+    /// deadline of its own).
     pub async fn execute<C: QgaCommand>(&self, command: &C, timeout: Duration) -> Result<C::Ok, AgentError> {
+        self.call(command, timeout, false).await
+    }
+
+    /// `fresh`: resynchronise first even if the channel is in step, so that a command
+    /// with effects is never left queued for an agent that has gone (it would run when
+    /// the agent came back).
+    async fn call<C: QgaCommand>(&self, command: &C, timeout: Duration, fresh: bool) -> Result<C::Ok, AgentError> {
+        let mut connection = self.connection.lock().await;
         let call = async {
-            let mut connection = self.connection.lock().await;
-            if !connection.in_step {
+            if fresh || !connection.in_step {
                 let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
                 connection.resync(id).await?;
             }
@@ -169,7 +177,7 @@ impl Agent {
             input_data: command.input.clone(),
             capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
         };
-        Ok(self.execute(&exec, timeout).await?.pid)
+        Ok(self.call(&exec, timeout, true).await?.pid)
     }
 
     /// How guest process `pid` is doing. Once it says the process ended, the agent forgets
@@ -210,13 +218,23 @@ impl Connection {
         request.extend(request_line(&qga::guest_sync_delimited { id }).map_err(io)?);
         self.writer.write_all(&request).await.map_err(io)?;
         loop {
-            // Up to the sentinel: stale replies, or nothing.
-            let mut skipped = Vec::new();
-            if self.reader.read_until(SENTINEL, &mut skipped).await.map_err(io)? == 0 {
-                return Err(AgentError::Closed { command: COMMAND });
-            }
-            if skipped.last() != Some(&SENTINEL) {
-                return Err(AgentError::Closed { command: COMMAND });
+            // Up to the sentinel: stale replies, or nothing; dropped as they come (a guest
+            // may send anything, at any length).
+            loop {
+                let buffered = self.reader.fill_buf().await.map_err(io)?;
+                if buffered.is_empty() {
+                    return Err(AgentError::Closed { command: COMMAND });
+                }
+                match buffered.iter().position(|&b| b == SENTINEL) {
+                    Some(at) => {
+                        self.reader.consume(at + 1);
+                        break;
+                    }
+                    None => {
+                        let all = buffered.len();
+                        self.reader.consume(all);
+                    }
+                }
             }
             let line = self.read_line(COMMAND).await?;
             // A sentinel answering an older sync is followed by that sync's id: go on.

@@ -115,17 +115,18 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
             let text = match *key {
                 ANNOTATION_USER_DATA_BASE64 => {
                     let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(value.trim())
+                        .decode(value.split_whitespace().collect::<String>())
                         .map_err(|e| refused(key, value, format!("not base64: {e}")))?;
                     String::from_utf8(bytes)
                         .map_err(|_| refused(key, value, "decodes to bytes that are not UTF-8 text"))?
                 }
                 _ => value.to_string(),
             };
+            // Virtlet takes its script annotation as the whole user data.
             let verbatim = match (get(ANNOTATION_USER_DATA_OVERWRITE), get(VIRTLET_USER_DATA_OVERWRITE)) {
                 (Some(v), _) => flag(ANNOTATION_USER_DATA_OVERWRITE, v)?,
                 (None, Some(v)) => flag(VIRTLET_USER_DATA_OVERWRITE, v)?,
-                (None, None) => false,
+                (None, None) => *key == VIRTLET_USER_DATA_SCRIPT,
             };
             Some(check_user_data(key, value, text, verbatim)?)
         }
@@ -311,8 +312,10 @@ mod tests {
         assert!(user_data.verbatim);
         assert!(user_data.text.starts_with("#cloud-config\nruncmd:"), "{}", user_data.text);
         let script = parse(&annotations(&[(VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\necho hi\n")]), &[]).unwrap();
-        assert_eq!(script.user_data.unwrap().text, "#!/bin/sh\necho hi\n");
-        let b64 = parse(&annotations(&[(ANNOTATION_USER_DATA_BASE64, "IyEvYmluL3NoCmVjaG8gaGkK")]), &[]).unwrap();
+        let script = script.user_data.unwrap();
+        assert_eq!(script.text, "#!/bin/sh\necho hi\n");
+        assert!(script.verbatim, "Virtlet's script is the whole user data");
+        let b64 = parse(&annotations(&[(ANNOTATION_USER_DATA_BASE64, "IyEvYmluL3No\nCmVjaG8gaGkK\n")]), &[]).unwrap();
         assert_eq!(b64.user_data.unwrap().text, "#!/bin/sh\necho hi\n");
     }
 

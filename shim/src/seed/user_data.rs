@@ -51,7 +51,8 @@ fn generated_cloud_config(guest: &GuestConfig) -> Option<String> {
     if !environment.is_empty() {
         let mut file = Mapping::new();
         file.insert("path".into(), ENVIRONMENT_FILE.into());
-        file.insert("permissions".into(), "0644".into());
+        // The env may hold secrets (a pod's secretKeyRef): root only.
+        file.insert("permissions".into(), "0600".into());
         file.insert("content".into(), environment.into());
         config.insert("write_files".into(), Value::Sequence(vec![Value::Mapping(file)]));
     }
@@ -118,7 +119,9 @@ fn multipart(parts: &[(&str, &str, Option<&str>, String)]) -> String {
     out
 }
 
-/// `meta-data`: the shim's instance id and hostname, and the user's keys over them.
+/// `meta-data`: the shim's instance id and hostname, and the user's keys over them. The
+/// user's values are written as JSON (which YAML reads as it is), so that a quoted `"yes"`
+/// or `"1:30"` stays a string for cloud-init's YAML 1.1 reader.
 pub fn render_meta_data_with(instance_id: &str, hostname: &str, extra: Option<&str>) -> String {
     let extra = extra.and_then(|text| match yaml_serde::from_str::<Value>(text) {
         Ok(Value::Mapping(map)) if !map.is_empty() => Some(map),
@@ -131,7 +134,10 @@ pub fn render_meta_data_with(instance_id: &str, hostname: &str, extra: Option<&s
         .filter(|line| line.split_once(':').is_none_or(|(key, _)| !extra.contains_key(key)))
         .map(|line| format!("{line}\n"))
         .collect();
-    out.push_str(&yaml_serde::to_string(&extra).unwrap_or_default());
+    for (key, value) in &extra {
+        let (Some(key), Ok(value)) = (key.as_str(), serde_json::to_string(value)) else { continue };
+        let _ = writeln!(out, "{}: {value}", super::nocloud::quote(key));
+    }
     out
 }
 
@@ -163,6 +169,7 @@ mod tests {
         let config: Value = yaml_serde::from_str(&text).unwrap();
         assert_eq!(config["ssh_authorized_keys"][0], KEY);
         assert_eq!(config["write_files"][0]["path"], ENVIRONMENT_FILE);
+        assert_eq!(config["write_files"][0]["permissions"], "0600");
         let content = config["write_files"][0]["content"].as_str().unwrap();
         assert_eq!(content, "A='1'\nQUOTE='it'\\''s'\nEMPTY=''\n");
         let sourced = std::process::Command::new("sh")
@@ -207,11 +214,18 @@ mod tests {
     fn the_users_meta_data_is_added_and_wins() {
         let ours = render_meta_data_with("i-1", "vm1", None);
         assert_eq!(ours, render_meta_data("i-1", "vm1"));
-        let merged = render_meta_data_with("i-1", "vm1", Some("local-hostname: custom\nzone: a\n"));
+        let merged = render_meta_data_with(
+            "i-1",
+            "vm1",
+            Some("local-hostname: custom\nzone: a\nquoted: \"yes\"\ntime: \"1:30\"\nlabels: {app: web}\n"),
+        );
         let value: Value = yaml_serde::from_str(&merged).unwrap();
         assert_eq!(value["instance-id"], "i-1");
         assert_eq!(value["local-hostname"], "custom");
         assert_eq!(value["zone"], "a");
+        assert_eq!(value["labels"]["app"], "web");
+        // Strings YAML 1.1 would read as a boolean or a number stay quoted.
+        assert!(merged.contains("\"quoted\": \"yes\"\n") && merged.contains("\"time\": \"1:30\"\n"), "{merged}");
         assert_eq!(merged.matches("local-hostname").count(), 1, "{merged}");
     }
 }

@@ -32,24 +32,23 @@ impl<P: Process + 'static> ExecProcesses<P> {
 
     /// Checks `exec_id` is free, then adds the process `make` returns.
     pub fn add(&self, exec_id: &str, make: impl FnOnce() -> P) -> Result<(), TaskError> {
-        // An exec's TaskExit carries its id: the task's own id would read as the init's exit.
-        if exec_id == self.task_id {
-            return Err(TaskError::InvalidArgument(format!("exec id {exec_id:?} is the container's own id")));
-        }
         let mut processes = self.lock();
-        if processes.contains_key(exec_id) {
-            return Err(TaskError::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.task_id)));
-        }
+        self.check_free(&processes, exec_id)?;
         processes.insert(exec_id.to_string(), Arc::new(make()));
         Ok(())
     }
 
     /// Checks that `exec_id` could be added now (before work that `add` would waste).
     pub fn free(&self, exec_id: &str) -> Result<(), TaskError> {
+        self.check_free(&self.lock(), exec_id)
+    }
+
+    fn check_free(&self, processes: &HashMap<String, Arc<P>>, exec_id: &str) -> Result<(), TaskError> {
+        // An exec's TaskExit carries its id: the task's own id would read as the init's exit.
         if exec_id == self.task_id {
             return Err(TaskError::InvalidArgument(format!("exec id {exec_id:?} is the container's own id")));
         }
-        match self.lock().contains_key(exec_id) {
+        match processes.contains_key(exec_id) {
             true => Err(TaskError::AlreadyExists(format!("exec {exec_id} already exists in task {}", self.task_id))),
             false => Ok(()),
         }
@@ -71,9 +70,10 @@ impl<P: Process + 'static> ExecProcesses<P> {
         Ok(exit)
     }
 
-    /// The started ones' pids, by exec id.
+    /// The running ones' pids, by exec id.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let processes = self.lock();
-        processes.iter().map(|(id, process)| (id.clone(), process.pid())).filter(|(_, pid)| *pid != 0).collect()
+        let running = processes.iter().filter(|(_, process)| process.state().can_signal());
+        running.map(|(id, process)| (id.clone(), process.pid())).filter(|(_, pid)| *pid != 0).collect()
     }
 }

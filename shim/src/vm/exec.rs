@@ -29,20 +29,22 @@ pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most stdin an exec may give: the agent takes it whole, inside one JSON command.
 pub const MAX_INPUT: usize = 4 << 20;
-/// How long Start waits for an exec's stdin to bring something. `ctr task exec` always
-/// hands a stdin FIFO but never opens it when it has nothing to send (a terminal nobody
-/// types into, /dev/null), while piped input arrives at once: a command whose stdin
-/// brought nothing by then starts without input.
-const STDIN_GRACE: Duration = Duration::from_millis(200);
+/// How long an exec with a stdin waits, from Start, for it to bring something.
+/// `ctr task exec` always hands a stdin FIFO but never opens it when it has nothing to
+/// send (a terminal nobody types into, /dev/null), while piped input arrives at once
+/// (CRI copies it in right after Start): a command whose stdin brought nothing by then
+/// starts without input.
+const STDIN_GRACE: Duration = Duration::from_millis(500);
 /// Polling `guest-exec-status`: quick at first (a probe's command ends in milliseconds),
 /// slower for a command that runs on.
 const POLL_FIRST: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(200);
 /// The exit status of an exec that could not run in the guest, or lost its agent.
 const NOT_RUN: u32 = 255;
-/// Status polls in a row the agent may leave unanswered (CALL_TIMEOUT each) before the
-/// exec is given up as lost: the agent died or the guest hangs.
-const UNANSWERED_POLLS: u32 = 3;
+/// How long a killed exec may take to be reported ended before it ends here: qemu-ga
+/// reports an end only once the process's output pipes close, which a child it left
+/// behind may hold open (a probe killed at its timeout would otherwise never end).
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// What the guest agent runs for an exec's OCI process. Refuses what it cannot do: a
 /// terminal, a user other than root (qemu-ga runs commands as itself), no command.
@@ -166,9 +168,12 @@ impl Inner {
         self.publish.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
-    async fn start_in_guest(&self, input: Option<Vec<u8>>) -> Result<i64, AgentError> {
+    async fn start_in_guest(&self, input: Option<Vec<u8>>) -> Result<i64, ExecFailure> {
         let command = GuestCommand { input, ..self.command.clone() };
-        let pid = self.agent.exec(&command, CALL_TIMEOUT).await?;
+        let pid = self.agent.exec(&command, CALL_TIMEOUT).await.map_err(|e| match e {
+            AgentError::Command { .. } => ExecFailure::Refused(e.to_string()),
+            _ => ExecFailure::Other(e.to_string()),
+        })?;
         *self.guest_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
         info!(exec_id = %self.exec_id, guest_pid = pid, "exec process started in the guest");
         Ok(pid)
@@ -260,42 +265,73 @@ async fn write_all(output: &mut Output, bytes: &[u8], what: &str) {
     }
 }
 
-/// Runs the exec to its end: starts it in the guest if Start could not (its input was
-/// still coming), polls it, passes on its output and publishes its exit.
-async fn run(inner: Arc<Inner>, mut stdout: Output, mut stderr: Output, coming: Option<(Stdin, Vec<u8>)>) {
-    let pid = match (inner.guest_pid(), coming) {
+/// Why the command did not start: the agent refused it (no such program), or anything else.
+#[derive(Debug)]
+enum ExecFailure {
+    Refused(String),
+    Other(String),
+}
+
+impl std::fmt::Display for ExecFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecFailure::Refused(e) | ExecFailure::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The input the command starts with: all of its stdin, or none if the stdin brought
+/// nothing within STDIN_GRACE (what comes later is read and dropped).
+async fn input_of(inner: &Inner, stdin: Option<Stdin>) -> Result<Option<Vec<u8>>, ExecFailure> {
+    let Some(mut stdin) = stdin else { return Ok(None) };
+    let mut closed = inner.stdin_closed.subscribe();
+    match first_input(&mut stdin, &mut closed).await {
+        FirstInput::Nothing => {
+            tokio::spawn(drop_late_input(stdin, inner.exec_id.clone()).in_current_span());
+            Ok(None)
+        }
+        FirstInput::Whole(input) => Ok(Some(input)),
+        FirstInput::Part(first) => read_input(stdin, closed, first).await.map(Some).map_err(ExecFailure::Other),
+    }
+}
+
+/// Runs the exec to its end: starts it in the guest if Start did not (it has a stdin,
+/// whose input comes first), polls it, passes on its output and publishes its exit.
+async fn run(inner: Arc<Inner>, mut stdout: Output, mut stderr: Output, stdin: Option<Stdin>) {
+    let pid = match (inner.guest_pid(), stdin) {
         (Some(pid), _) => pid,
-        (None, coming) => {
-            let input = match coming {
-                Some((stdin, first)) => read_input(stdin, inner.stdin_closed.subscribe(), first).await,
-                None => Ok(Vec::new()),
+        (None, stdin) => {
+            let mut ended = inner.exit_published.clone();
+            let input = tokio::select! {
+                input = input_of(&inner, stdin) => input,
+                _ = ended.wait_for(|exit| exit.is_some()) => return, // killed while it waited for input
             };
             if inner.ended() {
-                return; // killed while it waited for its input
+                return;
             }
             let started = match input {
-                Ok(input) => inner.start_in_guest(Some(input)).await.map_err(|e| e.to_string()),
+                Ok(input) => inner.start_in_guest(input).await,
                 Err(e) => Err(e),
             };
             match started {
                 Ok(pid) => pid,
                 Err(e) => {
                     write_all(&mut stderr, format!("containerd-shim-vm: exec: {e}\n").as_bytes(), "stderr").await;
-                    inner.end(NOT_RUN, true);
+                    // As a shell says of a command it cannot run.
+                    let status = if matches!(e, ExecFailure::Refused(_)) { 127 } else { NOT_RUN };
+                    inner.end(status, true);
                     return;
                 }
             }
         }
     };
     let mut delay = POLL_FIRST;
-    let mut unanswered = 0;
     let status = loop {
         if inner.ended() {
             return;
         }
         match inner.agent.exec_status(pid, CALL_TIMEOUT).await {
             Ok(status) => {
-                unanswered = 0;
                 write_all(&mut stdout, &status.stdout, "stdout").await;
                 write_all(&mut stderr, &status.stderr, "stderr").await;
                 if status.truncated {
@@ -306,8 +342,8 @@ async fn run(inner: Arc<Inner>, mut stdout: Output, mut stderr: Output, coming: 
                     break exit_status(end);
                 }
             }
-            // A busy guest: ask again, a few times.
-            Err(AgentError::NoAnswer { .. }) if unanswered + 1 < UNANSWERED_POLLS => unanswered += 1,
+            // A busy (or paused) guest: ask again. A Kill ends an exec whose agent is gone.
+            Err(AgentError::NoAnswer { .. }) => {}
             Err(e) => {
                 warn!(exec_id = %inner.exec_id, "exec lost: {e}");
                 write_all(&mut stderr, format!("containerd-shim-vm: exec: {e}\n").as_bytes(), "stderr").await;
@@ -363,26 +399,14 @@ impl Process for GuestExec {
                 return Err(TaskError::Unknown(format!("containerd-shim-vm: {e}")));
             }
         };
-        // The command starts now (a command the guest cannot run is Start's error) unless
-        // its input is still coming.
-        let mut closed = inner.stdin_closed.subscribe();
-        let (now, coming) = match stdin {
-            None => (Some(None), None),
-            Some(mut stdin) => match first_input(&mut stdin, &mut closed).await {
-                FirstInput::Nothing => {
-                    tokio::spawn(drop_late_input(stdin, inner.exec_id.clone()).in_current_span());
-                    (Some(None), None)
-                }
-                FirstInput::Whole(input) => (Some(Some(input)), None),
-                FirstInput::Part(first) => (None, Some((stdin, first))),
-            },
-        };
-        if let Some(input) = now {
-            if let Err(e) = inner.start_in_guest(input).await {
+        // Without a stdin the command starts now, so that a command the guest cannot run
+        // is Start's error; with one, once its input is known.
+        if stdin.is_none() {
+            if let Err(e) = inner.start_in_guest(None).await {
                 inner.end(NOT_RUN, false);
                 let wrap = match e {
-                    AgentError::Command { .. } => TaskError::InvalidArgument,
-                    _ => TaskError::Unknown,
+                    ExecFailure::Refused(_) => TaskError::InvalidArgument,
+                    ExecFailure::Other(_) => TaskError::Unknown,
                 };
                 return Err(wrap(format!("containerd-shim-vm: exec {} in VM {}: {e}", inner.exec_id, inner.vm_id)));
             }
@@ -394,7 +418,7 @@ impl Process for GuestExec {
             pid: inner.qemu_pid,
             ..Default::default()
         });
-        tokio::spawn(run(inner.clone(), stdout, stderr, coming).instrument(tracing::Span::current()));
+        tokio::spawn(run(inner.clone(), stdout, stderr, stdin).instrument(tracing::Span::current()));
         Ok(inner.qemu_pid)
     }
 
@@ -417,21 +441,43 @@ impl Process for GuestExec {
             inner.end(128 + signal, true);
             return Ok(());
         };
+        // The process group first (a shell's children go with it), else the process.
         let kill = GuestCommand {
             path: "/bin/sh".into(),
-            args: vec!["-c".into(), format!("kill -{signal} {pid}")],
+            args: vec!["-c".into(), format!("kill -{signal} -- -{pid} 2>/dev/null || kill -{signal} {pid}")],
             env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
             input: None,
         };
-        match inner.agent.exec(&kill, AGENT_ANSWER_TIMEOUT).await {
-            // The poller sees the process end; a process that had just ended is no error.
-            Ok(_) => Ok(()),
+        let killer = match inner.agent.exec(&kill, AGENT_ANSWER_TIMEOUT).await {
+            Ok(killer) => killer,
             Err(e) => {
                 warn!(exec_id = %inner.exec_id, "the exec ends here: signalling it in the guest failed: {e}");
                 inner.end(128 + signal, true);
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        // The poller sees the process end. Should the end not come (a child holds its
+        // output open), it ends here; the kill's own record is collected from the agent.
+        let inner = inner.clone();
+        tokio::spawn(
+            async move {
+                let deadline = tokio::time::Instant::now() + KILL_GRACE;
+                while tokio::time::Instant::now() < deadline {
+                    match inner.agent.exec_status(killer, CALL_TIMEOUT).await {
+                        Ok(status) if status.ended.is_none() => tokio::time::sleep(POLL_MAX).await,
+                        _ => break,
+                    }
+                }
+                let mut ended = inner.exit_published.clone();
+                if tokio::time::timeout_at(deadline, ended.wait_for(|exit| exit.is_some())).await.is_err()
+                    && inner.end(128 + signal, true).is_some()
+                {
+                    warn!(exec_id = %inner.exec_id, "killed, but not reported ended within {KILL_GRACE:?}: ended here");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(())
     }
 
     async fn wait(&self) -> Exit {
