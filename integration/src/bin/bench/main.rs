@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use integration::images::{busybox_image, tiny_images, BUSYBOX, TINY};
 use integration::podnet::PodNet;
 use integration::rig::{Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
@@ -45,6 +45,8 @@ use crate::profiling::profile;
 use crate::stats::{env_num, fmt_opt, ms, ratio, Report, Series};
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// `ctr task exec` round trips measured into each of a VM and a runc container.
+const EXEC_RUNS: usize = 10;
 const RUNC_SHIM_BINARY: &str = "containerd-shim-runc-v2";
 
 // ------------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ fn run() -> Result<()> {
     let mut runc_shims = ShimMemory::default();
     let mut qemu_rss = Series::default();
     let mut runc_start = Series::default();
+    let mut vm_exec = Series::default();
+    let mut runc_exec = Series::default();
     let mut started: Vec<String> = Vec::new();
     let mem_result = (|| -> Result<()> {
         for k in 0..instances {
@@ -343,6 +347,29 @@ fn run() -> Result<()> {
             let id = format!("mem-runc-{k}");
             running_task_pid(&bench.ns, &id)?;
             runc_pids.push(runc_shims.record(shim_pid(&rig, RUNC_SHIM_BINARY, &id)?)?);
+        }
+        // Exec round trip, as `ctr task exec` makes it: into the VM through its guest agent,
+        // into the runc container with `runc exec`. ctr always hands a stdin, so the VM's
+        // figure includes the shim's wait for it (STDIN_GRACE); CRI's probes have none.
+        let mut attempt = 0;
+        let agent_deadline = Instant::now() + BOOT_TIMEOUT;
+        while !bench
+            .ns
+            .ctr(["task", "exec", "--exec-id", &format!("ready-{attempt}"), "mem-vm-0", "true"])?
+            .status
+            .success()
+        {
+            ensure!(Instant::now() < agent_deadline, "the guest agent of mem-vm-0 did not answer");
+            attempt += 1;
+        }
+        for n in 0..EXEC_RUNS {
+            for (id, series) in [("mem-vm-0", &mut vm_exec), ("mem-runc-0", &mut runc_exec)] {
+                let mut cmd = bench.ctr();
+                cmd.args(["task", "exec", "--exec-id", &format!("x{n}"), id, "true"]);
+                let t0 = Instant::now();
+                run_ok(&mut cmd).with_context(|| format!("ctr task exec into {id}"))?;
+                series.push(ms(t0.elapsed()));
+            }
         }
         shim_pids.sort();
         shim_pids.dedup();
@@ -416,6 +443,8 @@ fn run() -> Result<()> {
     report.row("(c) containerd-shim-vm-v1 RssAnon, private (context)", "MiB", &vm_shims.anon);
     report.row("(c) containerd-shim-runc-v2 RssAnon, private (context)", "MiB", &runc_shims.anon);
     report.row("(c) QEMU VmRSS of the VM (context)", "MiB", &qemu_rss);
+    report.row("(d) `ctr task exec true` into the VM (guest agent; with ctr's stdin wait)", "ms", &vm_exec);
+    report.row("(d) `ctr task exec true` into a runc container", "ms", &runc_exec);
     report.row(
         "context: `qemu-img create` of bare QEMU's overlay (made before its timer starts; the shim writes its own in-process, inside its start)",
         "ms",
@@ -428,6 +457,7 @@ fn run() -> Result<()> {
     let r_lv = ratio(shim_start.median(), lv_start.median());
     let r_console = ratio(shim_console.median(), bare_console.median());
     let r_rss = ratio(vm_shims.rss.median(), runc_shims.rss.median());
+    let r_exec = ratio(vm_exec.median(), runc_exec.median());
 
     let mut text = String::new();
     writeln!(text, "RUNS={runs} (WARMUP={warmup}) INSTANCES={instances}; {cores} cores; {qemu_version}; {containerd_version}; libvirtd {libvirt_version}")?;
@@ -458,6 +488,7 @@ fn run() -> Result<()> {
     writeln!(text, "| shim start / libvirt start | {} |", fmt_opt(r_lv, 2))?;
     writeln!(text, "| shim first console / bare QEMU first console | {} |", fmt_opt(r_console, 2))?;
     writeln!(text, "| shim RSS / runc shim RSS | {} |", fmt_opt(r_rss, 2))?;
+    writeln!(text, "| `ctr task exec` into the VM / into a runc container | {} |", fmt_opt(r_exec, 2))?;
     writeln!(text)?;
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "PASS",
