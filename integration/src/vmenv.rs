@@ -119,54 +119,18 @@ impl VmEnv {
         found
     }
 
-    /// `ctr run` arguments for a VM: the runtime, then `extra`, then image and id.
     /// Writes a stand-in for QEMU to `dir`, and a shim config beside it that names it;
     /// returns the config's path (for `ctr run --runtime-config-path`). The stand-in serves
-    /// QMP on the listening socket the shim hands QEMU as fd 3, greets as QEMU `version`,
-    /// answers every command with an empty success and reports RESUME/STOP for `cont` and
-    /// `stop` as QEMU does. With `pauses_itself`, it stops again right after the first
-    /// `cont`, as QEMU does when a guest write fails for lack of host disk space.
+    /// QMP on the socketpair the shim hands QEMU as fd 3 (`fixtures/qemu-stand-in.py`,
+    /// which the shim's unit tests use too), greets as QEMU `version`. With
+    /// `pauses_itself`, it stops again right after the first `cont`, as QEMU does when a
+    /// guest write fails for lack of host disk space.
     pub fn fake_qemu_config(&self, dir: &Path, version: (u32, u32, u32), pauses_itself: bool) -> Result<PathBuf> {
         let (major, minor, micro) = version;
         let script = dir.join(format!("qemu-{major}.{minor}"));
-        let pauses = if pauses_itself { "True" } else { "False" };
-        std::fs::write(
-            &script,
-            format!(
-                r#"#!/usr/bin/env python3
-import json, os, socket, sys
-conn = socket.socket(fileno=3)  # the shim hands QEMU one end of a connected socketpair
-def send(message):
-    conn.sendall(json.dumps(message).encode() + b"\r\n")
-def event(name):
-    send({{"event": name, "data": {{}}, "timestamp": {{"seconds": 0, "microseconds": 0}}}})
-send({{"QMP": {{"version": {{"qemu": {{"major": {major}, "minor": {minor}, "micro": {micro}}}, "package": ""}}, "capabilities": []}}}})
-conts = 0
-for line in conn.makefile("rb"):
-    try:
-        request = json.loads(line)
-    except ValueError:
-        continue  # the byte a descriptor rides on (SCM_RIGHTS)
-    command = request.get("execute")
-    if command in ("cont", "stop"):
-        event("RESUME" if command == "cont" else "STOP")
-    reply = {{"return": [] if command == "query-commands" else {{}}}}
-    if command == "query-cpus-fast":  # one vCPU: this process's only thread, for placement
-        reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
-    if command == "add-fd":  # the seed, added at Start
-        reply["return"] = {{"fdset-id": request.get("arguments", {{}}).get("fdset-id", 0), "fd": 10}}
-    if "id" in request:
-        reply["id"] = request["id"]
-    send(reply)
-    if command == "cont":
-        conts += 1
-        if conts == 1 and {pauses}:
-            event("STOP")
-    if command == "quit":
-        sys.exit(0)
-"#
-            ),
-        )?;
+        std::fs::write(&script, include_str!("../fixtures/qemu-stand-in.py"))?;
+        let behaviour = serde_json::json!({ "version": [major, minor, micro], "pauses_itself": pauses_itself });
+        std::fs::write(dir.join(format!("qemu-{major}.{minor}.json")), behaviour.to_string())?;
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let config = dir.join(format!("qemu-{major}.{minor}.toml"));
         std::fs::write(
@@ -181,6 +145,7 @@ for line in conn.makefile("rb"):
         Ok(config)
     }
 
+    /// `ctr run` arguments for a VM: the runtime, then `extra`, then image and id.
     pub fn run_args<'a>(&self, extra: &[&'a str], image: &'a str, id: &'a str) -> Vec<String> {
         let mut args = vec!["run".to_string(), "--runtime".into(), VM_RUNTIME.into()];
         args.extend(extra.iter().map(|s| s.to_string()));

@@ -32,62 +32,20 @@ pub struct StandIn {
     pub hog_after_cont_mib: Option<u32>,
 }
 
-/// Writes a stand-in QEMU into `dir`: a small program that speaks enough QMP on fd 3
-/// (the shim's socketpair) for the shim's lifecycle, ignoring its other arguments.
+/// Writes a stand-in QEMU into `dir` (the script the end-to-end suites use too), behaving
+/// as `behaviour` says.
 pub fn stand_in_qemu(dir: &Path, behaviour: StandIn) -> PathBuf {
     let script = dir.join("qemu-stand-in");
-    let exit_after = behaviour.exit_after_cont_secs.map(|s| s.to_string()).unwrap_or_else(|| "None".into());
-    let hog = behaviour.hog_after_cont_mib.map(|m| m.to_string()).unwrap_or_else(|| "None".into());
-    let text = format!(
-        r#"#!/usr/bin/env python3
-import json, os, socket, sys, threading, time
-time.sleep({greet})
-conn = socket.socket(fileno=3)
-lock = threading.Lock()
-def send(message):
-    with lock:
-        conn.sendall(json.dumps(message).encode() + b"\r\n")
-def event(name, data={{}}):
-    send({{"event": name, "data": data, "timestamp": {{"seconds": 0, "microseconds": 0}}}})
-send({{"QMP": {{"version": {{"qemu": {{"major": 7, "minor": 2, "micro": 0}}, "package": ""}}, "capabilities": []}}}})
-exit_after = {exit_after}
-hog = {hog}
-hoard = []
-started = False
-for line in conn.makefile("rb"):
-    try:
-        request = json.loads(line)
-    except ValueError:
-        continue  # the byte a descriptor rides on (SCM_RIGHTS)
-    command = request.get("execute")
-    if command in ("cont", "stop"):
-        event("RESUME" if command == "cont" else "STOP")
-    reply = {{"return": [] if command == "query-commands" else {{}}}}
-    if command == "query-cpus-fast":
-        # One vCPU, run (as far as placement can tell) by this process's only thread.
-        reply["return"] = [{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": os.getpid(), "target": "x86_64"}}]
-    if command == "add-fd":
-        reply["return"] = {{"fdset-id": request.get("arguments", {{}}).get("fdset-id", 0), "fd": 10}}
-    if "id" in request:
-        reply["id"] = request["id"]
-    send(reply)
-    if command == "cont" and not started and exit_after is not None:
-        started = True
-        threading.Timer(exit_after, lambda: os._exit(0)).start()
-    if command == "cont" and hog is not None:
-        for _ in range(hog):
-            hoard.append(b"x" * (1 << 20))
-    if command == "system_powerdown":
-        event("SHUTDOWN", {{"guest": True, "reason": "guest-shutdown"}})
-        os._exit(0)
-    if command == "quit":
-        os._exit(0)
-"#,
-        greet = behaviour.greet_after_secs,
-    );
-    std::fs::write(&script, text).expect("writing the stand-in QEMU");
+    std::fs::write(&script, include_str!("../../integration/fixtures/qemu-stand-in.py"))
+        .expect("writing the stand-in QEMU");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("making the stand-in QEMU executable");
+    let config = serde_json::json!({
+        "greet_after": behaviour.greet_after_secs,
+        "exit_after_cont": behaviour.exit_after_cont_secs,
+        "hog_after_cont_mib": behaviour.hog_after_cont_mib,
+    });
+    std::fs::write(dir.join("qemu-stand-in.json"), config.to_string()).expect("writing the stand-in's behaviour");
     script
 }
 
