@@ -475,7 +475,8 @@ impl Container for Vm {
             .await
             .map_err(|e| TaskError::Unknown(format!("updating the cgroup: {e}")))?
             .map_err(|e| TaskError::Unknown(e.to_string()))?;
-        if let Some(placement) = placement {
+        // A VM left to the kernel (no node placed) has nothing to apply again.
+        if let Some(placement) = placement.filter(|p| !p.nodes.is_empty()) {
             let threads = self.qmp.vcpu_threads().await.map_err(qmp_failed)?;
             let pid = self.pid;
             tokio::task::spawn_blocking(move || crate::host::placement::apply(pid, &threads, &placement))
