@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use containerd_shim_vm::host::process::ProcessId;
 use containerd_shim_vm::placement::{choose, key, Ledger, Limits, Owner, Policy, Request, Reservation, Topology};
 
 const GIB: u64 = 1 << 30;
@@ -19,18 +20,14 @@ const MEMORY_PER_NODE: u64 = 512 * GIB;
 
 /// This process as a ledger owner: its pid and start time (`/proc/self/stat` field 22).
 fn this_process() -> Result<Owner> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let (_, rest) = stat.rsplit_once(')').context("/proc/self/stat")?;
-    let start_time = rest.split_whitespace().nth(19).context("/proc/self/stat field 22")?.parse()?;
-    Ok(Owner { pid: std::process::id(), start_time })
+    let me = ProcessId::of(std::process::id())?;
+    Ok(Owner { pid: me.pid, start_time: me.start_time })
 }
 
 /// Whether `owner` still runs, as the shim asks it of every reservation at each placement
 /// (its `/proc/<pid>/stat` start time); every owner here is this process.
 fn is_alive(owner: &Owner) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", owner.pid)) else { return false };
-    let start = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse::<u64>().ok());
-    start == Some(owner.start_time)
+    ProcessId { pid: owner.pid, start_time: owner.start_time }.is_running()
 }
 
 /// The `n`th VM of the benchmark's mix: 1-4 vCPUs, 1-8 GiB, every tenth strict (500 of
