@@ -15,9 +15,10 @@
 #   * prints TINY-VM-BOOTED on ttyS0 as early as it can,
 #   * mounts the FAT disk read-write, increments the file `bootcount` on it, prints BOOT-COUNT=<n>,
 #   * loads virtio_net if the VM has a virtio NIC (the pod network),
-#   * stands in for cloud-init when a NoCloud seed is attached (a vfat disk labelled cidata, any
-#     case, found by label among the virtio disks; looked for only when there is more than one
-#     virtio disk, so boots without a seed do not wait): copies its files to /run/seed, sets the
+#   * stands in for cloud-init when a seed is attached (a vfat or ISO 9660 disk labelled cidata
+#     or config-2, any case, found by label among the virtio disks; looked for only when there is
+#     more than one virtio disk, so boots without a seed do not wait): copies its files to
+#     /run/seed; for a NoCloud seed (cidata), sets the
 #     hostname from meta-data's local-hostname and prints "TINY-HOSTNAME <name>", then applies
 #     network-config (version 2, static only: match macaddress/name, set-name, mtu, addresses,
 #     gateway4/gateway6, routes with to/via/on-link/scope/metric/table/from, nameservers into
@@ -83,7 +84,9 @@ OUTPUTS=("$OUTDIR/tiny.qcow2" "$OUTDIR/tiny.raw" "$OUTDIR/tiny-part.qcow2")
 #   button, evdev                  ACPI power button as /dev/input/event* for acpid
 #   pvpanic_mmio, pvpanic_pci      report panics to QEMU (ISA "-device pvpanic" / "pvpanic-pci")
 #   virtio_console                 the guest agent's virtio-serial port
-MODULES="virtio_pci virtio_blk vfat nls_cp437 nls_ascii button evdev pvpanic_mmio pvpanic_pci virtio_console"
+#   isofs (+ cdrom)                an ISO 9660 seed (Rock Ridge names)
+#   virtio_scsi, sd_mod            a root disk on virtio-scsi (Virtlet's VirtletDiskDriver=scsi)
+MODULES="virtio_pci virtio_blk vfat nls_cp437 nls_ascii button evdev pvpanic_mmio pvpanic_pci virtio_console isofs virtio_scsi sd_mod"
 # Loaded only when the VM has a virtio NIC, so that boots without one do not pay for them.
 #   virtio_net (+ failover, net_failover)   the pod NIC; IPv4, IPv6 and packet sockets are built in
 NET_MODULES="virtio_net"
@@ -208,10 +211,11 @@ else
     echo "BOOT-COUNT-ERROR: cannot mount /dev/$disk"
 fi
 
-# NoCloud seed: the vfat disk labelled cidata (any case) among the virtio disks. A VM with a
-# single disk has none and does not wait; otherwise wait (up to ~3 s) until every virtio disk
-# has its /dev node, then read the labels from the FAT boot sectors. Its files are copied to
-# /run/seed and the disk unmounted; tiny-net applies meta-data and network-config.
+# The seed: the vfat or ISO 9660 disk labelled cidata (NoCloud) or config-2 (a config drive),
+# any case, among the virtio disks. A VM with a single disk has none and does not wait;
+# otherwise wait (up to ~3 s) until every virtio disk has its /dev node, then read the labels
+# from the FAT boot sectors and the ISO volume descriptors. Its files are copied to /run/seed
+# and the disk unmounted; tiny-net applies NoCloud's meta-data and network-config.
 fat_label() { # fat_label DEV: the volume label in DEV's FAT boot sector, if it has one
     dd if="$1" bs=512 count=1 2>/dev/null | od -An -v -tx1 | awk '
         { for (i = 1; i <= NF; i++) b[n++] = $i }
@@ -229,6 +233,10 @@ fat_label() { # fat_label DEV: the volume label in DEV's FAT boot sector, if it 
             sub(/ +$/, "", l); print l
         }'
 }
+iso_label() { # iso_label DEV: the volume id in DEV's ISO 9660 primary volume descriptor, if any
+    [ "$(dd if="$1" bs=1 skip=32769 count=5 2>/dev/null)" = CD001 ] || return 0
+    dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d '\000' | sed 's/ *$//'
+}
 if [ $nblk -gt 1 ]; then
     i=0
     while vd=0
@@ -237,21 +245,21 @@ if [ $nblk -gt 1 ]; then
     do usleep 50000; i=$((i + 1)); done
     seed=
     for b in /sys/class/block/vd*; do
-        case "$(fat_label "/dev/${b##*/}")" in
-        [Cc][Ii][Dd][Aa][Tt][Aa]) seed=/dev/${b##*/}; break ;;
+        case "$(fat_label "/dev/${b##*/}")$(iso_label "/dev/${b##*/}")" in
+        [Cc][Ii][Dd][Aa][Tt][Aa] | [Cc][Oo][Nn][Ff][Ii][Gg]-2) seed=/dev/${b##*/}; break ;;
         esac
     done
     # A label only in the root directory, not in the boot sector: findfs (which matches exactly).
     [ -n "$seed" ] || seed=$(findfs LABEL=cidata 2>/dev/null || findfs LABEL=CIDATA 2>/dev/null)
     if [ -z "$seed" ]; then
-        echo "tiny: $nblk disks, none labelled cidata: no NoCloud seed"
-    elif mount -t vfat -o ro "$seed" /mnt; then
+        echo "tiny: $nblk disks, none labelled cidata or config-2: no seed"
+    elif mount -o ro "$seed" /mnt; then
         mkdir -p /run/seed
         cp -r /mnt/. /run/seed/
         umount /mnt
         tiny-net /run/seed
     else
-        echo "TINY-NET-ERROR: cannot mount the NoCloud seed $seed"
+        echo "TINY-NET-ERROR: cannot mount the seed $seed"
     fi
 fi
 

@@ -178,7 +178,25 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
             "cloud-init-type",
             TINY,
             &["--annotation", "vm.containerd.io/cloud-init=floppy"],
-            &["vm.containerd.io/cloud-init", "use nocloud or none"],
+            &["vm.containerd.io/cloud-init", "use nocloud, configdrive or none"],
+        ),
+        case(
+            "seed-format",
+            TINY,
+            &["--annotation", "vm.containerd.io/cloud-init-format=ext4"],
+            &["vm.containerd.io/cloud-init-format", "ext4", "use vfat or iso"],
+        ),
+        case(
+            "root-size",
+            TINY,
+            &["--annotation", "VirtletRootVolumeSize=lots"],
+            &["VirtletRootVolumeSize", "lots", "not a disk size"],
+        ),
+        case(
+            "force-dhcp",
+            TINY,
+            &["--annotation", "VirtletForceDHCPNetworkConfig=true"],
+            &["VirtletForceDHCPNetworkConfig", "statically"],
         ),
         case(
             "user-data-yaml",

@@ -1,7 +1,9 @@
-//! What the guest is told through its NoCloud seed, read back inside the tiny guest
-//! (which copies the seed's files to /run/seed) through exec: the user's user data merged
-//! with the shim's (SSH keys, the process env) or taken byte for byte, the user's
-//! meta-data, the hostname; and no seed at all with `cloud-init: none`.
+//! What the guest is told through its seed, read back inside the tiny guest (which copies
+//! the seed's files to /run/seed) through exec: the user's user data merged with the
+//! shim's (the process env) or taken byte for byte, the SSH keys and the user's meta-data,
+//! the hostname; NoCloud and the config drive, vfat and ISO 9660, each file byte for byte
+//! as the shim wrote it into the image; and no seed at all with `cloud-init: none`. Then
+//! what Virtlet's hardware annotations and the root size give the guest.
 
 use std::io::Write;
 use std::time::Duration;
@@ -40,6 +42,40 @@ fn guest_file(ns: &Namespace<'_>, id: &str, exec_id: &str, path: &str) -> Result
     let out = ns.ctr(["task", "exec", "--exec-id", exec_id, id, "cat", path])?;
     ensure!(out.status.success(), "cat {path} in {id}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(out.stdout)
+}
+
+/// A file of the seed image the shim wrote for `id`, read on the host (mtools or isoinfo).
+fn seed_file(env: &VmEnv, ns: &Namespace<'_>, id: &str, path: &str) -> Result<Vec<u8>> {
+    let image = env.state_dir.join(ns.name()).join(id).join("seed.img");
+    let mut magic = [0u8; 5];
+    let mut file = std::fs::File::open(&image).with_context(|| format!("{}", image.display()))?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(32769))?;
+    let iso = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"CD001";
+    let out = match iso {
+        true => std::process::Command::new("isoinfo")
+            .arg("-R")
+            .arg("-i")
+            .arg(&image)
+            .args(["-x", &format!("/{path}")])
+            .output(),
+        false => std::process::Command::new("mtype").arg("-i").arg(&image).arg(format!("::/{path}")).output(),
+    }
+    .context("isoinfo/mtype")?;
+    ensure!(out.status.success(), "reading {path} from {}: {}", image.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(out.stdout)
+}
+
+/// Each of `paths` in the guest's copy of the seed is byte for byte the image's; returns
+/// them.
+fn same_in_guest(env: &VmEnv, ns: &Namespace<'_>, id: &str, paths: &[&str]) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    for (n, path) in paths.iter().enumerate() {
+        let written = seed_file(env, ns, id, path)?;
+        let read = guest_file(ns, id, &format!("f{n}"), &format!("/run/seed/{path}"))?;
+        ensure!(!written.is_empty() && read == written, "{path}: the guest read {read:?}, the shim wrote {written:?}");
+        texts.push(String::from_utf8(read)?);
+    }
+    Ok(texts)
 }
 
 fn stop(env: &VmEnv, ns: &Namespace<'_>, id: &str) -> Result<()> {
@@ -100,11 +136,13 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
         "#!/bin/sh\nset -a; [ -r /etc/cloud/environment ] && . /etc/cloud/environment; set +a\necho user-script-ran";
     ensure!(parts[0].contains(exported), "the user's script with the env exported: {:?}", parts[0]);
     ensure!(parts[1].starts_with("text/cloud-config\n#cloud-config\n"), "the shim's part: {:?}", parts[1]);
-    ensure!(parts[1].contains(KEY) && parts[1].contains("GREETING='hello world'"), "{:?}", parts[1]);
-    let meta_data = String::from_utf8(guest_file(&ns, "ci1", "m1", "/run/seed/meta-data")?)?;
+    ensure!(parts[1].contains("GREETING='hello world'"), "{:?}", parts[1]);
+    let [meta_data, _] = <[String; 2]>::try_from(same_in_guest(&env, &ns, "ci1", &["meta-data", "user-data"])?)
+        .map_err(|_| anyhow::anyhow!("two files"))?;
     ensure!(
         meta_data.contains("instance-id: \"ci1\"")
             && meta_data.contains("local-hostname: \"ci1\"")
+            && meta_data.contains(&format!("public-keys: [\"{KEY}\"]"))
             && meta_data.contains("\"zone\": \"z1\"")
             && meta_data.contains("\"labels\": {\"app\":\"web\"}"),
         "meta-data: {meta_data:?}"
@@ -113,7 +151,8 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     ensure!(hostname.trim() == "ci1", "the guest's hostname: {hostname:?}");
     stop(&env, &ns, "ci1")?;
 
-    // Taken verbatim, byte for byte; given as base64.
+    // Taken verbatim, byte for byte; given as base64; on an ISO 9660 seed. The keys are
+    // meta-data, so verbatim user data keeps them.
     let verbatim = "#cloud-config\n# kept as it is\nruncmd:\n  - [sh, -c, 'echo \"hi\"']\n";
     let encoded = base64::engine::general_purpose::STANDARD.encode(verbatim);
     boot(
@@ -127,15 +166,74 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
             "vm.containerd.io/user-data-overwrite=true",
             "--annotation",
             &format!("VirtletSSHKeys={KEY}"),
+            "--annotation",
+            "vm.containerd.io/cloud-init-format=iso",
         ],
     )?;
-    let user_data = guest_file(&ns, "ci2", "u2", "/run/seed/user-data")?;
-    ensure!(user_data == verbatim.as_bytes(), "verbatim user-data: {:?}", String::from_utf8_lossy(&user_data));
+    let texts = same_in_guest(&env, &ns, "ci2", &["user-data", "meta-data"])?;
+    ensure!(texts[0] == verbatim, "verbatim user-data: {:?}", texts[0]);
+    ensure!(texts[1].contains(KEY), "the keys with verbatim user data: {:?}", texts[1]);
     stop(&env, &ns, "ci2")?;
+
+    // A config drive, vfat (Virtlet's annotation) and ISO 9660 (ours).
+    for (id, extra) in
+        [("ci4", "VirtletCloudInitImageType=configdrive"), ("ci5", "vm.containerd.io/cloud-init-format=iso")]
+    {
+        let mut flags = vec!["--env", "GREETING=hello", "--annotation", extra, "--annotation"];
+        let keys = format!("vm.containerd.io/ssh-keys={KEY}");
+        flags.push(&keys);
+        if id == "ci5" {
+            flags.extend(["--annotation", "vm.containerd.io/cloud-init=configdrive"]);
+        }
+        flags.extend(["--annotation", "vm.containerd.io/meta-data=zone: z1"]);
+        boot(&env, &ns, id, &flags)?;
+        let texts = same_in_guest(&env, &ns, id, &["openstack/latest/meta_data.json", "openstack/latest/user_data"])?;
+        let meta: serde_json::Value = serde_json::from_str(&texts[0])?;
+        ensure!(
+            meta["uuid"] == id && meta["hostname"] == id && meta["public_keys"]["key-0"] == KEY && meta["zone"] == "z1",
+            "{id} meta_data.json: {meta}"
+        );
+        ensure!(texts[1].contains("GREETING='hello'"), "{id} user_data: {:?}", texts[1]);
+        stop(&env, &ns, id)?;
+    }
 
     // No seed.
     boot(&env, &ns, "ci3", &["--annotation", "vm.containerd.io/cloud-init=none"])?;
     let seed = ns.ctr(["task", "exec", "--exec-id", "s3", "ci3", "ls", "/run/seed"])?;
     ensure!(!seed.status.success(), "cloud-init=none still gave a seed: {}", String::from_utf8_lossy(&seed.stdout));
     stop(&env, &ns, "ci3")
+}
+
+#[test]
+fn virtlets_hardware_annotations_and_the_root_size_reach_the_guest() -> Result<()> {
+    let env = VmEnv::start()?;
+    let ns = env.namespace("hardware")?;
+    let uuid = "53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c";
+    let uuid_flag = format!("VirtletSystemUUID={}", uuid.to_uppercase());
+    boot(
+        &env,
+        &ns,
+        "hw1",
+        &[
+            "--annotation",
+            "VirtletDiskDriver=scsi",
+            "--annotation",
+            "VirtletCPUModel=host-model",
+            "--annotation",
+            &uuid_flag,
+            "--annotation",
+            "VirtletRootVolumeSize=96Mi",
+            // No seed, so that the guest has no virtio disk at all.
+            "--annotation",
+            "vm.containerd.io/cloud-init=none",
+        ],
+    )?;
+    let product = String::from_utf8(guest_file(&ns, "hw1", "p1", "/sys/class/dmi/id/product_uuid")?)?;
+    ensure!(product.trim() == uuid, "the guest's SMBIOS UUID: {product:?}");
+    // The root disk is a SCSI disk (sda, not vda), grown from the image's 32 MiB.
+    let sectors = String::from_utf8(guest_file(&ns, "hw1", "s1", "/sys/block/sda/size")?)?;
+    ensure!(sectors.trim() == (96u64 << 20 >> 9).to_string(), "the root disk has {sectors:?} sectors");
+    let virtio = ns.ctr(["task", "exec", "--exec-id", "v1", "hw1", "ls", "/sys/block/vda"])?;
+    ensure!(!virtio.status.success(), "the guest has a virtio disk");
+    stop(&env, &ns, "hw1")
 }

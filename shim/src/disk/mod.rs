@@ -153,8 +153,12 @@ pub fn locate(rootfs: &Path, request: &DiskRequest, host_disk_dirs: &[PathBuf]) 
 }
 
 /// Returns the VM's overlay in the writable layer, creating it on first start. A
-/// later start of the same container finds it again, so guest data survives.
-pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<Overlay, DiskError> {
+/// later start of the same container finds it again, so guest data survives. The
+/// overlay's virtual size is the image disk's, or `least_size` where that is larger (a
+/// smaller one cannot shrink the image's file systems, so it is the image's then).
+pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk, least_size: Option<u64>) -> Result<Overlay, DiskError> {
+    // Rounded up to whole sectors, as qcow2 keeps it.
+    let size = disk.info.virtual_size.max(least_size.unwrap_or(0)).next_multiple_of(512);
     let overlay_err = |path: PathBuf, reason: String| DiskError::Overlay { path, reason };
     let root = open_dir(rootfs).map_err(|e| overlay_err(rootfs.to_path_buf(), e.to_string()))?;
     match nix::sys::stat::mkdirat(&root, OVERLAY_DIR, Mode::from_bits_truncate(0o700)) {
@@ -192,12 +196,11 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<Overlay, DiskE
             }
             // Refuses anything but a qcow2 without an external data file.
             let info = format::inspect_overlay_reader(&overlay, &mut file, meta.len())?;
-            // The overlay's size is the image's rounded up to whole sectors, as qcow2 keeps it.
-            if info.format != DiskFormat::Qcow2 || info.virtual_size != disk.info.virtual_size.next_multiple_of(512) {
+            if info.format != DiskFormat::Qcow2 || info.virtual_size != size {
                 return Err(overlay_err(
                     overlay,
                     format!(
-                        "exists but does not match the image disk {} ({} bytes); remove the container to start from a fresh disk",
+                        "exists but is not a {size}-byte overlay of the image disk {} ({} bytes); remove the container to start from a fresh disk",
                         disk.path.display(),
                         disk.info.virtual_size
                     ),
@@ -208,12 +211,9 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<Overlay, DiskE
         }
         Err(Errno::ELOOP) => Err(overlay_err(overlay, "is a symbolic link".into())),
         Err(Errno::ENOENT) => {
-            let bytes = overlay_image::render(
-                disk.info.virtual_size,
-                disk.path.as_os_str().as_encoded_bytes(),
-                disk.info.format.qemu_name(),
-            )
-            .map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
+            let bytes =
+                overlay_image::render(size, disk.path.as_os_str().as_encoded_bytes(), disk.info.format.qemu_name())
+                    .map_err(|e| overlay_err(overlay.clone(), e.to_string()))?;
             // Written whole under a temporary name, then renamed: a start cut short never
             // leaves a half-written overlay for the next start to trip over.
             let partial = format!(".{name}.partial");
@@ -244,5 +244,46 @@ pub fn prepare_overlay(rootfs: &Path, disk: &ImageDisk) -> Result<Overlay, DiskE
             }
         }
         Err(e) => Err(overlay_err(overlay, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Scratch;
+
+    /// A 2 MiB raw image disk (a boot sector's signature and zeros) in a rootfs.
+    fn rootfs_with_raw_disk(scratch: &Scratch) -> PathBuf {
+        let rootfs = scratch.path("rootfs");
+        std::fs::create_dir_all(rootfs.join(IMAGE_DISK_DIR)).unwrap();
+        let mut disk = vec![0u8; 2 << 20];
+        disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        std::fs::write(rootfs.join(IMAGE_DISK_DIR).join("disk.img"), disk).unwrap();
+        rootfs
+    }
+
+    #[test]
+    fn the_overlay_grows_to_the_root_size_and_must_match_it_later() {
+        let scratch = Scratch::new("disk-root-size");
+        let rootfs = rootfs_with_raw_disk(&scratch);
+        let image = locate(&rootfs, &DiskRequest::ImageDiskDir, &[]).unwrap();
+        assert_eq!((image.info.format, image.info.virtual_size), (DiskFormat::Raw, 2 << 20));
+
+        let overlay = prepare_overlay(&rootfs, &image, Some((8 << 20) + 1)).unwrap();
+        let info = format::inspect_overlay(&overlay.path).unwrap();
+        assert_eq!((info.format, info.virtual_size), (DiskFormat::Qcow2, (8 << 20) + 512));
+        // The next start of the same container finds it again; another size is refused.
+        assert!(prepare_overlay(&rootfs, &image, Some((8 << 20) + 1)).is_ok());
+        let e = prepare_overlay(&rootfs, &image, None).unwrap_err().to_string();
+        assert!(e.contains("remove the container"), "{e}");
+    }
+
+    #[test]
+    fn a_root_size_below_the_image_keeps_the_images_size() {
+        let scratch = Scratch::new("disk-root-size-small");
+        let rootfs = rootfs_with_raw_disk(&scratch);
+        let image = locate(&rootfs, &DiskRequest::ImageDiskDir, &[]).unwrap();
+        let overlay = prepare_overlay(&rootfs, &image, Some(1 << 20)).unwrap();
+        assert_eq!(format::inspect_overlay(&overlay.path).unwrap().virtual_size, 2 << 20);
     }
 }

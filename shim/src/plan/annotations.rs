@@ -10,6 +10,7 @@ pub const ANNOTATION_PREFIX: &str = "vm.containerd.io/";
 pub const ANNOTATION_CPUS: &str = "vm.containerd.io/cpus";
 pub const ANNOTATION_MEMORY: &str = "vm.containerd.io/memory";
 pub const ANNOTATION_DISK: &str = "vm.containerd.io/disk";
+pub const ANNOTATION_ROOT_SIZE: &str = "vm.containerd.io/root-size";
 pub const KNOWN_ANNOTATIONS: &[&str] = &[
     super::guest::ANNOTATION_CLOUD_INIT,
     super::guest::ANNOTATION_USER_DATA,
@@ -20,6 +21,8 @@ pub const KNOWN_ANNOTATIONS: &[&str] = &[
     ANNOTATION_CPUS,
     ANNOTATION_MEMORY,
     ANNOTATION_DISK,
+    ANNOTATION_ROOT_SIZE,
+    super::guest::ANNOTATION_CLOUD_INIT_FORMAT,
     super::network::ANNOTATION_NETWORK,
     super::network::ANNOTATION_MACVTAP_MODE,
     placement::ANNOTATION_NUMA,
@@ -49,6 +52,82 @@ pub fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError
 
 /// Virtlet's annotation for the vCPU count, read as `vm.containerd.io/cpus` is.
 pub const VIRTLET_VCPU_COUNT: &str = "VirtletVCPUCount";
+/// Virtlet's annotations for the virtual hardware.
+pub const VIRTLET_DISK_DRIVER: &str = "VirtletDiskDriver";
+pub const VIRTLET_CPU_MODEL: &str = "VirtletCPUModel";
+pub const VIRTLET_SYSTEM_UUID: &str = "VirtletSystemUUID";
+pub const VIRTLET_FORCE_DHCP: &str = "VirtletForceDHCPNetworkConfig";
+
+/// Virtlet's virtual hardware annotations, with Virtlet's values: the root disk's bus
+/// (`virtio`, `scsi`), the CPU model (`host-model`), the SMBIOS system UUID; and its
+/// forced DHCP, which cannot be had here and is refused when asked for.
+pub(super) fn virtlet_hardware(annotations: &HashMap<String, String>) -> Result<super::Hardware, PlanError> {
+    let err = |key: &str, value: &str, reason: &str| PlanError::Annotation {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let get = |key: &'static str| annotations.get(key).map(|v| (key, v.as_str()));
+    let disk_bus = match get(VIRTLET_DISK_DRIVER) {
+        None => super::DiskBus::VirtioBlk,
+        Some((key, value)) => match value.trim() {
+            "" | "virtio" => super::DiskBus::VirtioBlk,
+            "scsi" => super::DiskBus::VirtioScsi,
+            _ => return Err(err(key, value, "not a disk driver; use virtio or scsi")),
+        },
+    };
+    let cpu_model = match get(VIRTLET_CPU_MODEL) {
+        None => super::CpuModel::Default,
+        Some((key, value)) => match value.trim() {
+            "" => super::CpuModel::Default,
+            "host-model" => super::CpuModel::HostModel,
+            _ => return Err(err(key, value, "not a CPU model; the one Virtlet knows is host-model")),
+        },
+    };
+    let system_uuid = match get(VIRTLET_SYSTEM_UUID) {
+        None => None,
+        Some((key, value)) => {
+            let uuid = value.trim();
+            let groups: Vec<&str> = uuid.split('-').collect();
+            let shaped = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+                && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !shaped {
+                return Err(err(key, value, "not a UUID (8-4-4-4-12 hexadecimal digits)"));
+            }
+            Some(uuid.to_ascii_lowercase())
+        }
+    };
+    if let Some((key, value)) = get(VIRTLET_FORCE_DHCP) {
+        match value.trim() {
+            "" | "false" => {}
+            "true" => {
+                return Err(err(
+                    key,
+                    value,
+                    "a DHCP server in the pod could not reach the guest (a macvtap's lower interface does not \
+                     talk to it); the guest is given the pod's address statically through the seed: leave it out",
+                ))
+            }
+            _ => return Err(err(key, value, "not a boolean; use true or false")),
+        }
+    }
+    Ok(super::Hardware { disk_bus, cpu_model, system_uuid })
+}
+
+/// Virtlet's root volume size, a quantity as ours.
+pub const VIRTLET_ROOT_VOLUME_SIZE: &str = "VirtletRootVolumeSize";
+
+/// The least virtual size of the root disk: a quantity (`20Gi`), at most what qcow2 holds.
+pub(super) fn parse_root_size(key: &str, value: &str) -> Result<u64, PlanError> {
+    let err = |reason: String| PlanError::Annotation { key: key.into(), value: value.to_string(), reason };
+    let bytes =
+        quantity::parse_bytes(value).map_err(|e| err(format!("not a disk size ({}); use e.g. 20Gi", e.reason)))?;
+    let max = crate::disk::format::MAX_VIRTUAL_SIZE;
+    if bytes == 0 || bytes > max {
+        return Err(err(format!("must be more than 0 and at most {}", format_bytes(max))));
+    }
+    Ok(bytes)
+}
 
 /// `key` is the annotation the value came from (ours or Virtlet's).
 pub(super) fn parse_cpus(key: &str, value: &str, max_cpus: u32) -> Result<u32, PlanError> {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::PlanError;
 
 pub const ANNOTATION_CLOUD_INIT: &str = "vm.containerd.io/cloud-init";
+pub const ANNOTATION_CLOUD_INIT_FORMAT: &str = "vm.containerd.io/cloud-init-format";
 pub const ANNOTATION_USER_DATA: &str = "vm.containerd.io/user-data";
 pub const ANNOTATION_USER_DATA_BASE64: &str = "vm.containerd.io/user-data-base64";
 pub const ANNOTATION_USER_DATA_OVERWRITE: &str = "vm.containerd.io/user-data-overwrite";
@@ -38,11 +39,25 @@ pub const MAX_USER_DATA: usize = 16 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CloudInit {
-    /// A NoCloud seed (vfat, label `cidata`).
+    /// A NoCloud seed (label `cidata`).
     #[default]
     NoCloud,
+    /// An OpenStack config drive, version 2 (label `config-2`), which cloudbase-init
+    /// (Windows) reads too.
+    ConfigDrive,
     /// No seed: the image configures itself (it then gets no pod IP, hostname or keys).
     None,
+}
+
+/// The file system of the seed image. Either way it is a read-only virtio disk: cloud-init
+/// and cloudbase-init find it by its label whatever the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedFormat {
+    #[default]
+    Vfat,
+    /// ISO 9660 with Rock Ridge and Joliet names.
+    Iso,
 }
 
 /// The user's own user data.
@@ -57,6 +72,7 @@ pub struct UserData {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct GuestConfig {
     pub cloud_init: CloudInit,
+    pub seed_format: SeedFormat,
     pub user_data: Option<UserData>,
     /// More meta-data keys (a YAML mapping, checked), over the shim's.
     pub meta_data: Option<String>,
@@ -101,6 +117,14 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         (Some(value), _) => cloud_init_type(ANNOTATION_CLOUD_INIT, value)?,
         (None, Some(value)) => cloud_init_type(VIRTLET_IMAGE_TYPE, value)?,
         (None, None) => CloudInit::NoCloud,
+    };
+    let seed_format = match get(ANNOTATION_CLOUD_INIT_FORMAT) {
+        None => SeedFormat::Vfat,
+        Some(value) => match value.trim() {
+            "vfat" => SeedFormat::Vfat,
+            "iso" | "iso9660" => SeedFormat::Iso,
+            _ => return Err(refused(ANNOTATION_CLOUD_INIT_FORMAT, value, "not a seed format; use vfat or iso")),
+        },
     };
 
     let mut given = Vec::new();
@@ -154,19 +178,15 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         (None, Some(value)) => ssh_keys(VIRTLET_SSH_KEYS, value)?,
         (None, None) => Vec::new(),
     };
-    Ok(GuestConfig { cloud_init, user_data, meta_data, ssh_keys, env: env.to_vec() })
+    Ok(GuestConfig { cloud_init, seed_format, user_data, meta_data, ssh_keys, env: env.to_vec() })
 }
 
 fn cloud_init_type(key: &str, value: &str) -> Result<CloudInit, PlanError> {
     match value.trim() {
         "nocloud" => Ok(CloudInit::NoCloud),
+        "configdrive" => Ok(CloudInit::ConfigDrive),
         "none" => Ok(CloudInit::None),
-        "configdrive" => Err(refused(
-            key,
-            value,
-            "the config drive (config-2) is not supported yet by containerd-shim-vm; use nocloud",
-        )),
-        _ => Err(refused(key, value, "not a cloud-init type; use nocloud or none")),
+        _ => Err(refused(key, value, "not a cloud-init type; use nocloud, configdrive or none")),
     }
 }
 
@@ -280,6 +300,7 @@ mod tests {
         let env = vec!["PATH=/bin".to_string(), "GREETING=hi there".to_string()];
         let config = parse(&HashMap::new(), &env).unwrap();
         assert_eq!(config.cloud_init, CloudInit::NoCloud);
+        assert_eq!(config.seed_format, SeedFormat::Vfat);
         assert_eq!(config.env, env);
         assert!(config.user_data.is_none() && config.ssh_keys.is_empty());
     }
@@ -311,6 +332,12 @@ mod tests {
         let user_data = virtlet.user_data.unwrap();
         assert!(user_data.verbatim);
         assert!(user_data.text.starts_with("#cloud-config\nruncmd:"), "{}", user_data.text);
+        let drive = parse(&annotations(&[(VIRTLET_IMAGE_TYPE, "configdrive")]), &[]).unwrap();
+        assert_eq!(drive.cloud_init, CloudInit::ConfigDrive);
+        let iso =
+            parse(&annotations(&[(ANNOTATION_CLOUD_INIT, "configdrive"), (ANNOTATION_CLOUD_INIT_FORMAT, "iso")]), &[])
+                .unwrap();
+        assert_eq!((iso.cloud_init, iso.seed_format), (CloudInit::ConfigDrive, SeedFormat::Iso));
         let script = parse(&annotations(&[(VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\necho hi\n")]), &[]).unwrap();
         let script = script.user_data.unwrap();
         assert_eq!(script.text, "#!/bin/sh\necho hi\n");
@@ -324,7 +351,8 @@ mod tests {
         // (annotations, the key the error names, words it says)
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
         let cases: &[Case] = &[
-            (&[(ANNOTATION_CLOUD_INIT, "cdrom")], ANNOTATION_CLOUD_INIT, "use nocloud or none"),
+            (&[(ANNOTATION_CLOUD_INIT, "cdrom")], ANNOTATION_CLOUD_INIT, "use nocloud, configdrive or none"),
+            (&[(ANNOTATION_CLOUD_INIT_FORMAT, "ext4")], ANNOTATION_CLOUD_INIT_FORMAT, "use vfat or iso"),
             (&[(ANNOTATION_USER_DATA_BASE64, "%%%")], ANNOTATION_USER_DATA_BASE64, "not base64"),
             (&[(ANNOTATION_USER_DATA, "#cloud-config\nruncmd: [unclosed\n")], ANNOTATION_USER_DATA, "not valid YAML"),
             (&[(ANNOTATION_USER_DATA, "hello")], ANNOTATION_USER_DATA, "neither #cloud-config nor #!"),
@@ -356,7 +384,6 @@ mod tests {
                 ANNOTATION_USER_DATA,
                 "no seed",
             ),
-            (&[(VIRTLET_IMAGE_TYPE, "configdrive")], VIRTLET_IMAGE_TYPE, "not supported yet"),
         ];
         for (pairs, key, words) in cases {
             let (got_key, why) = reason(parse(&annotations(pairs), &[]).unwrap_err());

@@ -48,6 +48,37 @@ pub enum MachineType {
     Pc,
 }
 
+/// The bus the root disk is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskBus {
+    #[default]
+    VirtioBlk,
+    /// A virtio-scsi controller with the disk as `scsi-hd` (Virtlet's `scsi`).
+    VirtioScsi,
+}
+
+/// The guest CPU model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuModel {
+    /// The host's CPU under KVM, QEMU's default under TCG.
+    #[default]
+    Default,
+    /// As much of the host CPU as the accelerator offers: the host's under KVM, `max`
+    /// (every feature TCG emulates) under TCG.
+    HostModel,
+}
+
+/// The virtual hardware beyond CPUs and memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hardware {
+    pub disk_bus: DiskBus,
+    pub cpu_model: CpuModel,
+    /// The SMBIOS system UUID (`-uuid`), lower case.
+    pub system_uuid: Option<String>,
+}
+
 /// What the shim's configuration allows and chooses when the spec is silent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -85,6 +116,10 @@ pub struct VmPlan {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub root_disk: DiskRequest,
+    /// The root disk's least virtual size: the overlay grows the image's disk to it (the
+    /// guest's growpart and resize2fs do the rest).
+    pub root_size_bytes: Option<u64>,
+    pub hardware: Hardware,
     /// `terminal: true` in the spec: the console is handed out as a pty.
     pub terminal: bool,
     pub cgroup: Option<CgroupPlan>,
@@ -231,6 +266,11 @@ impl VmPlan {
         let hostname = spec.hostname().clone().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| name.to_string());
         let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
         let guest = guest::parse(annotations, &env)?;
+        let root_size_bytes = [annotations::ANNOTATION_ROOT_SIZE, annotations::VIRTLET_ROOT_VOLUME_SIZE]
+            .into_iter()
+            .find_map(|key| annotations.get(key).map(|value| annotations::parse_root_size(key, value)))
+            .transpose()?;
+        let hardware = annotations::virtlet_hardware(annotations)?;
         Ok(VmPlan {
             name: name.to_string(),
             machine: limits.machine,
@@ -239,6 +279,8 @@ impl VmPlan {
             cpus,
             memory_bytes,
             root_disk,
+            root_size_bytes,
+            hardware,
             terminal,
             cgroup,
             network,
@@ -373,6 +415,51 @@ mod tests {
         assert!(matches!(e, PlanError::Annotation { .. }));
         let p = plan(json!({"vm.containerd.io/disk": "/images/a.qcow2"}), json!({})).unwrap();
         assert_eq!(p.root_disk, DiskRequest::Annotated("/images/a.qcow2".into()));
+    }
+
+    #[test]
+    fn root_size_is_ours_or_virtlets_and_checked() {
+        assert_eq!(plan(json!({}), json!({})).unwrap().root_size_bytes, None);
+        assert_eq!(
+            plan(json!({"vm.containerd.io/root-size": "20Gi"}), json!({})).unwrap().root_size_bytes,
+            Some(20 << 30)
+        );
+        assert_eq!(plan(json!({"VirtletRootVolumeSize": "4Gi"}), json!({})).unwrap().root_size_bytes, Some(4 << 30));
+        for (key, bad) in
+            [("vm.containerd.io/root-size", "big"), ("VirtletRootVolumeSize", "0"), ("VirtletRootVolumeSize", "65Ti")]
+        {
+            let e = plan(json!({key: bad}), json!({})).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn virtlets_hardware_annotations_are_read_and_checked() {
+        assert_eq!(plan(json!({}), json!({})).unwrap().hardware, Hardware::default());
+        let p = plan(
+            json!({"VirtletDiskDriver": "scsi", "VirtletCPUModel": "host-model",
+                   "VirtletSystemUUID": "53E1D0F4-3B7A-4C1E-9C5D-2A6B8F0E1D2C", "VirtletForceDHCPNetworkConfig": "false"}),
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.hardware,
+            Hardware {
+                disk_bus: DiskBus::VirtioScsi,
+                cpu_model: CpuModel::HostModel,
+                system_uuid: Some("53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c".into()),
+            }
+        );
+        for (key, bad, words) in [
+            ("VirtletDiskDriver", "ide", "virtio or scsi"),
+            ("VirtletCPUModel", "Haswell", "host-model"),
+            ("VirtletSystemUUID", "53e1d0f4-3b7a-4c1e-9c5d", "not a UUID"),
+            ("VirtletSystemUUID", "53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1dzz", "not a UUID"),
+            ("VirtletForceDHCPNetworkConfig", "true", "statically"),
+        ] {
+            let e = plan(json!({key: bad}), json!({})).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(bad) && e.contains(words), "{e}");
+        }
     }
 
     #[test]

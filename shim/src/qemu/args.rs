@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::accel::Accel;
 use crate::disk::format::DiskFormat;
-use crate::plan::MachineType;
+use crate::plan::{CpuModel, DiskBus, MachineType};
 
 /// Something that contributes arguments to QEMU's command line.
 pub trait QemuArg {
@@ -56,6 +56,9 @@ pub struct Machine {
     pub accel: Accel,
     /// TCG translation cache in MiB; QEMU's default of 1 GiB would outweigh a small guest.
     pub tcg_translation_cache_mib: u64,
+    pub cpu_model: CpuModel,
+    /// The SMBIOS system UUID.
+    pub uuid: Option<String>,
 }
 
 impl QemuArg for Machine {
@@ -70,7 +73,15 @@ impl QemuArg for Machine {
                 push(argv, "-accel", "kvm");
                 push(argv, "-cpu", "host");
             }
-            Accel::Tcg => push(argv, "-accel", format!("tcg,tb-size={}", self.tcg_translation_cache_mib)),
+            Accel::Tcg => {
+                push(argv, "-accel", format!("tcg,tb-size={}", self.tcg_translation_cache_mib));
+                if self.cpu_model == CpuModel::HostModel {
+                    push(argv, "-cpu", "max");
+                }
+            }
+        }
+        if let Some(uuid) = &self.uuid {
+            push(argv, "-uuid", uuid);
         }
     }
 }
@@ -182,6 +193,7 @@ pub struct RootDisk {
     pub image_fd: i32,
     pub image_format: DiskFormat,
     pub overlay_fd: i32,
+    pub bus: DiskBus,
 }
 
 /// fd sets of the root disk's files.
@@ -207,7 +219,13 @@ impl QemuArg for RootDisk {
         for node in nodes {
             push(argv, "-blockdev", node.to_string());
         }
-        push(argv, "-device", "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
+        match self.bus {
+            DiskBus::VirtioBlk => push(argv, "-device", "virtio-blk-pci,drive=root,id=root-disk,bootindex=1"),
+            DiskBus::VirtioScsi => {
+                push(argv, "-device", "virtio-scsi-pci,id=scsi0");
+                push(argv, "-device", "scsi-hd,drive=root,bus=scsi0.0,id=root-disk,bootindex=1");
+            }
+        }
     }
 }
 
@@ -346,10 +364,36 @@ mod tests {
 
     #[test]
     fn machine_and_accel() {
-        let tcg = render(&Machine { kind: MachineType::Q35, accel: Accel::Tcg, tcg_translation_cache_mib: 64 });
+        let machine = |kind, accel, cpu_model, uuid: Option<&str>| Machine {
+            kind,
+            accel,
+            tcg_translation_cache_mib: 64,
+            cpu_model,
+            uuid: uuid.map(str::to_string),
+        };
+        let tcg = render(&machine(MachineType::Q35, Accel::Tcg, CpuModel::Default, None));
         assert_eq!(tcg, ["-machine", "q35", "-accel", "tcg,tb-size=64"]);
-        let kvm = render(&Machine { kind: MachineType::Pc, accel: Accel::Kvm, tcg_translation_cache_mib: 64 });
+        let kvm = render(&machine(MachineType::Pc, Accel::Kvm, CpuModel::HostModel, None));
         assert_eq!(kvm, ["-machine", "pc", "-accel", "kvm", "-cpu", "host"]);
+        let tcg_host = render(&machine(
+            MachineType::Q35,
+            Accel::Tcg,
+            CpuModel::HostModel,
+            Some("53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c"),
+        ));
+        assert_eq!(
+            tcg_host,
+            [
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg,tb-size=64",
+                "-cpu",
+                "max",
+                "-uuid",
+                "53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c"
+            ]
+        );
     }
 
     #[test]
@@ -398,7 +442,8 @@ mod tests {
 
     #[test]
     fn root_disk_is_opened_from_descriptors_and_names_its_backing_explicitly() {
-        let argv = render(&RootDisk { image_fd: 4, image_format: DiskFormat::Qcow2, overlay_fd: 5 });
+        let argv =
+            render(&RootDisk { image_fd: 4, image_format: DiskFormat::Qcow2, overlay_fd: 5, bus: DiskBus::VirtioBlk });
         let fdsets: Vec<&String> = argv.chunks(2).filter(|c| c[0] == "-add-fd").map(|c| &c[1]).collect();
         assert_eq!(fdsets, ["fd=4,set=1,opaque=image", "fd=5,set=2,opaque=overlay"]);
         let blockdevs: Vec<serde_json::Value> =
@@ -415,8 +460,18 @@ mod tests {
         assert_eq!(blockdevs[2]["filename"], "/dev/fdset/2");
         assert_eq!(blockdevs[3]["backing"], "image");
         assert_eq!(argv.last().unwrap(), "virtio-blk-pci,drive=root,id=root-disk,bootindex=1");
-        let raw = render(&RootDisk { image_fd: 4, image_format: DiskFormat::Raw, overlay_fd: 5 });
+        let raw =
+            render(&RootDisk { image_fd: 4, image_format: DiskFormat::Raw, overlay_fd: 5, bus: DiskBus::VirtioScsi });
         assert!(raw.iter().any(|a| a.contains(r#""driver":"raw""#)), "{raw:?}");
+        assert_eq!(
+            raw[raw.len() - 4..],
+            [
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-hd,drive=root,bus=scsi0.0,id=root-disk,bootindex=1"
+            ]
+        );
     }
 
     #[test]

@@ -85,14 +85,25 @@ pub fn argv(plan: &VmPlan, host: &HostFacts) -> Vec<OsString> {
     let pieces: [&dyn QemuArg; 10] = [
         &BaseFlags { name: &plan.name },
         &Sandbox,
-        &Machine { kind: plan.machine, accel: host.accel, tcg_translation_cache_mib: plan.tcg_translation_cache_mib },
+        &Machine {
+            kind: plan.machine,
+            accel: host.accel,
+            tcg_translation_cache_mib: plan.tcg_translation_cache_mib,
+            cpu_model: plan.hardware.cpu_model,
+            uuid: plan.hardware.system_uuid.clone(),
+        },
         &Smp { cpus: plan.cpus },
         &Memory { bytes: plan.memory_bytes, nodes: &host.placement.nodes },
         &QmpSocket { fd: QMP_FD },
         &SerialConsole { fd: CONSOLE_FD },
         &AgentChannel { fd: AGENT_FD },
         &PanicDevice,
-        &RootDisk { image_fd: IMAGE_FD, image_format: host.image_format, overlay_fd: OVERLAY_FD },
+        &RootDisk {
+            image_fd: IMAGE_FD,
+            image_format: host.image_format,
+            overlay_fd: OVERLAY_FD,
+            bus: plan.hardware.disk_bus,
+        },
     ];
     let mut argv = Vec::new();
     for piece in pieces {
@@ -125,6 +136,8 @@ mod tests {
             cpus: 2,
             memory_bytes: 256 << 20,
             root_disk: DiskRequest::ImageDiskDir,
+            root_size_bytes: None,
+            hardware: Default::default(),
             terminal: false,
             cgroup: None,
             network: crate::plan::NetworkPlan::None { own_namespace: false },

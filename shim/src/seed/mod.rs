@@ -1,16 +1,16 @@
-//! The seed disk: a small vfat image, attached read-only, from which cloud-init in the guest
+//! The seed disk: a small image, attached read-only, from which cloud-init in the guest
 //! reads its instance data, above all the pod's network identity (the pod IP moves from the
 //! pod's veth into the guest, configured statically: there is no DHCP).
 //!
 //! Two layers, both pure (no host access but the image writer's caller-given `disk`):
-//! - [`write_vfat`] turns a list of [`SeedFile`]s (paths may nest: `openstack/latest/...`)
-//!   into a FAT image with a volume label;
-//! - the NoCloud renderers ([`render_meta_data`], [`render_network_config`]) and
-//!   [`NoCloudSeed`], which puts them together under the label `cidata`.
-//!
-//! A config drive (label `config-2`, `openstack/latest/...`) or user-data and vendor-data
-//! are further lists of [`SeedFile`]s for the same writer.
+//! - the image writers, [`write_vfat`] and [`write_iso`], turn a list of [`SeedFile`]s
+//!   (paths may nest: `openstack/latest/...`) into a file system with a volume label;
+//! - the datasources' renderers: NoCloud's (`meta-data`, `user-data`, `network-config`,
+//!   `vendor-data`, label `cidata`) and the OpenStack config drive's (`openstack/latest/...`,
+//!   label `config-2`), which [`Seed`] puts together as the plan asks.
 
+mod config_drive;
+mod iso;
 mod network;
 mod nocloud;
 #[cfg(test)]
@@ -22,10 +22,13 @@ use std::io::{self, Read, Seek, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub use iso::write_iso;
 pub use network::{mac_text, Dns, GuestInterface, GuestNetwork, IpPrefix, Route};
 pub use nocloud::{quote as yaml_quote, render_meta_data, render_network_config, EMPTY_USER_DATA};
 pub use user_data::{environment_file, render_meta_data_with, render_user_data, ENVIRONMENT_FILE};
 pub use vfat::{write_vfat, SeedFile, MAX_CONTENTS};
+
+use crate::plan::guest::{CloudInit, GuestConfig, SeedFormat};
 
 /// Why a seed could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,48 +61,92 @@ pub enum SeedError {
     Image(String),
 }
 
-/// A NoCloud seed (label `cidata`): `meta-data`, `user-data` (the user's and the shim's),
-/// and `network-config` when there is a network to configure.
+/// A seed: the datasource and image format the guest's plan asks for, with the instance's
+/// identity and network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NoCloudSeed {
+pub struct Seed {
     /// cloud-init runs its once-per-instance steps again when this changes. It names a
     /// directory in the guest (`/var/lib/cloud/instances/<id>`), hence the strict charset.
     pub instance_id: String,
     pub hostname: String,
     pub network: Option<GuestNetwork>,
-    pub guest: crate::plan::guest::GuestConfig,
+    pub guest: GuestConfig,
 }
 
-impl NoCloudSeed {
-    /// Volume label NoCloud looks for; cloud-init matches it in either case, the image
-    /// carries it upper case as FAT stores it.
-    pub const LABEL: &'static str = "cidata";
+impl Seed {
+    /// Volume label NoCloud looks for (cloud-init matches it in either case).
+    pub const NOCLOUD_LABEL: &'static str = "cidata";
+    /// Volume label of a config drive, which cloud-init and cloudbase-init look for.
+    pub const CONFIG_DRIVE_LABEL: &'static str = "config-2";
 
-    /// The seed's files, after checking the instance id and the network.
+    /// The seed's files, after checking the instance id and the network; none with
+    /// `cloud-init: none`.
     pub fn files(&self) -> Result<Vec<SeedFile>, SeedError> {
         if !valid_instance_id(&self.instance_id) {
             return Err(SeedError::InstanceId(self.instance_id.clone()));
         }
-        let mut files = vec![
-            SeedFile::new(
-                "meta-data",
-                render_meta_data_with(&self.instance_id, &self.hostname, self.guest.meta_data.as_deref()),
-            ),
-            SeedFile::new("user-data", render_user_data(&self.guest)),
-        ];
         if let Some(network) = &self.network {
             network.validate()?;
-            files.push(SeedFile::new("network-config", render_network_config(network)));
-            // The same container (same instance id) may start again in a pod with another
-            // address: cloud-init applies network-config on every boot only if told so.
-            files.push(SeedFile::new("vendor-data", NETWORK_ON_EVERY_BOOT));
         }
-        Ok(files)
+        let guest = &self.guest;
+        let user_data = render_user_data(guest);
+        Ok(match guest.cloud_init {
+            CloudInit::None => Vec::new(),
+            CloudInit::NoCloud => {
+                let meta_data = render_meta_data_with(
+                    &self.instance_id,
+                    &self.hostname,
+                    &guest.ssh_keys,
+                    guest.meta_data.as_deref(),
+                );
+                let mut files = vec![SeedFile::new("meta-data", meta_data), SeedFile::new("user-data", user_data)];
+                if let Some(network) = &self.network {
+                    files.push(SeedFile::new("network-config", render_network_config(network)));
+                    // The same container (same instance id) may start again in a pod with
+                    // another address: cloud-init applies the network on every boot only if
+                    // told so.
+                    files.push(SeedFile::new("vendor-data", NETWORK_ON_EVERY_BOOT));
+                }
+                files
+            }
+            CloudInit::ConfigDrive => {
+                let meta_data = config_drive::render_meta_data(
+                    &self.instance_id,
+                    &self.hostname,
+                    &guest.ssh_keys,
+                    guest.meta_data.as_deref(),
+                );
+                let mut files = vec![
+                    SeedFile::new(config_drive::META_DATA, meta_data),
+                    SeedFile::new(config_drive::USER_DATA, user_data),
+                ];
+                if let Some(network) = &self.network {
+                    files.push(SeedFile::new(config_drive::NETWORK_DATA, config_drive::render_network_data(network)));
+                    files.push(SeedFile::new(
+                        config_drive::VENDOR_DATA,
+                        config_drive::render_vendor_data(NETWORK_ON_EVERY_BOOT),
+                    ));
+                }
+                files
+            }
+        })
+    }
+
+    /// The image's volume label.
+    pub fn label(&self) -> &'static str {
+        match self.guest.cloud_init {
+            CloudInit::ConfigDrive => Self::CONFIG_DRIVE_LABEL,
+            CloudInit::NoCloud | CloudInit::None => Self::NOCLOUD_LABEL,
+        }
     }
 
     /// Writes the seed image into an empty `disk`; returns its size in bytes.
     pub fn write_image<D: Read + Write + Seek>(&self, disk: D) -> Result<u64, SeedError> {
-        write_vfat(&self.files()?, Self::LABEL, disk)
+        let files = self.files()?;
+        match self.guest.seed_format {
+            SeedFormat::Vfat => write_vfat(&files, self.label(), disk),
+            SeedFormat::Iso => write_iso(&files, self.label(), disk),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Checks of the seed against the real readers: dosfstools, mtools and util-linux for the
-//! image, cloud-init 22.4 for the files. A missing tool fails the test (naming the Debian
+//! Checks of the seed against the real readers: dosfstools, mtools, genisoimage's isoinfo
+//! and util-linux for the images, cloud-init 22.4 for the files. A missing tool fails the test (naming the Debian
 //! package), so a check is never skipped silently.
 
 use std::collections::BTreeSet;
@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use super::nocloud::tests::{bridge, calico, dual_stack_link_local, ipv6};
 use super::vfat::tests::nested_files;
 use super::*;
+use crate::plan::guest::{CloudInit, GuestConfig, SeedFormat};
 use crate::test_support::Scratch;
 
 fn tool(name: &str, package: &str) -> PathBuf {
@@ -136,7 +137,7 @@ print(json.dumps(out))
 fn nocloud_seed_is_read_back_by_cloud_init() {
     let scratch = Scratch::new("seed-nocloud");
     let hostname = "odd \"host\"\\name: #1\n- x é";
-    let seed = NoCloudSeed {
+    let seed = Seed {
         instance_id: "pod-0123.a_b".into(),
         hostname: hostname.into(),
         network: Some(calico()),
@@ -166,34 +167,38 @@ fn nocloud_seed_is_read_back_by_cloud_init() {
 
 #[test]
 fn nocloud_seed_without_network_has_no_network_config() {
-    let seed =
-        NoCloudSeed { instance_id: "i-1".into(), hostname: "vm".into(), network: None, guest: Default::default() };
+    let seed = Seed { instance_id: "i-1".into(), hostname: "vm".into(), network: None, guest: Default::default() };
     let files = seed.files().unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["meta-data", "user-data"]);
     for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
-        let seed = NoCloudSeed { instance_id: bad.into(), ..seed.clone() };
+        let seed = Seed { instance_id: bad.into(), ..seed.clone() };
         assert!(matches!(seed.files(), Err(SeedError::InstanceId(_))), "{bad:?}");
     }
     let mut network = bridge();
     network.interfaces[0].mtu = 1;
-    let seed = NoCloudSeed { network: Some(network), ..seed };
+    let seed = Seed { network: Some(network), ..seed };
     assert!(matches!(seed.files(), Err(SeedError::Network(_))));
 }
 
 /// Renders `network` with `cloud-init devel net-convert` for each of `kinds`; returns every
 /// file each one wrote, concatenated, or the error output when it failed.
 fn net_convert(network: &GuestNetwork, kinds: &[&str]) -> Vec<Result<String, String>> {
+    net_convert_from("yaml", &render_network_config(network), kinds)
+}
+
+/// `net_convert` from `text` in cloud-init's input format `input_kind`.
+fn net_convert_from(input_kind: &str, text: &str, kinds: &[&str]) -> Vec<Result<String, String>> {
     let cloud_init = tool("cloud-init", "cloud-init");
     let scratch = Scratch::new("seed-net-convert");
     let input = scratch.path("network-config");
-    std::fs::write(&input, render_network_config(network)).unwrap();
+    std::fs::write(&input, text).unwrap();
     kinds
         .iter()
         .map(|kind| {
             let out = scratch.path(kind);
             let output = run(Command::new(&cloud_init)
-                .args(["devel", "net-convert", "--kind", "yaml", "--distro", "debian", "--output-kind", kind])
+                .args(["devel", "net-convert", "--kind", input_kind, "--distro", "debian", "--output-kind", kind])
                 .arg("--network-data")
                 .arg(&input)
                 .arg("--directory")
@@ -283,4 +288,181 @@ fn cloud_init_renders_dual_stack_with_a_link_local_gateway() {
     );
     assert!(!networkd.contains("fe80::/64"), "the link-local subnet is implied: {networkd}");
     assert_has(&netplan.unwrap(), "netplan", &["gateway6: fe80::1", "on-link: true"]);
+}
+
+/// The files of an ISO image, each read back with isoinfo through Rock Ridge (`-R`, as
+/// Linux reads it) or Joliet (`-J`, as Windows does).
+fn iso_file(image: &Path, names: &str, path: &str) -> Vec<u8> {
+    stdout_of(
+        Command::new(tool("isoinfo", "genisoimage")).args([names, "-i"]).arg(image).args(["-x", &format!("/{path}")]),
+    )
+}
+
+#[test]
+fn nested_iso_image_is_read_back_through_rock_ridge_and_joliet() {
+    let scratch = Scratch::new("seed-iso");
+    let files = nested_files();
+    let path = scratch.path("seed.iso");
+    let size = write_iso(&files, "config-2", std::fs::File::create_new(&path).unwrap()).unwrap();
+    assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(size % 2048, 0);
+
+    let ids = blkid(&path);
+    assert!(ids.contains("\nTYPE=iso9660\n") && ids.contains("\nLABEL=config-2\n"), "{ids}");
+    let listing =
+        String::from_utf8(stdout_of(Command::new(tool("isoinfo", "genisoimage")).args(["-R", "-f", "-i"]).arg(&path)))
+            .unwrap();
+    for file in &files {
+        assert!(listing.lines().any(|l| l == format!("/{}", file.path)), "{} not in {listing}", file.path);
+        assert_eq!(iso_file(&path, "-R", &file.path), file.contents, "{} through Rock Ridge", file.path);
+        assert_eq!(iso_file(&path, "-J", &file.path), file.contents, "{} through Joliet", file.path);
+    }
+
+    // The same path rules and limits as vfat, and an empty disk only.
+    let bad = [SeedFile::new("a//b", "x")];
+    assert!(matches!(write_iso(&bad, "cidata", std::io::Cursor::new(Vec::new())), Err(SeedError::Path { .. })));
+    assert!(matches!(write_iso(&files, "bad label", std::io::Cursor::new(Vec::new())), Err(SeedError::Label(_))));
+    assert!(matches!(write_iso(&files, "cidata", std::io::Cursor::new(vec![1u8])), Err(SeedError::DiskNotEmpty(1))));
+}
+
+fn seed(cloud_init: CloudInit, seed_format: SeedFormat, network: Option<GuestNetwork>) -> Seed {
+    Seed {
+        instance_id: "pod-0123.a_b".into(),
+        hostname: "vm1".into(),
+        network,
+        guest: GuestConfig {
+            cloud_init,
+            seed_format,
+            ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz k".into()],
+            meta_data: Some("zone: z1\n".into()),
+            env: vec!["GREETING=hi".into()],
+            ..Default::default()
+        },
+    }
+}
+
+/// Copies `seed`'s image out again (mtools for vfat, isoinfo for ISO) into a directory.
+fn extract(scratch: &Scratch, seed: &Seed) -> PathBuf {
+    let image = scratch.path("seed.img");
+    seed.write_image(std::fs::File::create_new(&image).unwrap()).unwrap();
+    let ids = blkid(&image);
+    let fs_type = match seed.guest.seed_format {
+        SeedFormat::Vfat => "vfat",
+        SeedFormat::Iso => "iso9660",
+    };
+    assert!(ids.contains(&format!("\nTYPE={fs_type}\n")), "{ids}");
+    assert!(ids.to_lowercase().contains(&format!("\nlabel={}\n", seed.label())), "{ids}");
+    let dir = scratch.path("seed");
+    for file in seed.files().unwrap() {
+        let contents = match seed.guest.seed_format {
+            SeedFormat::Vfat => {
+                stdout_of(Command::new(tool("mtype", "mtools")).arg("-i").arg(&image).arg(format!("::/{}", file.path)))
+            }
+            SeedFormat::Iso => iso_file(&image, "-R", &file.path),
+        };
+        assert_eq!(contents, file.contents, "{}", file.path);
+        let out = dir.join(&file.path);
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(out, contents).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn config_drive_is_read_back_by_cloud_init_from_vfat_and_iso() {
+    for format in [SeedFormat::Vfat, SeedFormat::Iso] {
+        let scratch = Scratch::new("seed-config-drive");
+        let seed = seed(CloudInit::ConfigDrive, format, Some(calico()));
+        let dir = extract(&scratch, &seed);
+        // cloud-init's own reader, then its conversion of the network to its version 1.
+        let script = r#"
+import json, sys
+from cloudinit.sources import DataSourceConfigDrive as cd, convert_vendordata
+from cloudinit.sources.helpers import openstack
+r = cd.read_config_drive(sys.argv[1])
+net = openstack.convert_net_json(r["networkdata"], known_macs={"ee:ee:ee:ee:ee:ee": "ens3"})
+print(json.dumps({"metadata": r["metadata"], "userdata": r["userdata"].decode(), "net": net,
+                  "vendordata": convert_vendordata(r["vendordata"])}))
+"#;
+        let out = stdout_of(Command::new(cloud_init_python()).arg("-c").arg(script).arg(&dir));
+        let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let meta = &read["metadata"];
+        assert_eq!(meta["instance-id"], "pod-0123.a_b", "{format:?}: {meta}");
+        assert_eq!(meta["local-hostname"], "vm1");
+        assert_eq!(meta["zone"], "z1");
+        assert_eq!(meta["public_keys"]["key-0"], seed.guest.ssh_keys[0]);
+        assert!(read["userdata"].as_str().unwrap().contains("GREETING='hi'"), "{}", read["userdata"]);
+        assert!(
+            read["vendordata"].as_str().unwrap().contains("when: [boot-new-instance, boot]"),
+            "{}",
+            read["vendordata"]
+        );
+        let eth0 = &read["net"]["config"][0];
+        assert_eq!((eth0["name"].as_str(), eth0["mac_address"].as_str()), (Some("eth0"), Some("ee:ee:ee:ee:ee:ee")));
+        assert_eq!(eth0["mtu"], 1450);
+        assert_eq!(eth0["subnets"][0]["address"], "10.1.2.3");
+    }
+}
+
+#[test]
+fn nocloud_iso_seed_is_read_back_by_cloud_init_with_the_keys_in_meta_data() {
+    let scratch = Scratch::new("seed-nocloud-iso");
+    let seed = seed(CloudInit::NoCloud, SeedFormat::Iso, Some(bridge()));
+    let dir = extract(&scratch, &seed);
+    let script = r#"
+import json, sys
+from cloudinit import util, sources
+seed = util.pathprefix2dict(sys.argv[1], required=["user-data", "meta-data"], optional=["vendor-data", "network-config"])
+md = util.load_yaml(seed["meta-data"])
+print(json.dumps({"meta-data": md, "keys": sources.normalize_pubkey_data(md["public-keys"])}))
+"#;
+    let out = stdout_of(Command::new(cloud_init_python()).arg("-c").arg(script).arg(&dir));
+    let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(read["meta-data"]["instance-id"], "pod-0123.a_b");
+    assert_eq!(read["meta-data"]["zone"], "z1");
+    assert_eq!(read["keys"], serde_json::json!(seed.guest.ssh_keys));
+}
+
+#[test]
+fn cloud_init_renders_the_config_drives_network_everywhere() {
+    let bridge_json = config_drive::render_network_data(&bridge());
+    let [eni, networkd, netplan] =
+        <[_; 3]>::try_from(net_convert_from("network_data.json", &bridge_json, &["eni", "networkd", "netplan"]))
+            .unwrap();
+    let eni = eni.unwrap();
+    assert_has(
+        &eni,
+        "eni",
+        &["iface eth0 inet static", "address 10.88.0.5/16", "mtu 1500", "route add default gw 10.88.0.1"],
+    );
+    assert_has(&eni, "eni", &["dns-nameservers 10.96.0.10", "dns-search default.svc.cluster.local svc.cluster.local"]);
+    assert_has(
+        &networkd.unwrap(),
+        "networkd",
+        &["Name=eth0", "Address=10.88.0.5/16", "Destination=0.0.0.0/0\n\nGateway=10.88.0.1", "DNS=10.96.0.10"],
+    );
+    let netplan = netplan.unwrap();
+    assert_has(
+        &netplan,
+        "netplan",
+        &["- 10.88.0.5/16", "to: 0.0.0.0/0\n                via: 10.88.0.1", "set-name: eth0"],
+    );
+    assert!(!netplan.contains("gateway4"), "one default route only (netplan refuses two): {netplan}");
+
+    let calico_json = config_drive::render_network_data(&calico());
+    let [networkd, netplan] =
+        <[_; 2]>::try_from(net_convert_from("network_data.json", &calico_json, &["networkd", "netplan"])).unwrap();
+    // The link route to the gateway comes first, with an all-zero gateway: no gateway.
+    assert_has(
+        &networkd.unwrap(),
+        "networkd",
+        &[
+            "Address=10.1.2.3/32",
+            "Destination=169.254.1.1/32\n\nGateway=0.0.0.0",
+            "Destination=0.0.0.0/0\n\nGateway=169.254.1.1",
+        ],
+    );
+    let netplan = netplan.unwrap();
+    assert_has(&netplan, "netplan", &["to: 169.254.1.1/32\n                via: 0.0.0.0", "via: 169.254.1.1"]);
+    assert!(!netplan.contains("null"), "netplan refuses a route without via: {netplan}");
 }

@@ -1,6 +1,7 @@
-//! `user-data` and the meta-data the user adds: the user's own user data, merged with a
-//! cloud-config the shim generates (the SSH keys, the process env as
-//! /etc/cloud/environment) as a MIME multipart that cloud-init merges, or taken verbatim.
+//! `user-data` and NoCloud's meta-data with what the user adds: the user's own user data,
+//! merged with a cloud-config the shim generates (the process env as /etc/cloud/environment)
+//! as a MIME multipart that cloud-init merges, or taken verbatim. The SSH keys go in the
+//! meta-data (`public-keys`), so that verbatim user data keeps them.
 
 use std::fmt::Write as _;
 
@@ -40,13 +41,9 @@ pub fn render_user_data(guest: &GuestConfig) -> String {
     }
 }
 
-/// The shim's cloud-config: the SSH keys and the env file; `None` when there is neither.
+/// The shim's cloud-config: the env file; `None` when there is no env.
 fn generated_cloud_config(guest: &GuestConfig) -> Option<String> {
     let mut config = Mapping::new();
-    if !guest.ssh_keys.is_empty() {
-        let keys = guest.ssh_keys.iter().map(|k| Value::String(k.clone())).collect();
-        config.insert("ssh_authorized_keys".into(), Value::Sequence(keys));
-    }
     let environment = environment_file(&guest.env);
     if !environment.is_empty() {
         let mut file = Mapping::new();
@@ -119,16 +116,20 @@ fn multipart(parts: &[(&str, &str, Option<&str>, String)]) -> String {
     out
 }
 
-/// `meta-data`: the shim's instance id and hostname, and the user's keys over them. The
+/// `meta-data`: the shim's instance id, hostname and SSH keys (`public-keys`, which
+/// cloud-init gives the default user), and the user's keys over them. The keys and the
 /// user's values are written as JSON (which YAML reads as it is), so that a quoted `"yes"`
 /// or `"1:30"` stays a string for cloud-init's YAML 1.1 reader.
-pub fn render_meta_data_with(instance_id: &str, hostname: &str, extra: Option<&str>) -> String {
+pub fn render_meta_data_with(instance_id: &str, hostname: &str, ssh_keys: &[String], extra: Option<&str>) -> String {
+    let mut ours = render_meta_data(instance_id, hostname);
+    if !ssh_keys.is_empty() {
+        let _ = writeln!(ours, "public-keys: {}", serde_json::to_string(ssh_keys).unwrap_or_default());
+    }
     let extra = extra.and_then(|text| match yaml_serde::from_str::<Value>(text) {
         Ok(Value::Mapping(map)) if !map.is_empty() => Some(map),
         _ => None,
     });
-    let Some(extra) = extra else { return render_meta_data(instance_id, hostname) };
-    let ours = render_meta_data(instance_id, hostname);
+    let Some(extra) = extra else { return ours };
     let mut out: String = ours
         .lines()
         .filter(|line| line.split_once(':').is_none_or(|(key, _)| !extra.contains_key(key)))
@@ -163,11 +164,11 @@ mod tests {
     }
 
     #[test]
-    fn keys_and_env_make_a_cloud_config_whose_env_file_a_shell_can_source() {
+    fn the_env_makes_a_cloud_config_whose_env_file_a_shell_can_source() {
         let text = render_user_data(&guest(None, &[KEY], &["A=1", "QUOTE=it's", "bad-name=x", "EMPTY="]));
         assert!(text.starts_with("#cloud-config\n"), "{text}");
         let config: Value = yaml_serde::from_str(&text).unwrap();
-        assert_eq!(config["ssh_authorized_keys"][0], KEY);
+        assert!(config.get("ssh_authorized_keys").is_none(), "the keys are meta-data: {text}");
         assert_eq!(config["write_files"][0]["path"], ENVIRONMENT_FILE);
         assert_eq!(config["write_files"][0]["permissions"], "0600");
         let content = config["write_files"][0]["content"].as_str().unwrap();
@@ -188,7 +189,7 @@ mod tests {
     #[test]
     fn user_data_merges_with_the_shims_as_two_mime_parts() {
         let script = "#!/bin/sh\necho from-the-script\n";
-        let text = render_user_data(&guest(Some((script, false)), &[KEY], &["A=1"]));
+        let text = render_user_data(&guest(Some((script, false)), &[KEY], &["GREETING=1"]));
         let boundary = "==containerd-shim-vm-0==";
         assert!(text.starts_with(&format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\n")), "{text}");
         let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
@@ -196,10 +197,10 @@ mod tests {
         assert!(parts[1].contains("Content-Type: text/x-shellscript"), "{}", parts[1]);
         assert!(parts[1].contains(&format!("\n\n#!/bin/sh\n{EXPORT_ENV}\necho from-the-script\n")), "{}", parts[1]);
         assert!(parts[2].contains("Content-Type: text/cloud-config") && parts[2].contains(MERGE_TYPE), "{}", parts[2]);
-        assert!(parts[2].contains(KEY) && parts[3] == "--\n", "{text}");
+        assert!(parts[2].contains("GREETING") && parts[3] == "--\n", "{text}");
         // A boundary that the user data holds is not used.
         let tricky = format!("#!/bin/sh\necho --{boundary}\n");
-        let text = render_user_data(&guest(Some((&tricky, false)), &[KEY], &[]));
+        let text = render_user_data(&guest(Some((&tricky, false)), &[KEY], &["A=1"]));
         assert!(text.contains("boundary=\"==containerd-shim-vm-1==\""), "{text}");
     }
 
@@ -212,11 +213,14 @@ mod tests {
 
     #[test]
     fn the_users_meta_data_is_added_and_wins() {
-        let ours = render_meta_data_with("i-1", "vm1", None);
+        let ours = render_meta_data_with("i-1", "vm1", &[], None);
         assert_eq!(ours, render_meta_data("i-1", "vm1"));
+        let keyed: Value = yaml_serde::from_str(&render_meta_data_with("i-1", "vm1", &[KEY.into()], None)).unwrap();
+        assert_eq!(keyed["public-keys"][0], KEY);
         let merged = render_meta_data_with(
             "i-1",
             "vm1",
+            &[KEY.into()],
             Some("local-hostname: custom\nzone: a\nquoted: \"yes\"\ntime: \"1:30\"\nlabels: {app: web}\n"),
         );
         let value: Value = yaml_serde::from_str(&merged).unwrap();

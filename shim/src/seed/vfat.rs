@@ -122,7 +122,7 @@ fn fat_label(label: &str) -> Result<[u8; 11], SeedError> {
 }
 
 /// Checks the paths; returns the directories to create, parents first.
-fn directories(files: &[SeedFile]) -> Result<Vec<String>, SeedError> {
+pub(super) fn directories(files: &[SeedFile]) -> Result<Vec<String>, SeedError> {
     let bad = |path: &str, reason| Err(SeedError::Path { path: path.to_string(), reason });
     let mut file_keys = HashSet::new();
     let mut dirs: Vec<String> = Vec::new();
@@ -167,7 +167,7 @@ fn directories(files: &[SeedFile]) -> Result<Vec<String>, SeedError> {
 /// with room for the boot sector, both FATs, the root directory and every file rounded up
 /// to 4 KiB (clusters are at most 2 KiB below 128 MiB), its directory entries and the
 /// subdirectories.
-fn image_size(files: &[SeedFile], dir_count: usize) -> Result<u64, SeedError> {
+pub(super) fn image_size(files: &[SeedFile], dir_count: usize) -> Result<u64, SeedError> {
     let mut bytes = dir_count as u64 * 4096;
     for file in files {
         // A 255-character name takes 21 entries, 672 bytes.

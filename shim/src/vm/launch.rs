@@ -196,13 +196,13 @@ async fn launch(
     let mut qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
 
     let (image, overlay, accel, credentials) = {
-        let (rootfs, disk_request, config, accel) =
-            (rootfs.clone(), plan.root_disk.clone(), config.clone(), plan.accel);
+        let (rootfs, disk_request, root_size, config, accel) =
+            (rootfs.clone(), plan.root_disk.clone(), plan.root_size_bytes, config.clone(), plan.accel);
         blocking(move || -> Result<_, VmError> {
             let image = disk::locate(&rootfs, &disk_request, &config.host_disk_dirs)?;
             check_executable(&config.qemu)?;
             let credentials = qemu_process::credentials(&config.qemu_user).map_err(VmError::Invalid)?;
-            let overlay = disk::prepare_overlay(&rootfs, &image)?;
+            let overlay = disk::prepare_overlay(&rootfs, &image, root_size)?;
             Ok((image, overlay, resolve_accel(accel)?, credentials))
         })
         .await??
@@ -436,9 +436,9 @@ async fn take_network(
     Ok((network, qemu_entry))
 }
 
-/// Writes the NoCloud seed that tells the guest its network (and name) into the
-/// state dir; returns it opened read-only for QEMU.
-/// The seed image (`None` with `cloud-init: none`), with `network` in it if there is one.
+/// Writes the seed image (NoCloud or config drive, vfat or ISO, as the plan asks) that
+/// tells the guest its name, its configuration and `network` if there is one, into the
+/// state dir; returns it opened read-only for QEMU (`None` with `cloud-init: none`).
 pub(super) async fn write_seed(
     plan: &VmPlan,
     state_dir: &Path,
@@ -458,7 +458,7 @@ pub(super) async fn write_seed(
         },
         None => crate::seed::Dns::default(),
     };
-    let seed = crate::seed::NoCloudSeed {
+    let seed = crate::seed::Seed {
         instance_id: plan.name.clone(),
         hostname: plan.hostname.clone(),
         network: network.map(|n| pod_network::guest_network(&n.interfaces, dns)).transpose()?,
