@@ -108,7 +108,7 @@ ROOT_LABEL=debian-root
 PACKAGES=(
     systemd systemd-sysv udev dbus libpam-systemd
     linux-image-cloud-amd64 initramfs-tools zstd
-    cloud-init e2fsprogs
+    cloud-init e2fsprogs qemu-guest-agent
     netplan.io systemd-resolved
     iproute2 iputils-ping netbase procps less
 )

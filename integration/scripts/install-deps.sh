@@ -12,6 +12,7 @@ apt-get install -y -q --no-install-recommends --allow-downgrades \
   "qemu-system-x86=${qemu_version}" "qemu-utils=${qemu_version}" \
   containerd runc containernetworking-plugins \
   busybox-static syslinux syslinux-common mtools dosfstools genisoimage fdisk cpio kmod \
+  mmdebstrap e2fsprogs \
   linux-image-cloud-amd64 \
   protobuf-compiler iproute2 procps ca-certificates git python3 gcc libc6-dev \
   cloud-init qemu-guest-agent util-linux iputils-ping openssl

@@ -15,6 +15,8 @@ pub const TINY: &str = "example.org/disks/tiny:1";
 pub const TINY_RAW: &str = "example.org/disks/tiny-raw:1";
 pub const TINY_PART: &str = "example.org/disks/tiny-part:1";
 pub const BUSYBOX: &str = "example.org/test/busybox:1";
+/// The realistic guest: Debian 12 with systemd, cloud-init and qemu-guest-agent.
+pub const DEBIAN: &str = "example.org/disks/debian-12:1";
 
 /// Serialises builds within this process; the file lock in [`build_tiny`] does across processes.
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
@@ -39,8 +41,42 @@ pub struct TinyDisks {
 /// are up to date) and return the disks.
 pub fn build_tiny() -> Result<TinyDisks> {
     let dir = cache_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let script = crate::workspace_root().join("integration/images/build-tiny.sh");
+    run_builder("build-tiny.sh", &dir)?;
+    let disks =
+        TinyDisks { qcow2: dir.join("tiny.qcow2"), raw: dir.join("tiny.raw"), part_qcow2: dir.join("tiny-part.qcow2") };
+    for p in [&disks.qcow2, &disks.raw, &disks.part_qcow2] {
+        if !p.is_file() {
+            bail!("build-tiny.sh did not produce {}", p.display());
+        }
+    }
+    Ok(disks)
+}
+
+/// Builds the Debian guest disk with `integration/images/build-debian.sh` (cached in
+/// [`cache_dir`]`/debian`: minutes the first time, nothing when up to date) and writes its
+/// containerDisk archive into `out_dir/debian.tar`.
+pub fn debian_image(out_dir: &Path) -> Result<ImageArchive> {
+    let dir = cache_dir().join("debian");
+    run_builder("build-debian.sh", &dir)?;
+    let disk = dir.join("debian-12.qcow2");
+    if !disk.is_file() {
+        bail!("build-debian.sh did not produce {}", disk.display());
+    }
+    let archive = out_dir.join("debian.tar");
+    container_disk(DEBIAN, &disk, "debian-12.qcow2")
+        .write_archive(&archive)
+        .with_context(|| format!("writing {}", archive.display()))?;
+    Ok(ImageArchive {
+        name: DEBIAN.to_string(),
+        archive,
+        disk: Some(format!("{}/debian-12.qcow2", oci::CONTAINER_DISK_DIR)),
+    })
+}
+
+/// Runs `integration/images/<script> <dir>`, one builder at a time across processes.
+fn run_builder(script: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let script = crate::workspace_root().join("integration/images").join(script);
 
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let lock_path = dir.join(".lock");
@@ -49,11 +85,8 @@ pub fn build_tiny() -> Result<TinyDisks> {
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", lock_path.display()))?;
 
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
+    let out =
+        Command::new("bash").arg(&script).arg(dir).output().with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!(
             "{} {} failed ({}):\n{}\n{}",
@@ -64,14 +97,7 @@ pub fn build_tiny() -> Result<TinyDisks> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let disks =
-        TinyDisks { qcow2: dir.join("tiny.qcow2"), raw: dir.join("tiny.raw"), part_qcow2: dir.join("tiny-part.qcow2") };
-    for p in [&disks.qcow2, &disks.raw, &disks.part_qcow2] {
-        if !p.is_file() {
-            bail!("{} did not produce {}", script.display(), p.display());
-        }
-    }
-    Ok(disks)
+    Ok(())
 }
 
 /// An OCI archive written for a test, and what it holds.

@@ -125,3 +125,70 @@ fn kubelet_runs_a_static_vm_pod_and_deletes_it_with_an_acpi_power_off() -> Resul
     }
     Ok(())
 }
+
+/// kubelet's exec probes on a VM container run in the guest through its agent: a startup
+/// probe holds the others back while the guest boots, the readiness and liveness probes
+/// pass (each a TaskExit 0 of an exec), and once the liveness probe fails kubelet restarts
+/// the container: a new VM boots in the same pod.
+#[test]
+fn kubelets_exec_probes_run_in_the_guest_and_a_failing_liveness_probe_restarts_the_vm() -> Result<()> {
+    let cri = CriEnv::start_vm_by_default("probes", 36)?;
+    let ns = cri.namespace();
+    let mut events = ns.events()?;
+    let mut kubelet = Kubelet::start(&cri, "vm")?;
+    let mut pod = vm_pod();
+    let probe = |command: Value, failures: u32| {
+        serde_json::json!({"exec": {"command": command}, "periodSeconds": 2, "timeoutSeconds": 10,
+                           "failureThreshold": failures})
+    };
+    let container = &mut pod["spec"]["containers"][0];
+    // The guest boots (and its agent starts) within the startup probe's 3 minutes.
+    container["startupProbe"] = probe(serde_json::json!(["true"]), 90);
+    container["readinessProbe"] = probe(serde_json::json!(["cat", "/proc/version"]), 3);
+    container["livenessProbe"] = probe(serde_json::json!(["sh", "-c", "test ! -e /run/unhealthy"]), 1);
+    kubelet.add_static_pod("vm-pod", &pod)?;
+
+    let running = |not: Option<&str>| -> Result<Option<Value>> {
+        let listed: Value = serde_json::from_str(&cri.crictl_ok(&["ps", "--name", "^vm$", "-o", "json"])?)?;
+        let found = listed["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["state"] == "CONTAINER_RUNNING" && not.is_none_or(|id| c["id"].as_str() != Some(id)));
+        Ok(found.cloned())
+    };
+    let first = wait_until("kubelet to start the VM container", POD_TIMEOUT, || running(None))
+        .with_context(|| format!("kubelet log:\n{}", kubelet.log_tail(40)))?;
+    let vm = first["id"].as_str().context("container id")?.to_string();
+
+    // The probes' execs end with status 0 (left out of the JSON) once the guest answers.
+    let mut passed = 0;
+    wait_until("passing probe execs in the guest", POD_TIMEOUT, || {
+        let event = events.wait_for("/tasks/exit", POD_TIMEOUT)?;
+        let probe_exec = event.payload["container_id"] == vm.as_str() && event.payload["id"] != vm.as_str();
+        if probe_exec && event.payload.get("exit_status").and_then(Value::as_u64).unwrap_or(0) == 0 {
+            passed += 1;
+        }
+        Ok((passed >= 3).then_some(()))
+    })
+    .with_context(|| format!("kubelet log:\n{}", kubelet.log_tail(40)))?;
+    ensure!(kubelet.running(), "kubelet exited:\n{}", kubelet.log_tail(40));
+
+    // The liveness probe fails: kubelet stops the VM and starts the container again.
+    cri.crictl_ok(&["exec", "--sync", "--timeout", "30", &vm, "touch", "/run/unhealthy"])?;
+    let second = wait_until("kubelet to restart the VM container", POD_TIMEOUT, || running(Some(&vm)))
+        .with_context(|| format!("kubelet log:\n{}", kubelet.log_tail(60)))?;
+    ensure!(second["metadata"]["attempt"].as_u64() == Some(1), "the restarted container: {second:#}");
+    ensure!(second["podSandboxId"] == first["podSandboxId"], "restarted in another pod: {second:#}");
+
+    kubelet.remove_static_pod("vm-pod")?;
+    wait_until("kubelet to stop the VM", Duration::from_secs(120), || Ok(running(None)?.is_none().then_some(())))?;
+    drop(kubelet);
+    cri.crictl_ok(&["rmp", "--force", "--all"])?;
+    for id in
+        [vm.as_str(), second["id"].as_str().unwrap_or_default(), first["podSandboxId"].as_str().unwrap_or_default()]
+    {
+        cri.env.assert_gone(&ns, id)?;
+    }
+    Ok(())
+}
