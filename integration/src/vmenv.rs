@@ -71,6 +71,16 @@ impl VmEnv {
         Ok(ns)
     }
 
+    /// Kills VM `id` (SIGKILL), removes its task and container, and checks that nothing of
+    /// it is left.
+    pub fn kill_and_remove(&self, ns: &Namespace<'_>, id: &str) -> Result<()> {
+        ns.ctr_ok(["task", "kill", "--signal", "SIGKILL", id])?;
+        wait_status(ns, id, "STOPPED", Duration::from_secs(60))?;
+        ns.ctr_ok(["task", "rm", id])?;
+        ns.ctr_ok(["container", "rm", id])?;
+        self.assert_gone(ns, id)
+    }
+
     /// Asserts that nothing of VM `id` in `ns` remains on the host: no QEMU, no state
     /// dir, no mount of its rootfs, no cgroup. Waits briefly: teardown is asynchronous.
     pub fn assert_gone(&self, ns: &Namespace<'_>, id: &str) -> Result<()> {
@@ -209,6 +219,17 @@ pub fn task_status(ns: &Namespace<'_>, id: &str) -> Result<Option<(u32, String)>
 }
 
 /// Waits for the task to reach `status` (RUNNING, PAUSED, STOPPED).
+/// Waits until VM `id`'s guest agent runs a command (`ctr task exec ... true`; an exec
+/// answers within seconds with an error while the agent is not up).
+pub fn wait_for_agent(ns: &Namespace<'_>, id: &str, timeout: Duration) -> Result<()> {
+    let mut attempt = 0;
+    wait_until(&format!("{id}'s guest agent to run a command"), timeout, || {
+        attempt += 1;
+        let exec_id = format!("ready{attempt}");
+        Ok(ns.ctr(["task", "exec", "--exec-id", &exec_id, id, "true"])?.status.success().then_some(()))
+    })
+}
+
 pub fn wait_status(ns: &Namespace<'_>, id: &str, status: &str, timeout: Duration) -> Result<u32> {
     wait_until(&format!("task {id} {status}"), timeout, || {
         Ok(task_status(ns, id)?.filter(|(_, s)| s == status).map(|(pid, _)| pid))

@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use base64::Engine;
 use integration::images::TINY;
 use integration::rig::Namespace;
-use integration::vmenv::{wait_for_file, wait_status, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
+use integration::vmenv::{wait_for_agent, wait_for_file, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz test@host";
@@ -26,15 +26,7 @@ fn boot(env: &VmEnv, ns: &Namespace<'_>, id: &str, extra: &[&str]) -> Result<()>
     ns.ctr_ok(env.run_args(&args, TINY, id))?;
     wait_status(ns, id, "RUNNING", TIMEOUT)?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
-    let mut attempt = 0;
-    wait_until("the guest agent", BOOT_TIMEOUT, || {
-        attempt += 1;
-        Ok(ns
-            .ctr(["task", "exec", "--exec-id", &format!("ready{attempt}"), id, "true"])?
-            .status
-            .success()
-            .then_some(()))
-    })
+    wait_for_agent(ns, id, BOOT_TIMEOUT)
 }
 
 /// A file of the guest's, through exec.
@@ -76,14 +68,6 @@ fn same_in_guest(env: &VmEnv, ns: &Namespace<'_>, id: &str, paths: &[&str]) -> R
         texts.push(String::from_utf8(read)?);
     }
     Ok(texts)
-}
-
-fn stop(env: &VmEnv, ns: &Namespace<'_>, id: &str) -> Result<()> {
-    ns.ctr_ok(["task", "kill", "--signal", "SIGKILL", id])?;
-    wait_status(ns, id, "STOPPED", TIMEOUT)?;
-    ns.ctr_ok(["task", "rm", id])?;
-    ns.ctr_ok(["container", "rm", id])?;
-    env.assert_gone(ns, id)
 }
 
 /// The parts of a MIME multipart user-data as Python's email parser (cloud-init's) reads
@@ -149,7 +133,7 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     );
     let hostname = String::from_utf8(guest_file(&ns, "ci1", "h1", "/proc/sys/kernel/hostname")?)?;
     ensure!(hostname.trim() == "ci1", "the guest's hostname: {hostname:?}");
-    stop(&env, &ns, "ci1")?;
+    env.kill_and_remove(&ns, "ci1")?;
 
     // Taken verbatim, byte for byte; given as base64; on an ISO 9660 seed. The keys are
     // meta-data, so verbatim user data keeps them.
@@ -173,7 +157,7 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     let texts = same_in_guest(&env, &ns, "ci2", &["user-data", "meta-data"])?;
     ensure!(texts[0] == verbatim, "verbatim user-data: {:?}", texts[0]);
     ensure!(texts[1].contains(KEY), "the keys with verbatim user data: {:?}", texts[1]);
-    stop(&env, &ns, "ci2")?;
+    env.kill_and_remove(&ns, "ci2")?;
 
     // A config drive, vfat (Virtlet's annotation) and ISO 9660 (ours).
     for (id, extra) in
@@ -194,14 +178,14 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
             "{id} meta_data.json: {meta}"
         );
         ensure!(texts[1].contains("GREETING='hello'"), "{id} user_data: {:?}", texts[1]);
-        stop(&env, &ns, id)?;
+        env.kill_and_remove(&ns, id)?;
     }
 
     // No seed.
     boot(&env, &ns, "ci3", &["--annotation", "vm.containerd.io/cloud-init=none"])?;
     let seed = ns.ctr(["task", "exec", "--exec-id", "s3", "ci3", "ls", "/run/seed"])?;
     ensure!(!seed.status.success(), "cloud-init=none still gave a seed: {}", String::from_utf8_lossy(&seed.stdout));
-    stop(&env, &ns, "ci3")
+    env.kill_and_remove(&ns, "ci3")
 }
 
 #[test]
@@ -233,7 +217,11 @@ fn virtlets_hardware_annotations_and_the_root_size_reach_the_guest() -> Result<(
     // The root disk is a SCSI disk (sda, not vda), grown from the image's 32 MiB.
     let sectors = String::from_utf8(guest_file(&ns, "hw1", "s1", "/sys/block/sda/size")?)?;
     ensure!(sectors.trim() == (96u64 << 20 >> 9).to_string(), "the root disk has {sectors:?} sectors");
+    // host-model under TCG is QEMU's `max`, which has SSE4.2; the default qemu64 has not.
+    let cpuinfo = String::from_utf8(guest_file(&ns, "hw1", "c1", "/proc/cpuinfo")?)?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    ensure!(flags.split_whitespace().any(|f| f == "sse4_2"), "the guest's CPU flags: {flags}");
     let virtio = ns.ctr(["task", "exec", "--exec-id", "v1", "hw1", "ls", "/sys/block/vda"])?;
     ensure!(!virtio.status.success(), "the guest has a virtio disk");
-    stop(&env, &ns, "hw1")
+    env.kill_and_remove(&ns, "hw1")
 }

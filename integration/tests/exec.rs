@@ -7,21 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use integration::images::TINY;
-use integration::rig::Namespace;
-use integration::vmenv::{wait_for_file, wait_status, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
+use integration::vmenv::{wait_for_agent, wait_for_file, wait_status, wait_until, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Waits until the guest agent runs commands (it starts just after the guest's shell).
-fn wait_for_agent(ns: &Namespace<'_>, id: &str) -> Result<()> {
-    let mut attempt = 0;
-    wait_until("the guest agent to run a command", BOOT_TIMEOUT, || {
-        attempt += 1;
-        let exec_id = format!("ready{attempt}");
-        Ok(ns.ctr(["task", "exec", "--exec-id", &exec_id, id, "true"])?.status.success().then_some(()))
-    })
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -35,7 +25,7 @@ fn ctr_exec_runs_in_the_guest_with_output_input_exit_code_and_kill() -> Result<(
     ns.ctr_ok(env.run_args(&["-d", "--log-uri", &log_uri], TINY, "vmx"))?;
     let qemu = wait_status(&ns, "vmx", "RUNNING", TIMEOUT)?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
-    wait_for_agent(&ns, "vmx")?;
+    wait_for_agent(&ns, "vmx", BOOT_TIMEOUT)?;
     let mut events = ns.events()?;
 
     // Both streams and the exit code, from the guest (its kernel command line).

@@ -122,7 +122,7 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         None => SeedFormat::Vfat,
         Some(value) => match value.trim() {
             "vfat" => SeedFormat::Vfat,
-            "iso" | "iso9660" => SeedFormat::Iso,
+            "iso" => SeedFormat::Iso,
             _ => return Err(refused(ANNOTATION_CLOUD_INIT_FORMAT, value, "not a seed format; use vfat or iso")),
         },
     };
@@ -159,7 +159,17 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         }
     };
     if cloud_init == CloudInit::None {
-        if let Some((key, value)) = given.first() {
+        // What only a seed carries.
+        let seed_only = [
+            ANNOTATION_CLOUD_INIT_FORMAT,
+            ANNOTATION_META_DATA,
+            VIRTLET_META_DATA,
+            ANNOTATION_SSH_KEYS,
+            VIRTLET_SSH_KEYS,
+        ];
+        let asked =
+            given.first().copied().or_else(|| seed_only.iter().find_map(|key| get(key).map(|value| (*key, value))));
+        if let Some((key, value)) = asked {
             return Err(refused(
                 key,
                 value,
@@ -382,6 +392,12 @@ mod tests {
             (
                 &[(ANNOTATION_CLOUD_INIT, "none"), (ANNOTATION_USER_DATA, "#!/bin/sh\n")],
                 ANNOTATION_USER_DATA,
+                "no seed",
+            ),
+            (&[(ANNOTATION_CLOUD_INIT, "none"), (VIRTLET_SSH_KEYS, ED25519)], VIRTLET_SSH_KEYS, "no seed"),
+            (
+                &[(ANNOTATION_CLOUD_INIT, "none"), (ANNOTATION_CLOUD_INIT_FORMAT, "iso")],
+                ANNOTATION_CLOUD_INIT_FORMAT,
                 "no seed",
             ),
         ];

@@ -229,7 +229,7 @@ impl QemuArg for RootDisk {
     }
 }
 
-/// The NoCloud seed: a small vfat image the shim wrote, read-only to the guest,
+/// The seed: a small vfat or ISO 9660 image the shim wrote, read-only to the guest,
 /// handed in as descriptor `fd`.
 pub struct SeedDisk {
     pub fd: i32,

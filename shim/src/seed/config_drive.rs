@@ -20,7 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{json, Map, Value};
 
-use super::network::{is_ipv6_link_local, mac_text, GuestInterface, GuestNetwork, IpPrefix};
+use super::network::{mac_text, GuestInterface, GuestNetwork};
+use super::SeedError;
 
 /// Where the files go; cloud-init and cloudbase-init read `latest` when no dated version
 /// directory is there.
@@ -30,8 +31,10 @@ pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
 pub const VENDOR_DATA: &str = "openstack/latest/vendor_data.json";
 
 /// `meta_data.json`: the instance id as `uuid` (which cloud-init and cloudbase-init require;
-/// any string will do), the hostname, the SSH keys as `public_keys`, and the user's keys
-/// (a YAML or JSON mapping, checked by the plan) over them.
+/// any string will do), the hostname as `name` and `hostname`, `launch_index` 0, the SSH keys
+/// as `public_keys`, and the user's keys (a YAML or JSON mapping, checked by the plan) over
+/// them. NoCloud's `local-hostname` and `instance-id` among the user's keys are taken as
+/// `hostname` and `uuid`, which cloud-init's OpenStack reader copies over them anyway.
 pub fn render_meta_data(instance_id: &str, hostname: &str, ssh_keys: &[String], extra: Option<&str>) -> String {
     let mut meta = Map::new();
     meta.insert("uuid".into(), instance_id.into());
@@ -43,8 +46,19 @@ pub fn render_meta_data(instance_id: &str, hostname: &str, ssh_keys: &[String], 
             ssh_keys.iter().enumerate().map(|(n, key)| (format!("key-{n}"), Value::String(key.clone()))).collect();
         meta.insert("public_keys".into(), Value::Object(keys));
     }
-    if let Some(Ok(Value::Object(user))) = extra.map(yaml_serde::from_str::<Value>) {
-        meta.extend(user);
+    // Through YAML's own value: a tagged scalar (`!foo x`) becomes JSON too, never lost.
+    let user = extra
+        .and_then(|text| yaml_serde::from_str::<yaml_serde::Value>(text).ok())
+        .and_then(|yaml| serde_json::to_value(yaml).ok());
+    if let Some(Value::Object(user)) = user {
+        for (key, value) in user {
+            let key = match key.as_str() {
+                "local-hostname" => "hostname".to_string(),
+                "instance-id" => "uuid".to_string(),
+                _ => key,
+            };
+            meta.insert(key, value);
+        }
     }
     json_text(&Value::Object(meta))
 }
@@ -54,8 +68,10 @@ pub fn render_vendor_data(cloud_config: &str) -> String {
     json_text(&json!({ "cloud-init": cloud_config }))
 }
 
-/// `network_data.json` for `network` (validated by the caller).
-pub fn render_network_data(network: &GuestNetwork) -> String {
+/// `network_data.json` for `network` (validated by the caller). OpenStack's format carries
+/// routes with an address: an interface with routes of a family it has no address of is
+/// refused (NoCloud takes it).
+pub fn render_network_data(network: &GuestNetwork) -> Result<String, SeedError> {
     let mut links = Vec::new();
     let mut networks = Vec::new();
     for iface in &network.interfaces {
@@ -67,6 +83,16 @@ pub fn render_network_data(network: &GuestNetwork) -> String {
             "mtu": iface.mtu,
         }));
         let (mut v4_routes, mut v6_routes) = routes(iface);
+        for (routes, ipv4, family) in [(&v4_routes, true, "IPv4"), (&v6_routes, false, "IPv6")] {
+            if !routes.is_empty() && !iface.addresses.iter().any(|a| a.addr().is_ipv4() == ipv4) {
+                return Err(SeedError::Network(format!(
+                    "interface {}: {family} routes but no {family} address, which a config drive cannot \
+                     carry; use {}: nocloud",
+                    iface.name,
+                    crate::plan::guest::ANNOTATION_CLOUD_INIT
+                )));
+            }
+        }
         for address in &iface.addresses {
             let id = format!("network{}", networks.len());
             let ipv4 = address.addr().is_ipv4();
@@ -88,30 +114,14 @@ pub fn render_network_data(network: &GuestNetwork) -> String {
     if let (Some(Value::Object(first)), false) = (services.first_mut(), network.dns.search.is_empty()) {
         first.insert("search".into(), json!(network.dns.search));
     }
-    json_text(&json!({ "links": links, "networks": networks, "services": services }))
+    Ok(json_text(&json!({ "links": links, "networks": networks, "services": services })))
 }
 
-/// The interface's routes in OpenStack's form, IPv4 and IPv6 apart: link routes first (the
-/// pod's, then the ones gateways outside every subnet need), then routes through a gateway,
-/// each in the pod's order. Link routes to an address's own subnet and to `fe80::/10` are
-/// left out: the kernel adds them with the address.
+/// The interface's routes in OpenStack's form, IPv4 and IPv6 apart: the link routes first
+/// (see [`GuestInterface::link_routes`]), then routes through a gateway, each in the pod's
+/// order.
 fn routes(iface: &GuestInterface) -> (Vec<Value>, Vec<Value>) {
-    let reachable =
-        |gateway: IpAddr| is_ipv6_link_local(gateway) || iface.addresses.iter().any(|a| a.contains(gateway));
-    let mut link_routes: Vec<IpPrefix> = Vec::new();
-    for route in iface.routes.iter().filter(|r| r.gateway.is_none()) {
-        let destination = route.destination.network();
-        let implied = (is_ipv6_link_local(destination.addr()) && destination.prefix_len() >= 10)
-            || iface.addresses.iter().any(|a| a.network() == destination);
-        if !implied && !link_routes.contains(&destination) {
-            link_routes.push(destination);
-        }
-    }
-    for gateway in iface.routes.iter().filter_map(|r| r.gateway) {
-        if !reachable(gateway) && !link_routes.iter().any(|l| l.contains(gateway)) {
-            link_routes.push(IpPrefix::host(gateway));
-        }
-    }
+    let link_routes = iface.link_routes();
     let unspecified =
         |ipv4: bool| if ipv4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
     let all = link_routes
@@ -175,10 +185,12 @@ mod tests {
     #[test]
     fn meta_data_has_the_id_the_name_the_keys_and_the_users_keys_over_them() {
         let keys = vec!["ssh-ed25519 AAAA a".to_string(), "ssh-rsa BBBB b".to_string()];
-        let meta = parse(&render_meta_data("ci-1", "vm1", &keys, Some("hostname: custom\nzone: z1\n")));
+        let meta =
+            parse(&render_meta_data("ci-1", "vm1", &keys, Some("local-hostname: custom\nzone: z1\ntag: !x y\n")));
         assert_eq!(meta["uuid"], "ci-1");
         assert_eq!(meta["name"], "vm1");
         assert_eq!(meta["hostname"], "custom");
+        assert!(meta.get("local-hostname").is_none() && !meta["tag"].is_null(), "{meta}");
         assert_eq!(meta["zone"], "z1");
         assert_eq!(meta["public_keys"], json!({"key-0": keys[0], "key-1": keys[1]}));
         let bare = parse(&render_meta_data("ci-1", "vm1", &[], None));
@@ -187,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_bridge_cni_is_one_link_one_network_and_a_default_route() {
-        let data = parse(&render_network_data(&bridge()));
+        let data = parse(&render_network_data(&bridge()).unwrap());
         assert_eq!(
             data["links"],
             json!([{"id": "eth0", "name": "eth0", "type": "phy", "ethernet_mac_address": "02:00:0a:58:00:05", "mtu": 1500}])
@@ -204,8 +216,21 @@ mod tests {
     }
 
     #[test]
+    fn routes_of_a_family_without_an_address_are_refused() {
+        let mut network = bridge();
+        network.interfaces[0].routes.push(crate::seed::Route {
+            destination: "::/0".parse().unwrap(),
+            gateway: Some("fe80::1".parse().unwrap()),
+            on_link: false,
+            metric: None,
+        });
+        let e = render_network_data(&network).unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains("no IPv6 address") && e.contains("nocloud"), "{e}");
+    }
+
+    #[test]
     fn a_gateway_outside_the_subnets_gets_a_link_route_first() {
-        let data = parse(&render_network_data(&calico()));
+        let data = parse(&render_network_data(&calico()).unwrap());
         assert_eq!(
             data["networks"][0]["routes"],
             json!([
@@ -213,7 +238,7 @@ mod tests {
                 {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "169.254.1.1"},
             ])
         );
-        let dual = parse(&render_network_data(&dual_stack_link_local()));
+        let dual = parse(&render_network_data(&dual_stack_link_local()).unwrap());
         let networks = dual["networks"].as_array().unwrap();
         assert_eq!(networks.len(), 2);
         assert_eq!(

@@ -121,7 +121,7 @@ impl Seed {
                     SeedFile::new(config_drive::USER_DATA, user_data),
                 ];
                 if let Some(network) = &self.network {
-                    files.push(SeedFile::new(config_drive::NETWORK_DATA, config_drive::render_network_data(network)));
+                    files.push(SeedFile::new(config_drive::NETWORK_DATA, config_drive::render_network_data(network)?));
                     files.push(SeedFile::new(
                         config_drive::VENDOR_DATA,
                         config_drive::render_vendor_data(NETWORK_ON_EVERY_BOOT),

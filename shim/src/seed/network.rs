@@ -162,6 +162,36 @@ impl From<IpPrefix> for String {
     }
 }
 
+impl GuestInterface {
+    /// Whether `gateway` is on the link with no route to it: in one of the interface's
+    /// subnets, or IPv6 link-local.
+    pub(crate) fn reaches(&self, gateway: IpAddr) -> bool {
+        is_ipv6_link_local(gateway) || self.addresses.iter().any(|a| a.contains(gateway))
+    }
+
+    /// The routes straight onto the link the guest must be given: the pod's (but those to
+    /// one of the interface's own subnets and to `fe80::/10`, which the kernel adds with
+    /// the address), then a host route to each gateway outside every subnet that no link
+    /// route covers yet (Calico's `169.254.1.1`), each in the pod's order.
+    pub(crate) fn link_routes(&self) -> Vec<IpPrefix> {
+        let mut link_routes: Vec<IpPrefix> = Vec::new();
+        for route in self.routes.iter().filter(|r| r.gateway.is_none()) {
+            let destination = route.destination.network();
+            let implied = (is_ipv6_link_local(destination.addr()) && destination.prefix_len() >= 10)
+                || self.addresses.iter().any(|a| a.network() == destination);
+            if !implied && !link_routes.contains(&destination) {
+                link_routes.push(destination);
+            }
+        }
+        for gateway in self.routes.iter().filter_map(|r| r.gateway) {
+            if !self.reaches(gateway) && !link_routes.iter().any(|l| l.contains(gateway)) {
+                link_routes.push(IpPrefix::host(gateway));
+            }
+        }
+        link_routes
+    }
+}
+
 /// IPv6 link-local (`fe80::/10`): always on-link, and meaningless outside its link.
 pub(crate) fn is_ipv6_link_local(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)

@@ -38,7 +38,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::network::{is_ipv6_link_local, mac_text, GuestInterface, GuestNetwork, IpPrefix, Route};
+use super::network::{mac_text, GuestInterface, GuestNetwork, Route};
 
 /// The `user-data` of a seed without user data: NoCloud refuses a seed that has no
 /// `user-data` file (cloud-init 22.4 requires both `meta-data` and `user-data`), and an empty
@@ -82,8 +82,7 @@ fn render_interface(out: &mut String, iface: &GuestInterface) {
     let _ = writeln!(out, "    mtu: {}", iface.mtu);
     list(out, "    ", "addresses", iface.addresses.iter().map(|a| a.to_string()));
 
-    let reachable =
-        |gateway: IpAddr| is_ipv6_link_local(gateway) || iface.addresses.iter().any(|a| a.contains(gateway));
+    let reachable = |gateway: IpAddr| iface.reaches(gateway);
     let gateway4 = iface.routes.iter().position(|r| {
         r.destination.is_default()
             && r.destination.addr().is_ipv4()
@@ -102,25 +101,11 @@ fn render_interface(out: &mut String, iface: &GuestInterface) {
 
     // Link routes first (the pod's, then the ones gateways outside every subnet need), then
     // routes through a gateway, each in the pod's order.
-    let mut link_routes: Vec<IpPrefix> = Vec::new();
-    for route in iface.routes.iter().filter(|r| r.gateway.is_none()) {
-        let destination = route.destination.network();
-        let implied = (is_ipv6_link_local(destination.addr()) && destination.prefix_len() >= 10)
-            || iface.addresses.iter().any(|a| a.network() == destination);
-        if !implied && !link_routes.contains(&destination) {
-            link_routes.push(destination);
-        }
-    }
-    let mut gateway_routes: Vec<&Route> = Vec::new();
-    for (index, route) in iface.routes.iter().enumerate() {
-        let Some(gateway) = route.gateway else { continue };
-        if !reachable(gateway) && !link_routes.iter().any(|l| l.contains(gateway)) {
-            link_routes.push(IpPrefix::host(gateway));
-        }
-        if Some(index) != gateway4 && Some(index) != gateway6 {
-            gateway_routes.push(route);
-        }
-    }
+    let link_routes = iface.link_routes();
+    let gateway_routes: Vec<&Route> = (iface.routes.iter().enumerate())
+        .filter(|(index, route)| route.gateway.is_some() && Some(*index) != gateway4 && Some(*index) != gateway6)
+        .map(|(_, route)| route)
+        .collect();
     if link_routes.is_empty() && gateway_routes.is_empty() {
         return;
     }
@@ -181,7 +166,7 @@ pub fn quote(text: &str) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::seed::network::Dns;
+    use crate::seed::network::{Dns, IpPrefix};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

@@ -425,7 +425,7 @@ print(json.dumps({"meta-data": md, "keys": sources.normalize_pubkey_data(md["pub
 
 #[test]
 fn cloud_init_renders_the_config_drives_network_everywhere() {
-    let bridge_json = config_drive::render_network_data(&bridge());
+    let bridge_json = config_drive::render_network_data(&bridge()).unwrap();
     let [eni, networkd, netplan] =
         <[_; 3]>::try_from(net_convert_from("network_data.json", &bridge_json, &["eni", "networkd", "netplan"]))
             .unwrap();
@@ -449,7 +449,7 @@ fn cloud_init_renders_the_config_drives_network_everywhere() {
     );
     assert!(!netplan.contains("gateway4"), "one default route only (netplan refuses two): {netplan}");
 
-    let calico_json = config_drive::render_network_data(&calico());
+    let calico_json = config_drive::render_network_data(&calico()).unwrap();
     let [networkd, netplan] =
         <[_; 2]>::try_from(net_convert_from("network_data.json", &calico_json, &["networkd", "netplan"])).unwrap();
     // The link route to the gateway comes first, with an all-zero gateway: no gateway.
