@@ -46,8 +46,8 @@ pub struct DiskInfo {
 }
 
 /// Largest virtual disk we accept (64 TiB); anything bigger is a hostile or
-/// broken header rather than a real container disk.
-pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
+/// broken header rather than a real container disk. The plan holds a root size to it.
+pub const MAX_VIRTUAL_SIZE: u64 = crate::plan::MAX_DISK_BYTES;
 
 /// Why an image was refused. Every message starts with `disk <path>:`.
 #[derive(Debug, thiserror::Error)]

@@ -122,7 +122,7 @@ pub(super) fn parse_root_size(key: &str, value: &str) -> Result<u64, PlanError> 
     let err = |reason: String| PlanError::Annotation { key: key.into(), value: value.to_string(), reason };
     let bytes =
         quantity::parse_bytes(value).map_err(|e| err(format!("not a disk size ({}); use e.g. 20Gi", e.reason)))?;
-    let max = crate::disk::format::MAX_VIRTUAL_SIZE;
+    let max = super::MAX_DISK_BYTES;
     if bytes == 0 || bytes > max {
         return Err(err(format!("must be more than 0 and at most {}", format_bytes(max))));
     }

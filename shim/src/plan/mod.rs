@@ -48,6 +48,10 @@ pub enum MachineType {
     Pc,
 }
 
+/// The largest virtual disk (64 TiB): a root size above it is refused, and so is an image
+/// disk whose header claims more (a hostile or broken header, not a real disk).
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+
 /// The bus the root disk is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
