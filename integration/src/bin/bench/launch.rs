@@ -260,9 +260,9 @@ impl Drop for DomainGuard<'_> {
 }
 
 /// The shim's own QEMU argv (captured from a VM it started), changed only where it must be
-/// for a QEMU started by hand: no `-S` (nobody sends `cont`), the QMP socket and disk files
-/// in the bench directory opened by path (no `-add-fd`), and the serial console to a file
-/// instead of the shim's pty.
+/// for a QEMU started by hand: no `-S` (nobody sends `cont`), the QMP and guest-agent
+/// sockets and disk files in the bench directory opened by path (no `-add-fd`, no inherited
+/// socket), and the serial console to a file instead of the shim's pty.
 fn bare_argv(
     shim_argv: &[String],
     name: &str,
@@ -275,6 +275,7 @@ fn bare_argv(
     let mut out = Vec::new();
     let mut i = 0;
     let (mut saw_qmp, mut saw_console, mut saw_image, mut saw_overlay) = (false, false, false, false);
+    let mut saw_agent = false;
     while i < args.len() {
         let a = &args[i];
         let value = args.get(i + 1);
@@ -293,6 +294,12 @@ fn bare_argv(
                 saw_qmp = true;
                 out.push(a.clone());
                 out.push(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()));
+            }
+            ("-chardev", Some(v)) if v.starts_with("socket,id=agent,") => {
+                saw_agent = true;
+                out.push(a.clone());
+                let agent = qmp.with_extension("agent.sock");
+                out.push(format!("socket,id=agent,path={},server=on,wait=off", agent.display()));
             }
             ("-chardev", Some(v)) if v.starts_with("serial,id=console,") => {
                 saw_console = true;
@@ -323,10 +330,11 @@ fn bare_argv(
         }
         i += 2;
     }
-    if !(saw_qmp && saw_console && saw_image && saw_overlay) {
+    if !(saw_qmp && saw_agent && saw_console && saw_image && saw_overlay) {
         bail!(
-            "the shim's QEMU argv no longer has the pieces the bench rewrites (qmp {saw_qmp}, console {saw_console}, \
-             image {saw_image}, overlay {saw_overlay}); update bare_argv in integration/src/bin/bench/launch.rs: {shim_argv:?}"
+            "the shim's QEMU argv no longer has the pieces the bench rewrites (qmp {saw_qmp}, agent {saw_agent}, \
+             console {saw_console}, image {saw_image}, overlay {saw_overlay}); update bare_argv in \
+             integration/src/bin/bench/launch.rs: {shim_argv:?}"
         );
     }
     if let Some(left) = out.iter().find(|a| {
