@@ -14,7 +14,7 @@ use hadris_iso::read::PathSeparator;
 use hadris_iso::write::options::{CreationFeatures, IsoFormatOptions};
 use hadris_iso::write::{File as IsoFile, InputFiles, IsoImageWriter};
 
-use super::vfat::{directories, image_size};
+use super::vfat::{directories, ensure_empty, image_size, io_error};
 use super::{SeedError, SeedFile};
 
 /// Writes an ISO image holding `files` under the volume label `label` (1 to 32 characters
@@ -29,10 +29,7 @@ pub fn write_iso<D: Read + Write + Seek>(files: &[SeedFile], label: &str, mut di
     // The same path rules and size limit as the vfat image's.
     let dirs = directories(files)?;
     image_size(files, dirs.len())?;
-    let existing = disk.seek(SeekFrom::End(0)).map_err(io_error("reading the disk size"))?;
-    if existing != 0 {
-        return Err(SeedError::DiskNotEmpty(existing));
-    }
+    ensure_empty(&mut disk)?;
 
     let options = IsoFormatOptions {
         volume_name: label.to_string(),
@@ -85,8 +82,4 @@ fn into_entries(dir: Dir) -> Vec<IsoFile> {
         .map(|(name, sub)| IsoFile::Directory { name: Arc::new(name), children: into_entries(sub) });
     let files = dir.files.into_iter().map(|(name, contents)| IsoFile::File { name: Arc::new(name), contents });
     dirs.chain(files).collect()
-}
-
-fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> SeedError {
-    move |source| SeedError::Io { what: what.to_string(), source }
 }

@@ -60,10 +60,7 @@ pub fn write_vfat<D: Read + Write + Seek>(files: &[SeedFile], label: &str, mut d
     let dirs = directories(files)?;
     let size = image_size(files, dirs.len())?;
 
-    let existing = disk.seek(SeekFrom::End(0)).map_err(io_error("reading the disk size"))?;
-    if existing != 0 {
-        return Err(SeedError::DiskNotEmpty(existing));
-    }
+    ensure_empty(&mut disk)?;
     // Sets the length (a sparse hole for a file, zeros for a Vec).
     disk.seek(SeekFrom::Start(size - 1)).and_then(|_| disk.write_all(&[0])).map_err(io_error("sizing the image"))?;
     disk.seek(SeekFrom::Start(0)).map_err(io_error("sizing the image"))?;
@@ -104,7 +101,15 @@ fn add_files<T: fatfs::ReadWriteSeek>(
     Ok(())
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> SeedError {
+/// An image is written into an empty disk only, so nothing stale ends up in it.
+pub(super) fn ensure_empty<D: Seek>(disk: &mut D) -> Result<(), SeedError> {
+    match disk.seek(SeekFrom::End(0)).map_err(io_error("reading the disk size"))? {
+        0 => Ok(()),
+        existing => Err(SeedError::DiskNotEmpty(existing)),
+    }
+}
+
+pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> SeedError {
     let what = what.into();
     move |source| SeedError::Io { what, source }
 }
