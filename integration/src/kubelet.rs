@@ -151,8 +151,11 @@ impl<'c> Kubelet<'c> {
     fn start_with(cri: &'c CriEnv, tag: &str, plane: Option<&ControlPlane>) -> Result<Kubelet<'c>> {
         let binary = kubernetes_binary("kubelet")?;
         let only_kubelet = one_kubelet_at_a_time()?;
-        let dir = tempfile::Builder::new().prefix("kubelet-").tempdir()?;
-        let cgroup_root = format!("/csv-kubelet-{tag}-{}", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&format!("kubelet-{tag}-")).tempdir()?;
+        // Named after the directory, which no other kubelet has: two tests of one process
+        // share the pid, and the next kubelet makes its root the moment this one is dropped.
+        let dir_name = dir.path().file_name().context("kubelet dir name")?.to_string_lossy();
+        let cgroup_root = format!("/csv-{dir_name}");
         for sub in ["manifests", "root", "pod-logs"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }

@@ -135,7 +135,7 @@ fn kubelets_exec_probes_run_in_the_guest_and_a_failing_liveness_probe_restarts_t
     let cri = CriEnv::start_vm_by_default("probes", 36)?;
     let ns = cri.namespace();
     let mut events = ns.events()?;
-    let mut kubelet = Kubelet::start(&cri, "vm")?;
+    let mut kubelet = Kubelet::start(&cri, "probes")?;
     let mut pod = vm_pod();
     let probe = |command: Value, failures: u32| {
         serde_json::json!({"exec": {"command": command}, "periodSeconds": 2, "timeoutSeconds": 10,
