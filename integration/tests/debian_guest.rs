@@ -2,18 +2,20 @@
 //! `images/build-debian.sh` (systemd, cloud-init, netplan, qemu-guest-agent) boots through
 //! containerd in a pod network and shows, through exec via its guest agent, that cloud-init
 //! ran the user's script with the env, set the hostname, put the SSH key in the default
-//! user's authorized_keys, wrote the env file and configured the pod IP; and that the config
-//! drive (ISO 9660, its network_data.json) works as well. Slow under TCG (minutes a boot): CI runs it on one
-//! containerd release (the `debian-guest` feature).
+//! user's authorized_keys, wrote the env file and configured the pod IP; and, in a pod run
+//! through CRI, that the config drive (ISO 9660, its network_data.json) works as well and
+//! `crictl exec` and an exec probe get the guest's output and exit code. Slow under TCG
+//! (minutes a boot): CI runs it on one containerd release (the `debian-guest` feature).
 
 use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use integration::cri::{CriEnv, VM_HANDLER};
 use integration::images::{debian_image, DEBIAN};
 use integration::podnet::PodNet;
 use integration::rig::Namespace;
-use integration::vmenv::{wait_for_agent, wait_status, VmEnv};
+use integration::vmenv::{wait_for_agent, wait_status, wait_until, VmEnv};
 
 /// From power-on to a running guest agent under TCG on a busy two-core machine.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -61,13 +63,14 @@ fn boot(env: &VmEnv, ns: &Namespace<'_>, id: &str, extra: &[&str]) -> Result<()>
     Ok(())
 }
 
+/// `ctr run` with NoCloud (vfat) in a pod network, with a user script, the env and a key;
+/// `ctr task exec`.
 #[test]
 fn debian_configures_itself_from_the_seed_and_runs_execs() -> Result<()> {
     let env = VmEnv::start()?;
     let ns = env.namespace("debian")?;
     ns.import(&debian_image(env.rig.dir())?.archive)?;
 
-    // NoCloud (vfat) in a pod network, with a user script, the env and a key.
     let pod = PodNet::new("debian", 44)?;
     let with_ns = format!("network:{}", pod.path().display());
     let script = "#!/bin/sh\necho \"script saw $GREETING\" > /run/user-script.out\n";
@@ -97,35 +100,94 @@ fn debian_configures_itself_from_the_seed_and_runs_execs() -> Result<()> {
     let out = exec(&ns, "deb1", &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
     ensure!(out.status.code() == Some(3), "exit code: {}", out.status);
     ensure!(out.stdout == b"out\n" && out.stderr == b"err\n", "stdout {:?}, stderr {:?}", out.stdout, out.stderr);
-    env.kill_and_remove(&ns, "deb1")?;
+    env.kill_and_remove(&ns, "deb1")
+}
 
-    // A config drive on ISO 9660, in another pod network (network_data.json through
-    // cloud-init, netplan and networkd).
-    let pod = PodNet::new("debian-cd", 45)?;
-    let with_ns = format!("network:{}", pod.path().display());
-    let flags = [
-        "--with-ns",
-        &with_ns,
-        "--annotation",
-        "vm.containerd.io/cloud-init=configdrive",
-        "--annotation",
-        "vm.containerd.io/cloud-init-format=iso",
-        "--annotation",
-        &keys,
+/// `crictl exec` of `argv` in `id`: ExecSync (as an exec probe runs it, with a timeout) when
+/// `sync`, else the streaming Exec (as kubectl exec runs it).
+fn crictl_exec(cri: &CriEnv, id: &str, sync: bool, argv: &[&str]) -> Result<Output> {
+    let mut args = vec!["exec"];
+    if sync {
+        args.extend_from_slice(&["--sync", "--timeout", "60"]);
+    }
+    args.push(id);
+    args.extend_from_slice(argv);
+    cri.crictl(&args)
+}
+
+/// The stdout of ExecSync of `argv` in `id`, which must succeed.
+fn crictl_exec_ok(cri: &CriEnv, id: &str, argv: &[&str]) -> Result<String> {
+    let out = crictl_exec(cri, id, true, argv)?;
+    ensure!(out.status.success(), "{argv:?} in {id}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Kubernetes' path: a pod through CRI (crictl), its annotations asking for a config drive on
+/// ISO 9660 (network_data.json through cloud-init, netplan and networkd); CRI's exec and an
+/// exec probe (ExecSync) answered by the guest.
+#[test]
+fn debian_in_a_cri_pod_takes_a_config_drive_and_answers_crictl_exec() -> Result<()> {
+    let cri = CriEnv::start("debian", 46)?;
+    cri.namespace().import(&debian_image(cri.env.rig.dir())?.archive)?;
+    let annotations = [
+        ("vm.containerd.io/cloud-init", "configdrive"),
+        ("vm.containerd.io/cloud-init-format", "iso"),
+        ("vm.containerd.io/ssh-keys", KEY),
+        ("vm.containerd.io/memory", "1Gi"),
+        ("vm.containerd.io/cpus", "2"),
     ];
-    boot(&env, &ns, "deb2", &flags)?;
-    let subplatform = exec_ok(&ns, "deb2", &["cloud-init", "query", "v1.subplatform"])?;
+    let pod_config = cri.pod_config("deb2", &annotations)?;
+    let pod_config = pod_config.to_str().context("path")?;
+    let pod = cri.crictl_ok(&["runp", "--runtime", VM_HANDLER, pod_config])?.trim().to_string();
+    let ip = cri.inspect("inspectp", &pod)?["status"]["network"]["ip"].as_str().unwrap_or_default().to_string();
+    ensure!(ip.starts_with(&cri.subnet), "pod IP {ip:?} not on the CNI network {}", cri.subnet);
+    let vm_config = cri.container_config("vm", DEBIAN, &["/disk"], &[])?;
+    let vm = cri.crictl_ok(&["create", &pod, vm_config.to_str().context("path")?, pod_config])?.trim().to_string();
+    cri.crictl_ok(&["start", &vm])?;
+
+    // The probe kubelet would run until the guest answers (its agent up), then cloud-init's end.
+    wait_until("the guest agent to answer crictl exec --sync", AGENT_TIMEOUT, || {
+        Ok(crictl_exec(&cri, &vm, true, &["true"])?.status.success().then_some(()))
+    })
+    .with_context(|| {
+        let console = std::fs::read_to_string(cri.dir().join("logs/deb2/vm.log")).unwrap_or_default();
+        let lines: Vec<&str> = console.lines().collect();
+        format!("the console's end:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+    })?;
+    let status = crictl_exec_ok(&cri, &vm, &["timeout", "600", "cloud-init", "status", "--wait", "--long"])?;
+    ensure!(status.contains("status: done"), "cloud-init status: {status}");
+
+    let subplatform = crictl_exec_ok(&cri, &vm, &["cloud-init", "query", "v1.subplatform"])?;
     ensure!(subplatform.contains("config-disk"), "the datasource: {subplatform:?}");
-    let instance = exec_ok(&ns, "deb2", &["cloud-init", "query", "v1.instance_id"])?;
-    ensure!(instance.trim() == "deb2", "the instance id: {instance:?}");
-    let hostname = exec_ok(&ns, "deb2", &["hostname"])?;
+    let instance = crictl_exec_ok(&cri, &vm, &["cloud-init", "query", "v1.instance_id"])?;
+    ensure!(instance.trim() == vm, "the instance id {instance:?}, not the container's id {vm}");
+    // CRI's container hostname is the pod's.
+    let hostname = crictl_exec_ok(&cri, &vm, &["hostname"])?;
     ensure!(hostname.trim() == "deb2", "hostname: {hostname:?}");
-    let addresses = exec_ok(&ns, "deb2", &["ip", "-o", "-4", "addr", "show"])?;
-    ensure!(addresses.contains(&format!("inet {}/24", pod.pod_ip)), "the guest's addresses: {addresses}");
-    let routes = exec_ok(&ns, "deb2", &["ip", "-4", "route", "show", "default"])?;
-    ensure!(routes.contains(&format!("via {}", pod.gateway)), "the guest's default route: {routes}");
-    pod.ping_from_host(&pod.pod_ip, Duration::from_secs(60))?;
-    let authorized = exec_ok(&ns, "deb2", &["cat", "/home/debian/.ssh/authorized_keys"])?;
+    let addresses = crictl_exec_ok(&cri, &vm, &["ip", "-o", "-4", "addr", "show"])?;
+    ensure!(addresses.contains(&format!("inet {ip}/24")), "the guest's addresses: {addresses}");
+    let routes = crictl_exec_ok(&cri, &vm, &["ip", "-4", "route", "show", "default"])?;
+    ensure!(routes.contains(&format!("via {}.1", cri.subnet)), "the guest's default route: {routes}");
+    cri.netns.ping(&ip, Duration::from_secs(60))?;
+    let authorized = crictl_exec_ok(&cri, &vm, &["cat", "/home/debian/.ssh/authorized_keys"])?;
     ensure!(authorized.contains(KEY), "the default user's authorized_keys: {authorized:?}");
-    env.kill_and_remove(&ns, "deb2")
+
+    // A failing probe fails, with the guest's exit code and stderr.
+    let failing = crictl_exec(&cri, &vm, true, &["sh", "-c", "echo not-ready >&2; exit 3"])?;
+    let stderr = String::from_utf8_lossy(&failing.stderr);
+    ensure!(failing.status.code() == Some(3) && stderr.contains("not-ready"), "a failing probe: {failing:?}");
+    // The streaming exec: stdout and stderr apart, a non-zero exit reported.
+    let streamed = crictl_exec(&cri, &vm, false, &["sh", "-c", "uname -s; echo err >&2; exit 3"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&streamed.stdout), String::from_utf8_lossy(&streamed.stderr));
+    ensure!(
+        !streamed.status.success() && stdout == "Linux\n" && stderr.contains("err\n") && stderr.contains("exit code 3"),
+        "crictl exec: {streamed:?}"
+    );
+
+    cri.crictl_ok(&["stopp", &pod])?;
+    cri.crictl_ok(&["rmp", &pod])?;
+    for id in [&vm, &pod] {
+        cri.env.assert_gone(&cri.namespace(), id)?;
+    }
+    Ok(())
 }
