@@ -128,7 +128,9 @@ pub struct VmPlan {
     pub terminal: bool,
     pub cgroup: Option<CgroupPlan>,
     pub network: NetworkPlan,
-    /// The guest's hostname: the spec's, else the container id.
+    /// The guest's hostname: the spec's; else the process's `HOSTNAME`, where
+    /// containerd's CRI puts the pod's (a CRI container shares the pod's UTS namespace
+    /// and has no hostname of its own in its spec); else the container id.
     pub hostname: String,
     /// Which host NUMA node(s) and CPUs the VM asks for.
     pub placement: crate::placement::Request,
@@ -267,8 +269,14 @@ impl VmPlan {
 
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
         let network = network::plan(spec, annotations, cpus, limits.network)?;
-        let hostname = spec.hostname().clone().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| name.to_string());
         let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+        let hostname_env = env.iter().rev().find_map(|e| e.strip_prefix("HOSTNAME="));
+        let hostname = [spec.hostname().as_deref(), hostname_env]
+            .into_iter()
+            .flatten()
+            .find(|h| !h.trim().is_empty())
+            .unwrap_or(name)
+            .to_string();
         let guest = guest::parse(annotations, &env)?;
         let root_size_bytes = [annotations::ANNOTATION_ROOT_SIZE, annotations::VIRTLET_ROOT_VOLUME_SIZE]
             .into_iter()
@@ -340,6 +348,23 @@ mod tests {
 
     fn plan(annotations: serde_json::Value, resources: serde_json::Value) -> Result<VmPlan, PlanError> {
         VmPlan::from_spec("vm1", &spec(annotations, resources), &limits())
+    }
+
+    #[test]
+    fn hostname_is_the_specs_else_the_pods_from_cri_else_the_container_id() {
+        let with = |hostname: Option<&str>, env: &[&str]| {
+            let mut spec = spec(json!({}), json!({}));
+            spec.set_hostname(hostname.map(str::to_string));
+            let mut process = spec.process().clone().unwrap();
+            process.set_env(Some(env.iter().map(|e| e.to_string()).collect()));
+            spec.set_process(Some(process));
+            VmPlan::from_spec("vm1", &spec, &limits()).unwrap().hostname
+        };
+        assert_eq!(with(Some("web"), &["HOSTNAME=pod"]), "web");
+        assert_eq!(with(None, &["PATH=/bin", "HOSTNAME=pod"]), "pod");
+        assert_eq!(with(Some(""), &["HOSTNAME=pod"]), "pod");
+        assert_eq!(with(None, &["HOSTNAME="]), "vm1");
+        assert_eq!(with(None, &[]), "vm1");
     }
 
     #[test]
