@@ -1,19 +1,18 @@
 //! `containerd-shim-vm-v1`: parses flags and hands over to the shim library.
 
 use containerd_shim_protos::protobuf;
+use containerd_shim_vm::host::seed_writer;
 use containerd_shim_vm::{accel, info, kind::PodFactory, service::PodShim, COMMIT, RUNTIME_ID, VERSION};
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    // Internal: the KVM usability probe runs in a child so a hanging KVM cannot hang the shim.
-    if args.get(1).is_some_and(|a| a == "--probe-kvm") {
-        match accel::probe_kvm_here() {
-            Ok(()) => std::process::exit(0),
-            Err(reason) => {
-                eprintln!("{reason}");
-                std::process::exit(1);
-            }
-        }
+    // Internal children of the shim itself: the KVM usability probe (so that a hanging KVM
+    // cannot hang the shim) and the seed writer (so that its code is never mapped here).
+    if args.get(1).is_some_and(|a| a == accel::PROBE_KVM_ARG) {
+        std::process::exit(accel::probe_kvm_main());
+    }
+    if args.get(1).is_some_and(|a| a == seed_writer::WRITE_SEED_ARG) {
+        std::process::exit(seed_writer::child_main());
     }
     // `doctor`: checks the host and prints what is missing (exit status 1 on a blocker).
     if args.get(1).is_some_and(|a| a == "doctor") {

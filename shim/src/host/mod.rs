@@ -13,4 +13,5 @@ pub mod process;
 pub mod qemu;
 pub mod rootfs;
 pub mod runc;
+pub mod seed_writer;
 pub mod state_dir;

@@ -59,6 +59,10 @@ pub enum SeedError {
 
     #[error("seed image: {0}")]
     Image(String),
+
+    /// What the seed writer, a child process (`host::seed_writer`), said.
+    #[error("{0}")]
+    Child(String),
 }
 
 /// A seed: the datasource and image format the guest's plan asks for, with the instance's

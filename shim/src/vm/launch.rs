@@ -22,7 +22,7 @@ use crate::host::journal::{Journal, JournalError, Resource};
 use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
 use crate::host::placement::{self as host_placement, PlacementHostError};
 use crate::host::process::{Pidfd, ProcessId};
-use crate::host::{qemu as qemu_process, state_dir};
+use crate::host::{qemu as qemu_process, seed_writer, state_dir};
 use crate::placement::{self, Placement, Policy};
 use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
 use crate::prepared::Prepared;
@@ -465,19 +465,16 @@ pub(super) async fn write_seed(
         guest: plan.guest.clone(),
     };
     let path = state_dir.join(SEED_IMAGE);
-    blocking(move || -> Result<Option<std::fs::File>, VmError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(host(format!("creating {}", path.display())))?;
-        // Not synced: QEMU reads it through the page cache, and a crash loses nothing a
-        // new Create would not write again.
-        seed.write_image(&file)?;
-        std::fs::File::open(&path).map(Some).map_err(host(format!("reopening {}", path.display())))
-    })
-    .await?
+    let create = path.clone();
+    let image = blocking(move || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&create))
+        .await?
+        .map_err(host(format!("creating {}", path.display())))?;
+    // Not synced: QEMU reads it through the page cache, and a crash loses nothing a new
+    // Create would not write again. Written by a child: see host::seed_writer.
+    seed_writer::write(Path::new("/proc/self/exe"), &seed, image).await?;
+    let reopen = path.clone();
+    let image = blocking(move || std::fs::File::open(&reopen)).await?;
+    image.map(Some).map_err(host(format!("reopening {}", path.display())))
 }
 
 fn nic_facts(network: &PodNetwork) -> Vec<NicFacts> {
