@@ -1,0 +1,63 @@
+//! The seed writer as the serving shim runs it: the shim's own binary with `--write-seed`,
+//! a Seed as JSON on stdin, the image on stdout (a regular file), an error on stderr.
+
+use std::io::{Read, Seek, Write};
+use std::process::{Command, Stdio};
+
+use containerd_shim_vm::host::seed_writer::WRITE_SEED_ARG;
+use containerd_shim_vm::plan::guest::{GuestConfig, UserData};
+use containerd_shim_vm::seed::Seed;
+
+/// Runs the writer on `seed` (JSON text) into a new file; its exit status, stderr and image.
+fn run_writer(seed: &[u8]) -> (std::process::ExitStatus, String, Vec<u8>) {
+    let mut image = tempfile::tempfile().expect("a temporary file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_containerd-shim-vm-v1"))
+        .arg(WRITE_SEED_ARG)
+        .stdin(Stdio::piped())
+        .stdout(image.try_clone().expect("a second handle on the file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the shim's binary");
+    child.stdin.take().expect("stdin").write_all(seed).expect("writing the seed");
+    let output = child.wait_with_output().expect("waiting for the writer");
+    let mut bytes = Vec::new();
+    image.rewind().expect("rewinding the image");
+    image.read_to_end(&mut bytes).expect("reading the image");
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned(), bytes)
+}
+
+fn seed(user_data: &str) -> Seed {
+    Seed {
+        instance_id: "vm1".into(),
+        hostname: "vm1".into(),
+        network: None,
+        guest: GuestConfig {
+            user_data: Some(UserData { text: user_data.into(), verbatim: true }),
+            ..GuestConfig::default()
+        },
+    }
+}
+
+#[test]
+fn the_child_writes_the_same_image_as_the_library() {
+    let seed = seed("#cloud-config\nruncmd: [[echo, hi]]\n");
+    let (status, stderr, image) = run_writer(&serde_json::to_vec(&seed).unwrap());
+    assert!(status.success(), "the writer failed: {status}: {stderr}");
+    let mut expected = std::io::Cursor::new(Vec::new());
+    seed.write_image(&mut expected).unwrap();
+    assert!(!image.is_empty());
+    assert!(image == expected.into_inner(), "the child's image differs from Seed::write_image's");
+}
+
+#[test]
+fn the_childs_error_names_what_is_wrong() {
+    let mut bad = seed("#cloud-config\n");
+    bad.instance_id = "../etc".into();
+    let (status, stderr, _) = run_writer(&serde_json::to_vec(&bad).unwrap());
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("instance id \"../etc\""), "stderr: {stderr}");
+
+    let (status, stderr, _) = run_writer(b"{\"instance_id\": 7}");
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("reading the seed from the shim"), "stderr: {stderr}");
+}
