@@ -271,12 +271,13 @@ impl VmPlan {
         let network = network::plan(spec, annotations, cpus, limits.network)?;
         let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
         let hostname_env = env.iter().rev().find_map(|e| e.strip_prefix("HOSTNAME="));
-        let hostname = [spec.hostname().as_deref(), hostname_env]
+        let hostname = match [("hostname", spec.hostname().as_deref()), ("process.env HOSTNAME", hostname_env)]
             .into_iter()
-            .flatten()
-            .find(|h| !h.trim().is_empty())
-            .unwrap_or(name)
-            .to_string();
+            .find_map(|(field, value)| value.filter(|h| !h.is_empty()).map(|h| (field, h)))
+        {
+            Some((field, value)) => checked_hostname(field, value)?,
+            None => name.to_string(),
+        };
         let guest = guest::parse(annotations, &env)?;
         let root_size_bytes = [annotations::ANNOTATION_ROOT_SIZE, annotations::VIRTLET_ROOT_VOLUME_SIZE]
             .into_iter()
@@ -315,6 +316,26 @@ fn is_cpu_list(list: &str) -> bool {
     })
 }
 
+/// A hostname the guest can take (cloud-init, systemd and the kernel agree on these):
+/// at most 64 bytes (HOST_NAME_MAX), dot-separated labels of 1 to 63 letters, digits and
+/// '-', none starting or ending with '-'.
+fn checked_hostname(field: &'static str, value: &str) -> Result<String, PlanError> {
+    let refuse = |reason: &str| PlanError::Spec { field, value: format!("{value:?}"), reason: reason.to_string() };
+    if value.len() > 64 {
+        return Err(refuse("a hostname is at most 64 characters"));
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !value.split('.').all(label_ok) {
+        return Err(refuse("a hostname is dot-separated labels of letters, digits and '-' (not first or last)"));
+    }
+    Ok(value.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,21 +371,35 @@ mod tests {
         VmPlan::from_spec("vm1", &spec(annotations, resources), &limits())
     }
 
+    fn hostname_from(hostname: Option<&str>, env: &[&str]) -> Result<String, PlanError> {
+        let mut spec = spec(json!({}), json!({}));
+        spec.set_hostname(hostname.map(str::to_string));
+        let mut process = spec.process().clone().unwrap();
+        process.set_env(Some(env.iter().map(|e| e.to_string()).collect()));
+        spec.set_process(Some(process));
+        VmPlan::from_spec("vm1", &spec, &limits()).map(|plan| plan.hostname)
+    }
+
     #[test]
     fn hostname_is_the_specs_else_the_pods_from_cri_else_the_container_id() {
-        let with = |hostname: Option<&str>, env: &[&str]| {
-            let mut spec = spec(json!({}), json!({}));
-            spec.set_hostname(hostname.map(str::to_string));
-            let mut process = spec.process().clone().unwrap();
-            process.set_env(Some(env.iter().map(|e| e.to_string()).collect()));
-            spec.set_process(Some(process));
-            VmPlan::from_spec("vm1", &spec, &limits()).unwrap().hostname
-        };
-        assert_eq!(with(Some("web"), &["HOSTNAME=pod"]), "web");
-        assert_eq!(with(None, &["PATH=/bin", "HOSTNAME=pod"]), "pod");
-        assert_eq!(with(Some(""), &["HOSTNAME=pod"]), "pod");
-        assert_eq!(with(None, &["HOSTNAME="]), "vm1");
-        assert_eq!(with(None, &[]), "vm1");
+        assert_eq!(hostname_from(Some("web"), &["HOSTNAME=pod"]).unwrap(), "web");
+        assert_eq!(hostname_from(None, &["PATH=/bin", "HOSTNAME=pod"]).unwrap(), "pod");
+        assert_eq!(hostname_from(Some(""), &["HOSTNAME=pod"]).unwrap(), "pod");
+        assert_eq!(hostname_from(None, &["HOSTNAME="]).unwrap(), "vm1");
+        assert_eq!(hostname_from(None, &[]).unwrap(), "vm1");
+        assert_eq!(hostname_from(Some("vm-1.example.org"), &[]).unwrap(), "vm-1.example.org");
+    }
+
+    #[test]
+    fn a_hostname_the_guest_cannot_take_is_refused_naming_where_it_came_from() {
+        let e = hostname_from(Some("a_b"), &[]).unwrap_err().to_string();
+        assert!(e.contains("spec hostname=\"a_b\""), "{e}");
+        let e = hostname_from(None, &["HOSTNAME= pod"]).unwrap_err().to_string();
+        assert!(e.contains("process.env HOSTNAME=\" pod\""), "{e}");
+        assert!(hostname_from(Some(&"a".repeat(65)), &[]).is_err());
+        assert!(hostname_from(Some(&format!("{}.b", "a".repeat(64))), &[]).is_err());
+        assert!(hostname_from(Some("-a"), &[]).is_err());
+        assert!(hostname_from(Some("a..b"), &[]).is_err());
     }
 
     #[test]
