@@ -4,7 +4,7 @@
 use std::io::{Read, Seek, Write};
 use std::process::{Command, Stdio};
 
-use containerd_shim_vm::host::seed_writer::WRITE_SEED_ARG;
+use containerd_shim_vm::host::seed_writer::{self, WRITE_SEED_ARG};
 use containerd_shim_vm::plan::guest::{GuestConfig, UserData};
 use containerd_shim_vm::seed::Seed;
 
@@ -60,4 +60,25 @@ fn the_childs_error_names_what_is_wrong() {
     let (status, stderr, _) = run_writer(b"{\"instance_id\": 7}");
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("reading the seed from the shim"), "stderr: {stderr}");
+}
+
+/// The serving shim's side, `seed_writer::write`, with the binary as its child: a request
+/// larger than a pipe holds, and a failure whose message comes back.
+#[tokio::test(flavor = "current_thread")]
+async fn the_shim_hands_a_large_seed_over_and_gets_the_childs_error_back() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_containerd-shim-vm-v1"));
+    let large = seed(&format!("#cloud-config\nwrite_files: [{{path: /big, content: {}}}]\n", "x".repeat(256 << 10)));
+    let mut image = tempfile::tempfile().unwrap();
+    seed_writer::write(binary, &large, image.try_clone().unwrap()).await.expect("writing a 256 KiB seed");
+    let mut written = Vec::new();
+    image.rewind().unwrap();
+    image.read_to_end(&mut written).unwrap();
+    let mut expected = std::io::Cursor::new(Vec::new());
+    large.write_image(&mut expected).unwrap();
+    assert!(written == expected.into_inner(), "the image differs from Seed::write_image's");
+
+    let mut bad = seed("#cloud-config\n");
+    bad.instance_id = String::new();
+    let e = seed_writer::write(binary, &bad, tempfile::tempfile().unwrap()).await.unwrap_err().to_string();
+    assert!(e.contains("instance id \"\""), "{e}");
 }

@@ -39,10 +39,12 @@ pub async fn write(self_exe: &Path, seed: &Seed, image: std::fs::File) -> Result
         .spawn()
         .map_err(spawn_error)?;
     let mut stdin = child.stdin.take().ok_or_else(|| SeedError::Image("the writer's stdin was not piped".into()))?;
-    // The request fits the pipe only up to 64 KiB: written while the child reads it.
+    // The request fits the pipe only up to 64 KiB: written while the child reads it, then
+    // the pipe closed (dropped), which is the end of the request to the child.
     let feed = async move {
-        stdin.write_all(&request).await?;
-        stdin.shutdown().await
+        let written = stdin.write_all(&request).await;
+        drop(stdin);
+        written
     };
     let (fed, output) =
         match tokio::time::timeout(WRITER_TIMEOUT, async { tokio::join!(feed, child.wait_with_output()) }).await {

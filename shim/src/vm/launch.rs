@@ -470,8 +470,15 @@ pub(super) async fn write_seed(
         .await?
         .map_err(host(format!("creating {}", path.display())))?;
     // Not synced: QEMU reads it through the page cache, and a crash loses nothing a new
-    // Create would not write again. Written by a child: see host::seed_writer.
-    seed_writer::write(Path::new("/proc/self/exe"), &seed, image).await?;
+    // Create would not write again. Written by a child: see host::seed_writer. A failed
+    // write leaves no file: a Start that attaches the seed late may be retried.
+    if let Err(e) = seed_writer::write(Path::new("/proc/self/exe"), &seed, image).await {
+        let remove = path.clone();
+        if let Err(removing) = blocking(move || std::fs::remove_file(remove)).await? {
+            warn!(seed = %path.display(), "removing the seed image the writer left: {removing}");
+        }
+        return Err(e.into());
+    }
     let reopen = path.clone();
     let image = blocking(move || std::fs::File::open(&reopen)).await?;
     image.map(Some).map_err(host(format!("reopening {}", path.display())))
