@@ -12,10 +12,11 @@ pub fn init(debug: bool) {
     // `SHIM_VM_LOG=debug` or per module, `SHIM_VM_LOG=info,qmp=trace`. (Targets, not
     // EnvFilter: the latter's regular expressions cost every shim their code.)
     let level = if debug { LevelFilter::DEBUG } else { LevelFilter::INFO };
-    let filter = std::env::var("SHIM_VM_LOG")
-        .ok()
-        .and_then(|text| text.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(level));
+    let requested = std::env::var("SHIM_VM_LOG").ok().map(|text| (text.parse::<Targets>(), text));
+    let filter = match &requested {
+        Some((Ok(targets), _)) => targets.clone(),
+        _ => Targets::new().with_default(level),
+    };
     let format = tracing_subscriber::fmt::layer().with_ansi(false).with_target(false);
     // containerd has the FIFO open for reading before it starts the serving shim.
     let result = match std::fs::OpenOptions::new().write(true).open("log") {
@@ -24,6 +25,9 @@ pub fn init(debug: bool) {
     };
     if let Err(e) = result {
         eprintln!("containerd-shim-vm: logging already set up: {e}");
+    }
+    if let Some((Err(e), text)) = requested {
+        tracing::warn!("SHIM_VM_LOG={text:?} is not a filter such as \"info,qmp=trace\" ({e}): logging at {level}");
     }
     // The shipped shim aborts on a panic (Cargo.toml, profile.dist): say why in the shim
     // log before it goes, since stderr may reach nobody.
