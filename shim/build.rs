@@ -1,9 +1,11 @@
 // Embeds the git commit so `--version` can name the exact build, and links the binary
-// with packaging/cold-text.ld (code the serving shim never runs, placed out of its way).
+// with cold-text.ld (code the serving shim never runs, placed out of its way).
 fn main() {
-    let cold_text = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/cold-text.ld");
+    // GNU ld and lld take a script with INSERT beside their default one; gold and mold do not.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let cold_text = std::path::Path::new(&manifest_dir).join("cold-text.ld");
     println!("cargo:rustc-link-arg-bin=containerd-shim-vm-v1=-Wl,-T,{}", cold_text.display());
-    println!("cargo:rerun-if-changed=../packaging/cold-text.ld");
+    println!("cargo:rerun-if-changed=cold-text.ld");
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
