@@ -172,10 +172,14 @@ fn debian_in_a_cri_pod_takes_a_config_drive_and_answers_crictl_exec() -> Result<
     let authorized = crictl_exec_ok(&cri, &vm, &["cat", "/home/debian/.ssh/authorized_keys"])?;
     ensure!(authorized.contains(KEY), "the default user's authorized_keys: {authorized:?}");
 
-    // A failing probe fails, with the guest's exit code and stderr.
+    // A failing probe fails, with the guest's exit code and stderr (crictl exits 1 and
+    // prints ExecSync's exit code, which is what the kubelet's probe reads).
     let failing = crictl_exec(&cri, &vm, true, &["sh", "-c", "echo not-ready >&2; exit 3"])?;
     let stderr = String::from_utf8_lossy(&failing.stderr);
-    ensure!(failing.status.code() == Some(3) && stderr.contains("not-ready"), "a failing probe: {failing:?}");
+    ensure!(
+        !failing.status.success() && stderr.contains("exited with 3") && stderr.contains("not-ready"),
+        "a failing probe: {failing:?}"
+    );
     // The streaming exec: stdout and stderr apart, a non-zero exit reported.
     let streamed = crictl_exec(&cri, &vm, false, &["sh", "-c", "uname -s; echo err >&2; exit 3"])?;
     let (stdout, stderr) = (String::from_utf8_lossy(&streamed.stdout), String::from_utf8_lossy(&streamed.stderr));
