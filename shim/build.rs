@@ -2,8 +2,12 @@
 // with cold-text.ld (code the serving shim never runs, placed out of its way).
 fn main() {
     // GNU ld and lld take a script with INSERT beside their default one; gold and mold do not.
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let cold_text = std::path::Path::new(&manifest_dir).join("cold-text.ld");
+    // The linker reads a copy in OUT_DIR: cargo reuses this script's output for a checkout
+    // at another path sharing the target directory, where a path into the source tree
+    // would name a checkout that may be gone.
+    let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let cold_text = std::path::Path::new(&out_dir).join("cold-text.ld");
+    std::fs::copy("cold-text.ld", &cold_text).expect("copying cold-text.ld into OUT_DIR");
     println!("cargo:rustc-link-arg-bin=containerd-shim-vm-v1=-Wl,-T,{}", cold_text.display());
     println!("cargo:rerun-if-changed=cold-text.ld");
     let commit = std::process::Command::new("git")

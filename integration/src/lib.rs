@@ -40,8 +40,14 @@ pub fn built_tool_dir(env: &str, script: &str, args: &[&str]) -> anyhow::Result<
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// The Cargo workspace root (the parent of this crate's directory).
+/// The Cargo workspace root (the parent of this crate's directory). Cargo names the
+/// crate's directory at run time too (`cargo test`, `cargo run`): that one comes first,
+/// since cargo reuses a build made from a checkout at another path that shares the
+/// target directory, whose compile-time path may be gone.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or(manifest_dir)
 }
