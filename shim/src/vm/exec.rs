@@ -29,7 +29,8 @@ pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most stdin an exec may give: the agent takes it whole, inside one JSON command.
 pub const MAX_INPUT: usize = 4 << 20;
-/// How long an exec with a stdin waits, from Start, for it to bring something.
+/// How long an exec with a stdin waits, from Start, for it to bring something (the FIFO
+/// has been open since Exec, so piped input is usually there already).
 /// `ctr task exec` always hands a stdin FIFO but never opens it when it has nothing to
 /// send (a terminal nobody types into, /dev/null), while piped input arrives at once
 /// (CRI copies it in right after Start): a command whose stdin brought nothing by then
@@ -97,6 +98,8 @@ struct Inner {
     agent: Arc<Agent>,
     command: GuestCommand,
     stdio: Stdio,
+    /// Opened at Exec, taken by Start.
+    opened: Mutex<Option<OpenedStdio>>,
     state: Mutex<State>,
     /// Held across Start's check of the state and its first agent command.
     requests: tokio::sync::Mutex<()>,
@@ -111,7 +114,28 @@ struct Inner {
     events: TaskEvents,
 }
 
+/// An exec's stdio, opened at Exec rather than Start: ctr opens the stdin FIFO for
+/// writing only once the shim has it open for reading, so piped input can be in the FIFO
+/// by Start instead of racing STDIN_GRACE.
+struct OpenedStdio {
+    stdout: Output,
+    stderr: Output,
+    stdin: Option<Stdin>,
+}
+
+impl OpenedStdio {
+    fn open(stdio: &Stdio) -> Result<OpenedStdio, String> {
+        let named = |what: &'static str| move |e: std::io::Error| format!("the exec's {what}: {e}");
+        Ok(OpenedStdio {
+            stdout: console::open_output(&stdio.stdout).map_err(named("stdout"))?,
+            stderr: console::open_output(&stdio.stderr).map_err(named("stderr"))?,
+            stdin: console::open_input(&stdio.stdin).map_err(named("stdin"))?,
+        })
+    }
+}
+
 impl GuestExec {
+    /// Opens the exec's stdio; an error names the stream.
     pub fn new(
         vm_id: &str,
         exec_id: &str,
@@ -120,15 +144,17 @@ impl GuestExec {
         command: GuestCommand,
         stdio: Stdio,
         events: TaskEvents,
-    ) -> GuestExec {
+    ) -> Result<GuestExec, String> {
+        let opened = OpenedStdio::open(&stdio)?;
         let (publish, exit_published) = watch::channel(None);
-        GuestExec(Arc::new(Inner {
+        Ok(GuestExec(Arc::new(Inner {
             vm_id: vm_id.to_string(),
             exec_id: exec_id.to_string(),
             qemu_pid,
             agent,
             command,
             stdio,
+            opened: Mutex::new(Some(opened)),
             state: Mutex::new(State::Created),
             requests: tokio::sync::Mutex::new(()),
             guest_pid: Mutex::new(None),
@@ -136,7 +162,7 @@ impl GuestExec {
             exit_published,
             stdin_closed: watch::channel(false).0,
             events,
-        }))
+        })))
     }
 }
 
@@ -385,19 +411,9 @@ impl Process for GuestExec {
         let inner = &self.0;
         let _one_at_a_time = inner.requests.lock().await;
         self.state().check(Request::Start)?;
-        let opened = (|| {
-            let named = |what: &'static str| move |e: std::io::Error| format!("the exec's {what}: {e}");
-            let stdout = console::open_output(&inner.stdio.stdout).map_err(named("stdout"))?;
-            let stderr = console::open_output(&inner.stdio.stderr).map_err(named("stderr"))?;
-            let stdin = console::open_input(&inner.stdio.stdin).map_err(named("stdin"))?;
-            Ok::<_, String>((stdout, stderr, stdin))
-        })();
-        let (stdout, stderr, stdin) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                inner.end(NOT_RUN, false);
-                return Err(TaskError::Unknown(format!("containerd-shim-vm: {e}")));
-            }
+        let opened = inner.opened.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(OpenedStdio { stdout, stderr, stdin }) = opened else {
+            return Err(TaskError::FailedPrecondition(format!("exec {} was started before", inner.exec_id)));
         };
         // Without a stdin the command starts now, so that a command the guest cannot run
         // is Start's error; with one, once its input is known.
@@ -577,6 +593,27 @@ mod input_tests {
         let (_close_io, closed) = watch::channel(false);
         let input = tokio::time::timeout(Duration::from_secs(5), read_input(stdin, closed, Vec::new())).await;
         assert_eq!(input.expect("stdin did not end").unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn the_stdin_fifo_is_open_for_its_writer_from_exec_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let stdio = Stdio { stdin: fifo.to_str().unwrap().into(), ..Default::default() };
+        let write_now = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo)
+        };
+        // A FIFO nobody reads refuses a writer that will not wait (ENXIO); ctr's would wait.
+        assert_eq!(write_now().unwrap_err().raw_os_error(), Some(libc::ENXIO));
+        let opened = OpenedStdio::open(&stdio).unwrap();
+        let mut writer = write_now().expect("the writer opens once the exec exists");
+        std::io::Write::write_all(&mut writer, b"piped").unwrap();
+        drop(writer);
+        let mut stdin = opened.stdin.unwrap();
+        let (_close_io, mut closed) = watch::channel(false);
+        assert!(matches!(first_input(&mut stdin, &mut closed).await, FirstInput::Part(p) if p == b"piped"));
     }
 
     #[tokio::test]

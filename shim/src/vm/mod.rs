@@ -329,7 +329,9 @@ impl Container for Vm {
             .await
             .map_err(|e| TaskError::FailedPrecondition(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
         let (agent, events) = (self.agent.clone(), self.events.clone());
-        self.processes.add(exec_id, || GuestExec::new(&self.id, exec_id, self.pid, agent, command, stdio, events))
+        let exec = GuestExec::new(&self.id, exec_id, self.pid, agent, command, stdio, events)
+            .map_err(|e| TaskError::InvalidArgument(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
+        self.processes.add(exec_id, || exec)
     }
 
     fn process(&self, exec_id: &str) -> Result<Arc<dyn Process>, TaskError> {
