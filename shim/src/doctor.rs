@@ -60,7 +60,7 @@ fn qemu(config: &Config) -> Check {
 }
 
 fn kvm() -> Check {
-    match crate::accel::resolve_auto(Path::new("/proc/self/exe"), Duration::from_secs(5)) {
+    match crate::accel::resolve_auto(Path::new(crate::SELF_EXE), Duration::from_secs(5)) {
         (crate::accel::Accel::Kvm, _) => check("KVM", Verdict::Ok, "/dev/kvm runs a guest", ""),
         (_, reason) => check(
             "KVM",

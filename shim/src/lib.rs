@@ -32,3 +32,7 @@ pub mod vm;
 pub const RUNTIME_ID: &str = "io.containerd.vm.v1";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const COMMIT: &str = env!("SHIM_GIT_COMMIT");
+/// This very binary, for the children the shim runs of itself (the KVM probe, the seed
+/// writer): the file on disk may be a newer shim an upgrade put there since, which knows
+/// nothing of this one's protocol.
+pub const SELF_EXE: &str = "/proc/self/exe";

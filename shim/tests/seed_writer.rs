@@ -20,10 +20,22 @@ fn run_writer(seed: &[u8]) -> (std::process::ExitStatus, String, Vec<u8>) {
         .expect("starting the shim's binary");
     child.stdin.take().expect("stdin").write_all(seed).expect("writing the seed");
     let output = child.wait_with_output().expect("waiting for the writer");
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned(), read_back(&mut image))
+}
+
+/// What a writer left in `image`.
+fn read_back(image: &mut std::fs::File) -> Vec<u8> {
     let mut bytes = Vec::new();
     image.rewind().expect("rewinding the image");
     image.read_to_end(&mut bytes).expect("reading the image");
-    (output.status, String::from_utf8_lossy(&output.stderr).into_owned(), bytes)
+    bytes
+}
+
+/// The image the library writes for `seed`: what the child must write too.
+fn library_image(seed: &Seed) -> Vec<u8> {
+    let mut image = std::io::Cursor::new(Vec::new());
+    seed.write_image(&mut image).expect("the library writes the image");
+    image.into_inner()
 }
 
 fn seed(user_data: &str) -> Seed {
@@ -43,10 +55,8 @@ fn the_child_writes_the_same_image_as_the_library() {
     let seed = seed("#cloud-config\nruncmd: [[echo, hi]]\n");
     let (status, stderr, image) = run_writer(&serde_json::to_vec(&seed).unwrap());
     assert!(status.success(), "the writer failed: {status}: {stderr}");
-    let mut expected = std::io::Cursor::new(Vec::new());
-    seed.write_image(&mut expected).unwrap();
     assert!(!image.is_empty());
-    assert!(image == expected.into_inner(), "the child's image differs from Seed::write_image's");
+    assert!(image == library_image(&seed), "the child's image differs from Seed::write_image's");
 }
 
 #[test]
@@ -70,12 +80,7 @@ async fn the_shim_hands_a_large_seed_over_and_gets_the_childs_error_back() {
     let large = seed(&format!("#cloud-config\nwrite_files: [{{path: /big, content: {}}}]\n", "x".repeat(256 << 10)));
     let mut image = tempfile::tempfile().unwrap();
     seed_writer::write(binary, &large, image.try_clone().unwrap()).await.expect("writing a 256 KiB seed");
-    let mut written = Vec::new();
-    image.rewind().unwrap();
-    image.read_to_end(&mut written).unwrap();
-    let mut expected = std::io::Cursor::new(Vec::new());
-    large.write_image(&mut expected).unwrap();
-    assert!(written == expected.into_inner(), "the image differs from Seed::write_image's");
+    assert!(read_back(&mut image) == library_image(&large), "the image differs from Seed::write_image's");
 
     let mut bad = seed("#cloud-config\n");
     bad.instance_id = String::new();

@@ -541,10 +541,8 @@ fn resolve_accel(setting: AccelSetting) -> Result<Accel, VmError> {
     if KVM_WORKS.get().is_some() {
         return Ok(Accel::Kvm);
     }
-    // The probe runs in a child with a deadline (a broken KVM can hang KVM_RUN). It runs
-    // this very binary through /proc/self/exe: the file on disk may be a newer shim an
-    // upgrade put there, which knows nothing of this one's probe.
-    match accel::resolve_auto(Path::new("/proc/self/exe"), KVM_PROBE_TIMEOUT) {
+    // The probe runs in a child with a deadline (a broken KVM can hang KVM_RUN).
+    match accel::resolve_auto(Path::new(crate::SELF_EXE), KVM_PROBE_TIMEOUT) {
         (Accel::Kvm, _) => {
             let _ = KVM_WORKS.set(());
             Ok(Accel::Kvm)
