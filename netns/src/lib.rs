@@ -1,17 +1,20 @@
 //! The host side of a pod's network: its namespace (entered only by short-lived
-//! threads), its interfaces over netlink, macvtaps on them, and their queues' descriptors.
+//! threads), its interfaces over netlink, macvtaps on them, and their queues' descriptors;
+//! a macvlan beside a macvtap, with a packet socket on it, for the shim's DHCP answers.
 
 mod links;
 mod namespace;
+mod packet;
 mod tap;
 
 use std::path::PathBuf;
 
 pub use links::{
-    add_macvtap, delete_macvtap, interfaces, link_index, remove_addresses, restore, set_link, Address, Interface,
-    IpPrefix, MacvtapMode, Route,
+    add_macvlan, add_macvtap, delete_macvlan, delete_macvtap, interfaces, link_index, remove_addresses, restore,
+    set_link, Address, Interface, IpPrefix, MacvtapMode, Route,
 };
 pub use namespace::{NetNs, NetnsId, NetnsLock};
+pub use packet::open_ipv4_packet_socket;
 pub use tap::{open_queues, open_vhost};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,14 +7,14 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
     MacVtapMode as KernelMode,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMacVlan, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::NetnsError;
@@ -304,15 +304,7 @@ pub async fn add_macvtap(
         .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
     // The macvtap is the guest's way out, not an interface of the pod: no IPv6
     // link-local address of its own (it would share the guest's MAC, and so its address).
-    let no_ipv6_address =
-        LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
-    let message = LinkUnspec::new_with_index(index).append_extra_attribute(no_ipv6_address).build();
-    match handle.link().set(message).execute().await {
-        Ok(()) => {}
-        // A host booted with IPv6 disabled: no address to avoid.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => {}
-        Err(e) => return Err(NetnsError::Netlink { what: format!("configuring macvtap {name}"), source: e }),
-    }
+    no_ipv6_address(handle, index, name).await?;
     // All multicast reaches the guest: QEMU does not hand the guest's multicast
     // filter to the macvtap, and without it IPv6 neighbour solicitations for the guest's
     // addresses (solicited-node multicast) never arrive.
@@ -335,6 +327,15 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, Netn
 /// Deletes the macvtap called `name`; a link of that name that is not a macvtap is
 /// someone else's and is left alone. Returns whether one was deleted.
 pub async fn delete_macvtap(handle: &Handle, name: &str) -> Result<bool, NetnsError> {
+    delete_own_link(handle, name, InfoKind::MacVtap, "macvtap").await
+}
+
+/// Deletes the macvlan called `name`, as [`delete_macvtap`] does a macvtap.
+pub async fn delete_macvlan(handle: &Handle, name: &str) -> Result<bool, NetnsError> {
+    delete_own_link(handle, name, InfoKind::MacVlan, "macvlan").await
+}
+
+async fn delete_own_link(handle: &Handle, name: &str, kind: InfoKind, what: &str) -> Result<bool, NetnsError> {
     let found: Result<Vec<LinkMessage>, _> =
         handle.link().get().match_name(name.to_string()).execute().try_collect().await;
     let links = match found {
@@ -343,19 +344,52 @@ pub async fn delete_macvtap(handle: &Handle, name: &str) -> Result<bool, NetnsEr
         Err(e) => return Err(NetnsError::Netlink { what: format!("looking up link {name}"), source: e }),
     };
     let Some(link) = links.first() else { return Ok(false) };
-    let is_macvtap = link.attributes.iter().any(|a| {
-        matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::MacVtap))))
-    });
-    if !is_macvtap {
-        return Err(NetnsError::Interface { name: name.to_string(), reason: "is not a macvtap: left alone".into() });
+    let is_kind = link.attributes.iter().any(
+        |a| matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(k) if *k == kind))),
+    );
+    if !is_kind {
+        return Err(NetnsError::Interface { name: name.to_string(), reason: format!("is not a {what}: left alone") });
     }
     // allmulticast off first: a passthru macvlan raises its lower's allmulti count when
     // the flag is set but does not lower it again when deleted (Linux 6.1), which would
     // leave eth0 changed.
     let message = LinkUnspec::new_with_index(link.header.index).allmulticast(false).build();
-    handle.link().set(message).execute().await.map_err(netlink(format!("clearing allmulticast on macvtap {name}")))?;
-    handle.link().del(link.header.index).execute().await.map_err(netlink(format!("deleting macvtap {name}")))?;
+    handle.link().set(message).execute().await.map_err(netlink(format!("clearing allmulticast on {what} {name}")))?;
+    handle.link().del(link.header.index).execute().await.map_err(netlink(format!("deleting {what} {name}")))?;
     Ok(true)
+}
+
+/// Creates a macvlan in bridge mode on `lower` (a bridge-mode macvtap's sibling, which
+/// can exchange frames with the guest), up, with no address of its own: the pod's
+/// routing is not changed. Returns its index.
+pub async fn add_macvlan(handle: &Handle, lower: &Interface, name: &str) -> Result<u32, NetnsError> {
+    let message = LinkMacVlan::new(name, lower.index, MacVlanMode::Bridge).mtu(lower.mtu).build();
+    handle
+        .link()
+        .add(message)
+        .execute()
+        .await
+        .map_err(netlink(format!("creating macvlan {name} on {}", lower.name)))?;
+    let index = link_index(handle, name)
+        .await?
+        .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
+    no_ipv6_address(handle, index, name).await?;
+    let message = LinkUnspec::new_with_index(index).up().build();
+    handle.link().set(message).execute().await.map_err(netlink(format!("bringing macvlan {name} up")))?;
+    Ok(index)
+}
+
+/// No IPv6 link-local address (and so no router solicitations) on a link of the shim's.
+async fn no_ipv6_address(handle: &Handle, index: u32, name: &str) -> Result<(), NetnsError> {
+    let none =
+        LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
+    let message = LinkUnspec::new_with_index(index).append_extra_attribute(none).build();
+    match handle.link().set(message).execute().await {
+        Ok(()) => Ok(()),
+        // A host booted with IPv6 disabled: no address to avoid.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => Ok(()),
+        Err(e) => Err(NetnsError::Netlink { what: format!("configuring {name}"), source: e }),
+    }
 }
 
 /// Sets a link's MAC and/or its up/down state.
