@@ -43,6 +43,8 @@ pub enum Resource {
     PodInterface { netns: PathBuf, netns_id: NetnsId, saved: Box<Interface> },
     /// A macvtap the task made on a pod interface.
     Macvtap { netns: PathBuf, netns_id: NetnsId, name: String },
+    /// The macvlan beside a macvtap that the guest's DHCP is answered from.
+    Macvlan { netns: PathBuf, netns_id: NetnsId, name: String },
     /// An ordinary container runc created (with its cgroup): deleted by force.
     RuncContainer(super::runc::RuncHandle),
     /// The VM's reservation `key` in the host-wide placement ledger at `ledger`.
@@ -252,6 +254,7 @@ fn release(record: &Record, resource: &Resource) -> Result<Option<u32>, String> 
         }
         Resource::RootfsMount { target } => rootfs::unmount(target).map(|()| None),
         Resource::Macvtap { netns, netns_id, name } => network::release_macvtap(netns, *netns_id, name).map(|()| None),
+        Resource::Macvlan { netns, netns_id, name } => network::release_macvlan(netns, *netns_id, name).map(|()| None),
         Resource::PodInterface { netns, netns_id, saved } => {
             network::restore_interface(netns, *netns_id, saved).map(|()| None)
         }

@@ -2,6 +2,7 @@
 //! the task's journal; and what is read of them (cgroup metrics).
 
 pub mod cgroup;
+pub mod dhcp;
 pub mod hooks;
 pub mod journal;
 pub mod legacy;

@@ -47,15 +47,35 @@ pub struct PodNetwork {
     pub nics: Vec<Nic>,
     /// The interfaces as they were found (addresses, routes): what the guest takes.
     pub interfaces: Vec<Interface>,
+    /// Where the guest's DHCP is answered, if it takes its IPv4 that way.
+    pub dhcp_ports: Vec<DhcpPort>,
+}
+
+/// A packet socket on the macvlan beside one interface's macvtap.
+#[derive(Debug)]
+pub struct DhcpPort {
+    /// The pod interface's name (eth0).
+    pub interface: String,
+    pub socket: OwnedFd,
+    pub ifindex: u32,
 }
 
 /// The name of the macvtap on the pod's `ordinal`th interface: unique to the task,
 /// within the 15 bytes the kernel allows.
 pub fn macvtap_name(id: &str, ordinal: usize) -> String {
+    link_name("vmt", id, ordinal)
+}
+
+/// The name of the macvlan the DHCP answers come from, beside the macvtap.
+pub fn dhcp_link_name(id: &str, ordinal: usize) -> String {
+    link_name("vmd", id, ordinal)
+}
+
+fn link_name(prefix: &str, id: &str, ordinal: usize) -> String {
     // FNV-1a: stable across releases (a later shim must find what an earlier one made).
     let hash =
         id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-    format!("vmt{:08x}{}", hash as u32, ordinal % 100)
+    format!("{prefix}{:08x}{}", hash as u32, ordinal % 100)
 }
 
 /// The devices the kernel puts in every new namespace once a tunnel module is loaded
@@ -154,8 +174,8 @@ pub fn inspect(path: &Path) -> Result<Inspected, NetworkError> {
 }
 
 /// What taking the inspected interfaces for the VM `id` will change, to be written in
-/// the journal first: each interface as found, then its macvtap.
-pub fn intended(id: &str, inspected: &Inspected) -> Vec<Resource> {
+/// the journal first: each interface as found, then its macvtap (and its DHCP macvlan).
+pub fn intended(id: &str, inspected: &Inspected, dhcp: bool) -> Vec<Resource> {
     let Inspected { ns, interfaces, .. } = inspected;
     let mut intended = Vec::new();
     for (ordinal, interface) in interfaces.iter().enumerate() {
@@ -169,14 +189,27 @@ pub fn intended(id: &str, inspected: &Inspected) -> Vec<Resource> {
             netns_id: ns.id(),
             name: macvtap_name(id, ordinal),
         });
+        if dhcp {
+            intended.push(Resource::Macvlan {
+                netns: ns.path().to_path_buf(),
+                netns_id: ns.id(),
+                name: dhcp_link_name(id, ordinal),
+            });
+        }
     }
     intended
 }
 
 /// Takes the inspected interfaces (once `intended` is in the journal): a macvtap on
-/// each, their addresses off, `queues` descriptors open on each macvtap; then lets the
-/// namespace go. Blocking.
-pub fn attach(id: &str, inspected: Inspected, mode: MacvtapMode, queues: u32) -> Result<PodNetwork, NetworkError> {
+/// each, their addresses off, `queues` descriptors open on each macvtap, and with `dhcp`
+/// a macvlan beside each with a packet socket on it; then lets the namespace go. Blocking.
+pub fn attach(
+    id: &str,
+    inspected: Inspected,
+    mode: MacvtapMode,
+    queues: u32,
+    dhcp: bool,
+) -> Result<PodNetwork, NetworkError> {
     // The hold on the namespace ends with this function.
     let Inspected { ns, interfaces, _exclusive } = inspected;
     let names: Vec<String> = (0..interfaces.len()).map(|n| macvtap_name(id, n)).collect();
@@ -199,6 +232,22 @@ pub fn attach(id: &str, inspected: Inspected, mode: MacvtapMode, queues: u32) ->
             }
             Ok(())
         })?;
+    }
+    let mut dhcp_ports = Vec::new();
+    if dhcp {
+        let dhcp_names: Vec<String> = (0..interfaces.len()).map(|n| dhcp_link_name(id, n)).collect();
+        let names = &dhcp_names;
+        let interfaces = &interfaces;
+        ns.netlink(|handle| async move {
+            for (interface, name) in interfaces.iter().zip(names) {
+                netns::add_macvlan(&handle, interface, name).await?;
+            }
+            Ok(())
+        })?;
+        for (interface, name) in interfaces.iter().zip(&dhcp_names) {
+            let (socket, ifindex) = netns::open_ipv4_packet_socket(&ns, name)?;
+            dhcp_ports.push(DhcpPort { interface: interface.name.clone(), socket, ifindex });
+        }
     }
 
     let queues = queues.max(1) as usize;
@@ -223,7 +272,7 @@ pub fn attach(id: &str, inspected: Inspected, mode: MacvtapMode, queues: u32) ->
             vhost,
         });
     }
-    Ok(PodNetwork { nics, interfaces })
+    Ok(PodNetwork { nics, interfaces, dhcp_ports })
 }
 
 /// What the guest must configure to be the pod: each interface's MAC, MTU, addresses
@@ -253,6 +302,7 @@ pub fn guest_network(interfaces: &[Interface], dns: seed::Dns) -> Result<seed::G
             mtu: interface.mtu,
             addresses,
             routes,
+            dhcp4: false,
         });
     }
     Ok(guest)
@@ -273,6 +323,16 @@ pub fn release_macvtap(path: &Path, id: NetnsId, name: &str) -> Result<(), Strin
     };
     let name = name.to_string();
     ns.netlink(|handle| async move { netns::delete_macvtap(&handle, &name).await }).map(|_| ()).map_err(what)
+}
+
+/// Deletes a DHCP macvlan the task made, as [`release_macvtap`] does a macvtap.
+pub fn release_macvlan(path: &Path, id: NetnsId, name: &str) -> Result<(), String> {
+    let what = |e: NetnsError| format!("macvlan {name} in {}: {e}", path.display());
+    let Some(ns) = NetNs::reopen(path, id).map_err(what)? else {
+        return Ok(());
+    };
+    let name = name.to_string();
+    ns.netlink(|handle| async move { netns::delete_macvlan(&handle, &name).await }).map(|_| ()).map_err(what)
 }
 
 /// Puts a pod interface back as it was found.

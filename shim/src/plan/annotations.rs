@@ -59,8 +59,8 @@ pub const VIRTLET_SYSTEM_UUID: &str = "VirtletSystemUUID";
 pub const VIRTLET_FORCE_DHCP: &str = "VirtletForceDHCPNetworkConfig";
 
 /// Virtlet's virtual hardware annotations, with Virtlet's values: the root disk's bus
-/// (`virtio`, `scsi`), the CPU model (`host-model`), the SMBIOS system UUID; and its
-/// forced DHCP, which cannot be had here and is refused when asked for.
+/// (`virtio`, `scsi`), the CPU model (`host-model`), the SMBIOS system UUID (its forced
+/// DHCP is the network plan's).
 pub(super) fn virtlet_hardware(annotations: &HashMap<String, String>) -> Result<super::Hardware, PlanError> {
     let err = |key: &str, value: &str, reason: &str| PlanError::Annotation {
         key: key.into(),
@@ -97,20 +97,6 @@ pub(super) fn virtlet_hardware(annotations: &HashMap<String, String>) -> Result<
             Some(uuid.to_ascii_lowercase())
         }
     };
-    if let Some((key, value)) = get(VIRTLET_FORCE_DHCP) {
-        match value.trim() {
-            "" | "false" => {}
-            "true" => {
-                return Err(err(
-                    key,
-                    value,
-                    "a DHCP server in the pod could not reach the guest (a macvtap's lower interface does not \
-                     talk to it); the guest is given the pod's address statically through the seed: leave it out",
-                ))
-            }
-            _ => return Err(err(key, value, "not a boolean; use true or false")),
-        }
-    }
     Ok(super::Hardware { disk_bus, cpu_model, system_uuid })
 }
 

@@ -519,7 +519,7 @@ mod tests {
             ("VirtletCPUModel", "Haswell", "host-model"),
             ("VirtletSystemUUID", "53e1d0f4-3b7a-4c1e-9c5d", "not a UUID"),
             ("VirtletSystemUUID", "53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1dzz", "not a UUID"),
-            ("VirtletForceDHCPNetworkConfig", "true", "statically"),
+            ("VirtletForceDHCPNetworkConfig", "maybe", "true or false"),
         ] {
             let e = plan(json!({key: bad}), json!({})).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(bad) && e.contains(words), "{e}");

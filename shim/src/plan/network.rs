@@ -8,6 +8,7 @@ use netns::MacvtapMode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
+use super::annotations::VIRTLET_FORCE_DHCP;
 use super::PlanError;
 
 pub const ANNOTATION_NETWORK: &str = "vm.containerd.io/network";
@@ -25,7 +26,13 @@ pub enum NetworkPlan {
     /// one. Whatever interfaces CNI puts there before Start (`ctr run --cni` after Create,
     /// nerdctl's createRuntime hook during it) are taken at Start, their NICs added
     /// before the guest first runs; with only `lo` there, the VM has no NIC.
-    NewNamespace { mode: MacvtapMode, queues: u32, resolv_conf: Option<PathBuf> },
+    NewNamespace {
+        mode: MacvtapMode,
+        queues: u32,
+        resolv_conf: Option<PathBuf>,
+        #[serde(default)]
+        dhcp: bool,
+    },
     /// Every interface of the pod's namespace, each through a macvtap.
     Pod {
         netns: PathBuf,
@@ -34,7 +41,20 @@ pub enum NetworkPlan {
         queues: u32,
         /// The resolv.conf the container would have had (bind-mounted by CRI or nerdctl).
         resolv_conf: Option<PathBuf>,
+        /// The guest takes its IPv4 by DHCP, which the shim answers (bridge mode).
+        #[serde(default)]
+        dhcp: bool,
     },
+}
+
+impl NetworkPlan {
+    /// Whether the guest takes its IPv4 by DHCP, which the shim answers.
+    pub fn dhcp(&self) -> bool {
+        match self {
+            NetworkPlan::None { .. } => false,
+            NetworkPlan::NewNamespace { dhcp, .. } | NetworkPlan::Pod { dhcp, .. } => *dhcp,
+        }
+    }
 }
 
 /// What the shim's config says about networks.
@@ -61,8 +81,21 @@ pub(super) fn plan(
             })
         }
     };
+    let dhcp = force_dhcp(annotations)?;
     let mode = match annotations.get(ANNOTATION_MACVTAP_MODE).map(|v| v.trim()) {
+        // The shim's DHCP answers reach the guest from a sibling of its macvtap.
+        None if dhcp => MacvtapMode::Bridge,
         None => limits.macvtap_mode,
+        Some("passthru") if dhcp => {
+            return Err(PlanError::Annotation {
+                key: ANNOTATION_MACVTAP_MODE.into(),
+                value: "passthru".into(),
+                reason: format!(
+                    "{VIRTLET_FORCE_DHCP}=true needs bridge mode (the shim's DHCP answers reach the guest from \
+                     beside its macvtap); leave {ANNOTATION_MACVTAP_MODE} out"
+                ),
+            })
+        }
         Some("passthru") => MacvtapMode::Passthru,
         Some("bridge") => MacvtapMode::Bridge,
         Some(other) => {
@@ -96,7 +129,7 @@ pub(super) fn plan(
         .and_then(|m| m.source().clone());
     let queues = cpus.min(limits.max_queues).max(1);
     let Some(path) = network.path().as_ref().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(NetworkPlan::NewNamespace { mode, queues, resolv_conf });
+        return Ok(NetworkPlan::NewNamespace { mode, queues, resolv_conf, dhcp });
     };
     if !path.is_absolute() {
         return Err(PlanError::Spec {
@@ -105,7 +138,21 @@ pub(super) fn plan(
             reason: "must be an absolute path".into(),
         });
     }
-    Ok(NetworkPlan::Pod { netns: path.clone(), mode, queues, resolv_conf })
+    Ok(NetworkPlan::Pod { netns: path.clone(), mode, queues, resolv_conf, dhcp })
+}
+
+/// Virtlet's `VirtletForceDHCPNetworkConfig`: the guest takes its IPv4 by DHCP (the
+/// shim answers it) instead of from the seed's network configuration.
+fn force_dhcp(annotations: &HashMap<String, String>) -> Result<bool, PlanError> {
+    match annotations.get(VIRTLET_FORCE_DHCP).map(|v| v.trim()) {
+        None | Some("" | "false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(PlanError::Annotation {
+            key: VIRTLET_FORCE_DHCP.into(),
+            value: other.to_string(),
+            reason: "not a boolean; use true or false".into(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -142,11 +189,29 @@ mod tests {
                 netns: "/proc/42/ns/net".into(),
                 mode: MacvtapMode::Passthru,
                 queues: 4,
-                resolv_conf: Some("/var/lib/x/resolv.conf".into())
+                resolv_conf: Some("/var/lib/x/resolv.conf".into()),
+                dhcp: false,
             }
         );
         let p = plan(&s, &annotations(&[(ANNOTATION_MACVTAP_MODE, "bridge")]), 1, LIMITS).unwrap();
-        assert!(matches!(p, NetworkPlan::Pod { mode: MacvtapMode::Bridge, queues: 1, .. }), "{p:?}");
+        assert!(matches!(p, NetworkPlan::Pod { mode: MacvtapMode::Bridge, queues: 1, dhcp: false, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn forced_dhcp_is_bridge_mode_and_refuses_passthru_or_a_non_boolean() {
+        let s = spec(json!([{"type": "network", "path": "/proc/42/ns/net"}]), json!([]));
+        let p = plan(&s, &annotations(&[(VIRTLET_FORCE_DHCP, "true")]), 1, LIMITS).unwrap();
+        assert!(matches!(p, NetworkPlan::Pod { mode: MacvtapMode::Bridge, dhcp: true, .. }), "{p:?}");
+        assert!(p.dhcp());
+        let p = plan(&s, &annotations(&[(VIRTLET_FORCE_DHCP, "false")]), 1, LIMITS).unwrap();
+        assert!(!p.dhcp());
+        let e =
+            plan(&s, &annotations(&[(VIRTLET_FORCE_DHCP, "true"), (ANNOTATION_MACVTAP_MODE, "passthru")]), 1, LIMITS)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains(ANNOTATION_MACVTAP_MODE) && e.contains("passthru") && e.contains("bridge"), "{e}");
+        let e = plan(&s, &annotations(&[(VIRTLET_FORCE_DHCP, "yes")]), 1, LIMITS).unwrap_err().to_string();
+        assert!(e.contains(VIRTLET_FORCE_DHCP) && e.contains("\"yes\"") && e.contains("true or false"), "{e}");
     }
 
     #[test]
@@ -154,7 +219,7 @@ mod tests {
         let fresh = spec(json!([{"type": "network"}]), json!([]));
         assert_eq!(
             plan(&fresh, &annotations(&[]), 2, LIMITS).unwrap(),
-            NetworkPlan::NewNamespace { mode: MacvtapMode::Passthru, queues: 2, resolv_conf: None }
+            NetworkPlan::NewNamespace { mode: MacvtapMode::Passthru, queues: 2, resolv_conf: None, dhcp: false }
         );
         // network=none still gets a namespace of its own: QEMU never shares the host's.
         assert_eq!(

@@ -93,6 +93,10 @@ pub fn render_network_data(network: &GuestNetwork) -> Result<String, SeedError> 
                 )));
             }
         }
+        if iface.dhcp4 {
+            let id = format!("network{}", networks.len());
+            networks.push(json!({ "id": id, "network_id": id, "link": iface.name, "type": "ipv4_dhcp" }));
+        }
         for address in &iface.addresses {
             let id = format!("network{}", networks.len());
             let ipv4 = address.addr().is_ipv4();
@@ -237,6 +241,11 @@ mod tests {
                 {"network": "169.254.1.1", "netmask": "255.255.255.255", "gateway": "0.0.0.0"},
                 {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "169.254.1.1"},
             ])
+        );
+        let by_dhcp = parse(&render_network_data(&calico().ipv4_by_dhcp()).unwrap());
+        assert_eq!(
+            by_dhcp["networks"],
+            json!([{"id": "network0", "network_id": "network0", "link": "eth0", "type": "ipv4_dhcp"}])
         );
         let dual = parse(&render_network_data(&dual_stack_link_local()).unwrap());
         let networks = dual["networks"].as_array().unwrap();

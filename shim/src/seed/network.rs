@@ -27,6 +27,9 @@ pub struct GuestInterface {
     /// Addresses with their prefix length (`10.88.0.5/16`), IPv4 and IPv6.
     pub addresses: Vec<IpPrefix>,
     pub routes: Vec<Route>,
+    /// The guest takes its IPv4 by DHCP (`addresses` and `routes` are then IPv6 only).
+    #[serde(default)]
+    pub dhcp4: bool,
 }
 
 /// A route as read from the pod's network namespace.
@@ -198,6 +201,17 @@ pub(crate) fn is_ipv6_link_local(ip: IpAddr) -> bool {
 }
 
 impl GuestNetwork {
+    /// The network with each interface's IPv4 left to DHCP: its IPv4 addresses and routes
+    /// out, `dhcp4` on where it had an IPv4 address (IPv6 stays as it is).
+    pub fn ipv4_by_dhcp(mut self) -> GuestNetwork {
+        for iface in &mut self.interfaces {
+            iface.dhcp4 = iface.addresses.iter().any(|a| a.addr().is_ipv4());
+            iface.addresses.retain(|a| a.addr().is_ipv6());
+            iface.routes.retain(|r| r.destination.addr().is_ipv6());
+        }
+        self
+    }
+
     /// Checks what the renderers and the guest rely on: unique, valid interface names and
     /// unicast MACs, sane MTUs, no link-local addresses (the guest makes its own), routes
     /// whose gateway has the destination's family, and search domains without blanks.
@@ -434,7 +448,40 @@ mod tests {
                 on_link: false,
                 metric: None,
             }],
+            dhcp4: false,
         }
+    }
+
+    #[test]
+    fn ipv4_by_dhcp_leaves_ipv6_alone() {
+        let mut dual = iface();
+        dual.addresses.push(prefix("fd00::5/64"));
+        dual.routes.push(Route {
+            destination: prefix("::/0"),
+            gateway: Some(ip("fd00::1")),
+            on_link: false,
+            metric: None,
+        });
+        let network = GuestNetwork {
+            interfaces: vec![
+                dual,
+                GuestInterface {
+                    name: "net1".into(),
+                    mac: [2, 0, 0, 0, 0, 9],
+                    addresses: vec![prefix("fd01::5/64")],
+                    routes: vec![],
+                    ..iface()
+                },
+            ],
+            dns: Dns::default(),
+        }
+        .ipv4_by_dhcp();
+        let (eth0, net1) = (&network.interfaces[0], &network.interfaces[1]);
+        assert!(eth0.dhcp4 && !net1.dhcp4, "{network:?}");
+        assert_eq!(eth0.addresses, [prefix("fd00::5/64")]);
+        assert_eq!(eth0.routes.len(), 1);
+        assert_eq!(net1.addresses, [prefix("fd01::5/64")]);
+        network.validate().unwrap();
     }
 
     fn check(change: impl FnOnce(&mut GuestNetwork)) -> Result<(), SeedError> {

@@ -80,6 +80,9 @@ fn render_interface(out: &mut String, iface: &GuestInterface) {
     let _ = writeln!(out, "    match:\n      macaddress: {}", quote(&mac_text(&iface.mac)));
     let _ = writeln!(out, "    set-name: {}", quote(&iface.name));
     let _ = writeln!(out, "    mtu: {}", iface.mtu);
+    if iface.dhcp4 {
+        out.push_str("    dhcp4: true\n");
+    }
     list(out, "    ", "addresses", iface.addresses.iter().map(|a| a.to_string()));
 
     let reachable = |gateway: IpAddr| iface.reaches(gateway);
@@ -187,6 +190,7 @@ pub(super) mod tests {
             mtu: 1500,
             addresses: addresses.iter().map(|a| prefix(a)).collect(),
             routes,
+            dhcp4: false,
         }
     }
 
@@ -275,6 +279,25 @@ ethernets:
       - to: "0.0.0.0/0"
         via: "169.254.1.1"
         on-link: true
+"#
+        );
+    }
+
+    #[test]
+    fn ipv4_by_dhcp_is_dhcp4_with_the_ipv6_kept() {
+        assert_eq!(
+            render_network_config(&dual_stack_link_local().ipv4_by_dhcp()),
+            r#"version: 2
+ethernets:
+  "eth0":
+    match:
+      macaddress: "02:00:0a:58:00:05"
+    set-name: "eth0"
+    mtu: 1500
+    dhcp4: true
+    addresses:
+      - "fd00::5/128"
+    gateway6: "fe80::1"
 "#
         );
     }

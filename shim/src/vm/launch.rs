@@ -17,6 +17,7 @@ use crate::config::{Config, RuntimeConfig};
 use crate::console::{Console, Stdio};
 use crate::disk::{self, DiskError};
 use crate::host::cgroup::{CgroupError, VmCgroup};
+use crate::host::dhcp;
 use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{Journal, JournalError, Resource};
 use crate::host::network::{self as pod_network, NetworkError, PodNetwork};
@@ -27,6 +28,7 @@ use crate::placement::{self, Placement, Policy};
 use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
 use crate::prepared::Prepared;
 use crate::qemu::{self, HostFacts, NicFacts};
+use crate::seed::GuestNetwork;
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
@@ -217,18 +219,22 @@ async fn launch(
     // by Start is added then (`LateNetwork`).
     let late = matches!(plan.network, NetworkPlan::NewNamespace { .. });
     let own_namespace = late || matches!(plan.network, NetworkPlan::None { own_namespace: true });
-    let (network, resolv_conf) = match &plan.network {
+    let (mut network, resolv_conf) = match &plan.network {
         NetworkPlan::None { .. } | NetworkPlan::NewNamespace { .. } => (None, None),
-        NetworkPlan::Pod { netns, mode, queues, resolv_conf } => {
-            let (network, entry) = take_network(req.id, netns, *mode, *queues, journal).await?;
+        NetworkPlan::Pod { netns, mode, queues, resolv_conf, dhcp } => {
+            let (network, entry) = take_network(req.id, netns, *mode, *queues, *dhcp, journal).await?;
             qemu_entry = entry;
             (Some(network), resolv_conf.clone())
         }
     };
     // A VM whose network comes at Start gets its seed then, with the network in it.
-    let seed = match late {
-        true => None,
-        false => write_seed(&plan, &state_dir, network.as_ref(), resolv_conf).await?,
+    let (seed, dhcp) = match late {
+        true => (None, Vec::new()),
+        false => {
+            let guest_network = guest_network(network.as_ref(), resolv_conf).await?;
+            let dhcp = answer_dhcp(network.as_mut(), guest_network.as_ref(), &plan.hostname)?;
+            (write_seed(&plan, &state_dir, guest_network).await?, dhcp)
+        }
     };
 
     let mut console = Console::open().map_err(host("opening the console pty"))?;
@@ -397,10 +403,12 @@ async fn launch(
         pidfd,
         qmp_events,
         oom,
+        dhcp,
         late_network: match (&plan.network, qemu_netns) {
-            (NetworkPlan::NewNamespace { mode, queues, resolv_conf }, Some(netns_id)) => Some(LateNetwork {
+            (NetworkPlan::NewNamespace { mode, queues, resolv_conf, dhcp }, Some(netns_id)) => Some(LateNetwork {
                 mode: *mode,
                 queues: *queues,
+                dhcp: *dhcp,
                 resolv_conf: resolv_conf.clone(),
                 plan: plan.clone(),
                 state_dir: state_dir.clone(),
@@ -422,32 +430,28 @@ async fn take_network(
     netns: &Path,
     mode: netns::MacvtapMode,
     queues: u32,
+    dhcp: bool,
     journal: &mut Journal,
 ) -> Result<(PodNetwork, crate::host::journal::EntryId), VmError> {
     let path = netns.to_path_buf();
     let inspected = blocking(move || pod_network::inspect(&path)).await??;
     // QEMU's entry with the interfaces', in one write: newer, so released first.
-    let mut intended = pod_network::intended(id, &inspected);
+    let mut intended = pod_network::intended(id, &inspected, dhcp);
     intended.push(Resource::Qemu { process: None });
     let entries = journal.intend_all(intended)?;
     let qemu_entry = *entries.last().ok_or_else(|| VmError::Invalid("the journal recorded nothing".into()))?;
     let id = id.to_string();
-    let network = blocking(move || pod_network::attach(&id, inspected, mode, queues)).await??;
+    let network = blocking(move || pod_network::attach(&id, inspected, mode, queues, dhcp)).await??;
     Ok((network, qemu_entry))
 }
 
-/// Writes the seed image (NoCloud or config drive, vfat or ISO, as the plan asks) that
-/// tells the guest its name, its configuration and `network` if there is one, into the
-/// state dir; returns it opened read-only for QEMU (`None` with `cloud-init: none`).
-pub(super) async fn write_seed(
-    plan: &VmPlan,
-    state_dir: &Path,
+/// What the guest is told of `network`, if there is one: the pod's interfaces as found,
+/// and DNS from the container's resolv.conf.
+pub(super) async fn guest_network(
     network: Option<&PodNetwork>,
     resolv_conf: Option<PathBuf>,
-) -> Result<Option<std::fs::File>, VmError> {
-    if plan.guest.cloud_init == crate::plan::guest::CloudInit::None {
-        return Ok(None);
-    }
+) -> Result<Option<GuestNetwork>, VmError> {
+    let Some(network) = network else { return Ok(None) };
     let dns = match resolv_conf {
         Some(path) => match blocking(move || read_resolv_conf(&path).map_err(|e| (path, e))).await? {
             Ok(text) => crate::seed::Dns::from_resolv_conf(&text),
@@ -458,30 +462,74 @@ pub(super) async fn write_seed(
         },
         None => crate::seed::Dns::default(),
     };
+    Ok(Some(pod_network::guest_network(&network.interfaces, dns)?))
+}
+
+/// Starts answering the guest's DHCP on the network's DHCP ports (taken from it), each
+/// with its interface's lease; none without ports.
+pub(super) fn answer_dhcp(
+    network: Option<&mut PodNetwork>,
+    guest_network: Option<&GuestNetwork>,
+    hostname: &str,
+) -> Result<Vec<dhcp::Responder>, VmError> {
+    let (Some(network), Some(guest_network)) = (network, guest_network) else { return Ok(Vec::new()) };
+    let mut responders = Vec::new();
+    for port in std::mem::take(&mut network.dhcp_ports) {
+        let interface = guest_network.interfaces.iter().find(|i| i.name == port.interface);
+        let Some(lease) = interface.and_then(|i| dhcp::Lease::of(i, &guest_network.dns, hostname)) else {
+            continue; // no IPv4 on it: nothing to lease
+        };
+        let responder = dhcp::Responder::start(port.socket, port.ifindex, lease)
+            .map_err(host(format!("answering DHCP on {}", port.interface)))?;
+        responders.push(responder);
+    }
+    Ok(responders)
+}
+
+/// Writes the seed image (NoCloud or config drive, vfat or ISO, as the plan asks) that
+/// tells the guest its name, its configuration and its network if it has one (IPv4 left
+/// to DHCP where the plan says so), into the state dir; returns it opened read-only for
+/// QEMU (`None` with `cloud-init: none`).
+pub(super) async fn write_seed(
+    plan: &VmPlan,
+    state_dir: &Path,
+    network: Option<GuestNetwork>,
+) -> Result<Option<std::fs::File>, VmError> {
+    if plan.guest.cloud_init == crate::plan::guest::CloudInit::None {
+        return Ok(None);
+    }
+    let network = match plan.network.dhcp() {
+        true => network.map(GuestNetwork::ipv4_by_dhcp),
+        false => network,
+    };
     let seed = crate::seed::Seed {
         instance_id: plan.name.clone(),
         hostname: plan.hostname.clone(),
-        network: network.map(|n| pod_network::guest_network(&n.interfaces, dns)).transpose()?,
+        network,
         guest: plan.guest.clone(),
     };
     let path = state_dir.join(SEED_IMAGE);
-    let create = path.clone();
-    let image = blocking(move || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&create))
-        .await?
-        .map_err(host(format!("creating {}", path.display())))?;
+    // Created, and opened again read-only for QEMU, before the writer runs: one trip to
+    // the blocking pool.
+    let open = path.clone();
+    let (image, for_qemu) = blocking(move || {
+        let image = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&open)?;
+        Ok::<_, std::io::Error>((image, std::fs::File::open(&open)?))
+    })
+    .await?
+    .map_err(host(format!("creating {}", path.display())))?;
     // Not synced: QEMU reads it through the page cache, and a crash loses nothing a new
     // Create would not write again. Written by a child: see host::seed_writer. A failed
     // write leaves no file: a Start that attaches the seed late may be retried.
-    if let Err(e) = seed_writer::write(Path::new("/proc/self/exe"), &seed, image).await {
+    if let Err(e) = seed_writer::write(Path::new(crate::SELF_EXE), &seed, image).await {
+        drop(for_qemu);
         let remove = path.clone();
         if let Err(removing) = blocking(move || std::fs::remove_file(remove)).await? {
             warn!(seed = %path.display(), "removing the seed image the writer left: {removing}");
         }
         return Err(e.into());
     }
-    let reopen = path.clone();
-    let image = blocking(move || std::fs::File::open(&reopen)).await?;
-    image.map(Some).map_err(host(format!("reopening {}", path.display())))
+    Ok(Some(for_qemu))
 }
 
 fn nic_facts(network: &PodNetwork) -> Vec<NicFacts> {

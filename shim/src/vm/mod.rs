@@ -59,6 +59,8 @@ struct Parts {
     qmp_events: qmp::Events,
     oom: Option<crate::host::oom::OomWatch>,
     late_network: Option<LateNetwork>,
+    /// The guest's DHCP answered, if its IPv4 comes that way.
+    dhcp: Vec<crate::host::dhcp::Responder>,
     hooks: Hooks,
     annotations: std::collections::HashMap<String, String>,
     /// Where the VM was placed (`None`: `numa: none`).
@@ -70,6 +72,7 @@ struct Parts {
 struct LateNetwork {
     mode: netns::MacvtapMode,
     queues: u32,
+    dhcp: bool,
     resolv_conf: Option<PathBuf>,
     plan: crate::plan::VmPlan,
     state_dir: PathBuf,
@@ -85,6 +88,8 @@ struct Held {
     journal: Option<Journal>,
     qemu_entry: EntryId,
     cgroup: Option<VmCgroup>,
+    /// Answering the guest's DHCP until QEMU ends.
+    dhcp: Vec<crate::host::dhcp::Responder>,
 }
 
 pub struct Vm {
@@ -136,7 +141,12 @@ impl Vm {
             pidfd: parts.pidfd,
             exit_override: Mutex::new(None),
             exit_published,
-            held: Mutex::new(Held { journal: Some(journal), qemu_entry: parts.qemu_entry, cgroup: parts.cgroup }),
+            held: Mutex::new(Held {
+                journal: Some(journal),
+                qemu_entry: parts.qemu_entry,
+                cgroup: parts.cgroup,
+                dhcp: parts.dhcp,
+            }),
             pumps: Mutex::new(Some(parts.pumps)),
             events: parts.events,
             memory_bytes: parts.memory_bytes,
@@ -230,7 +240,7 @@ impl Vm {
 
     /// No network came: the seed still tells the guest its name, keys and user data.
     async fn attach_seed_alone(&self, late: &LateNetwork) -> Result<(), TaskError> {
-        let seed = launch::write_seed(&late.plan, &late.state_dir, None, None).await?;
+        let seed = launch::write_seed(&late.plan, &late.state_dir, None).await?;
         match seed {
             Some(seed) => hotplug::attach(&self.qmp, None, Some(seed), &late.ports).await.map_err(TaskError::Unknown),
             None => Ok(()),
@@ -270,18 +280,21 @@ impl Vm {
         }
         let process = crate::host::process::ProcessId::of(self.pid)
             .map_err(|e| TaskError::Unknown(format!("reading QEMU's start time: {e}")))?;
-        let mut intended = pod_network::intended(&self.id, &inspected);
+        let mut intended = pod_network::intended(&self.id, &inspected, late.dhcp);
         // Written after the interfaces: a replay stops QEMU before it gives them back.
         intended.push(crate::host::journal::Resource::Qemu { process: Some(process) });
         match self.held().journal.as_mut() {
             Some(journal) => journal.intend_all(intended).map_err(|e| TaskError::from(VmError::from(e)))?,
             None => return Err(TaskError::FailedPrecondition("the VM is being deleted".into())),
         };
-        let (id, mode, queues) = (self.id.clone(), late.mode, late.queues);
-        let network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues))
+        let (id, mode, queues, dhcp) = (self.id.clone(), late.mode, late.queues, late.dhcp);
+        let mut network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues, dhcp))
             .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
-        let seed = launch::write_seed(&late.plan, &late.state_dir, Some(&network), late.resolv_conf.clone()).await?;
+        let guest_network = launch::guest_network(Some(&network), late.resolv_conf.clone()).await?;
+        let responders = launch::answer_dhcp(Some(&mut network), guest_network.as_ref(), &late.plan.hostname)?;
+        self.held().dhcp.extend(responders);
+        let seed = launch::write_seed(&late.plan, &late.state_dir, guest_network).await?;
         hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)
     }
 }
@@ -495,6 +508,7 @@ impl Container for Vm {
         let journal = {
             let mut held = self.held();
             held.cgroup = None;
+            held.dhcp.clear();
             held.journal.take()
         };
         if let Some(journal) = journal {

@@ -97,6 +97,8 @@ pub(super) async fn run(
         let vm = vm.clone();
         tokio::task::spawn_blocking(move || {
             let mut held = vm.held();
+            // The guest is gone: nobody to answer.
+            held.dhcp.clear();
             let entry = held.qemu_entry;
             held.journal.as_mut().map(|journal| journal.released(entry)).transpose()
         })
