@@ -20,9 +20,10 @@
 #     more than one virtio disk, so boots without a seed do not wait): copies its files to
 #     /run/seed; for a NoCloud seed (cidata), sets the
 #     hostname from meta-data's local-hostname and prints "TINY-HOSTNAME <name>", then applies
-#     network-config (version 2, static only: match macaddress/name, set-name, mtu, addresses,
+#     network-config (version 2: match macaddress/name, set-name, mtu, addresses,
 #     gateway4/gateway6, routes with to/via/on-link/scope/metric/table/from, nameservers into
-#     /etc/resolv.conf) with busybox ip, and prints "TINY-NET-UP <ifname> <mac> <address>..." per
+#     /etc/resolv.conf; dhcp4 with busybox udhcpc, its lease's routes (option 121), MTU and
+#     DNS applied) with busybox ip, and prints "TINY-NET-UP <ifname> <mac> <address>..." per
 #     interface it configured, "TINY-NET-ERROR: <what>" per failure (`tiny-net` runs it again),
 #   * runs Debian's qemu-ga (with the libraries it links) on the virtio-serial port named
 #     org.qemu.guest_agent.0 when the VM has one, started once (log in /var/log/qemu-ga.log), so
@@ -391,6 +392,16 @@ while read -r kind a b c d e f g; do
         [ -w "/proc/sys/net/ipv6/conf/$dev/accept_dad" ] && echo 0 >"/proc/sys/net/ipv6/conf/$dev/accept_dad"
         ipdo "$a: cannot bring $dev up" link set dev "$dev" up
         ;;
+    dhcp4) # udhcpc's script configures the lease; its address goes in the summary
+        [ "$dev" != - ] || continue
+        if udhcpc -i "$dev" -n -q -f -t 10 -T 2 -s /lib/tiny/udhcpc.script >/run/udhcpc.log 2>&1; then
+            a=$(ip -4 -o addr show dev "$dev" | awk '{ print $4; exit }')
+            echo "TINY-DHCP $dev $a"
+            addrs="$addrs $a"
+        else
+            fail "$dev: no DHCP lease ($(tail -n 1 /run/udhcpc.log))"
+        fi
+        ;;
     addr)
         [ "$dev" != - ] || continue
         ipdo "cannot add address $a to $dev" addr replace "$a" dev "$dev" && addrs="$addrs $a"
@@ -431,11 +442,42 @@ exit $rc
 TINYNET_EOF
 chmod 755 "$ROOT/sbin/tiny-net"
 
+# udhcpc.script: what busybox udhcpc runs with a lease (bound) or none (deconfig): the
+# address, the MTU, the routes (option 121's "staticroutes" when given, else the routers) and
+# DNS, with busybox ip.
+cat >"$ROOT/lib/tiny/udhcpc.script" <<'UDHCPC_EOF'
+#!/bin/sh
+case "$1" in
+deconfig) ip -4 addr flush dev "$interface"; ip link set dev "$interface" up ;;
+bound|renew)
+    [ -z "$mtu" ] || ip link set dev "$interface" mtu "$mtu"
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface" || exit 1
+    if [ -n "$staticroutes" ]; then
+        set -- $staticroutes
+        while [ $# -ge 2 ]; do
+            if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface"
+            else ip route replace "$1" via "$2" dev "$interface" onlink; fi
+            shift 2
+        done
+    else
+        for r in $router; do ip route replace default via "$r" dev "$interface" onlink; break; done
+    fi
+    if [ -n "$dns" ]; then
+        { for s in $dns; do echo "nameserver $s"; done; [ -z "$search$domain" ] || echo "search ${search:-$domain}"; } >/etc/resolv.conf
+    fi
+    ;;
+esac
+exit 0
+UDHCPC_EOF
+chmod 755 "$ROOT/lib/tiny/udhcpc.script"
+
 cat >"$ROOT/lib/tiny/netconf.awk" <<'NETCONF_EOF'
 # netconf.awk: cloud-init network-config version 2 (the subset the shim renders) -> a plan
 # for tiny-net, one instruction a line, fields separated by spaces, "-" for "not given":
 #   version V
 #   iface ID MAC MATCH-NAME SET-NAME MTU     (then, for that interface:)
+#   dhcp4                                    (IPv4 by DHCP)
 #   addr CIDR
 #   route TO VIA METRIC ONLINK(0|1) SCOPE TABLE FROM
 #   gw4 IP / gw6 IP                          (default routes, given in the order to apply them)
@@ -607,7 +649,8 @@ function leaf(p, v,    a, n, id, r, k) {
         if (!(r in rseen)) { rseen[r] = 1; nr[id]++; rid[id, nr[id]] = a[4] }
         route[r, a[5]] = v
     }
-    else if ((k == "dhcp4" || k == "dhcp6") && v ~ /^(true|yes|on)$/) warn(id ": " k " is not supported, static addresses only")
+    else if (n == 3 && k == "dhcp4" && v ~ /^(true|yes|on)$/) dhcp4[id] = 1
+    else if (k == "dhcp6" && v ~ /^(true|yes|on)$/) warn(id ": dhcp6 is not supported")
     else if (n == 4 && k == "match" && a[4] == "driver") warn(id ": match.driver is not supported")
 }
 function d(v) { return v == "" ? "-" : v }
@@ -622,6 +665,7 @@ function emit(    i, j, id, n, list, r, def4, def6) {
     for (i = 1; i <= nif; i++) {
         id = ids[i]
         print "iface " id " " d(mac[id]) " " d(mname[id]) " " d(setname[id]) " " d(mtu[id])
+        if (dhcp4[id]) print "dhcp4"
         n = split(addrs[id], list, " "); for (j = 1; j <= n; j++) print "addr " list[j]
         # Routes without a gateway first (an on-link gateway may need one), then the default
         # routes from gateway4/6, then routes via gateways (which win over gateway4/6).

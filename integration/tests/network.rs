@@ -15,21 +15,36 @@ const PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pod interface may take to look as before once given back (carrier, DAD).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn the_vm_takes_the_pod_ip(mode: &str, subnet: u8) -> Result<()> {
+/// How the guest gets its address: from the seed through a macvtap in `mode`, or by
+/// DHCP that the shim answers (Virtlet's VirtletForceDHCPNetworkConfig, bridge mode).
+#[derive(Clone, Copy)]
+enum Addressing {
+    Seed { mode: &'static str },
+    Dhcp,
+}
+
+fn the_vm_takes_the_pod_ip(addressing: Addressing, subnet: u8) -> Result<()> {
+    let (tag, mode, annotation) = match addressing {
+        Addressing::Seed { mode } => (mode, mode, format!("vm.containerd.io/macvtap-mode={mode}")),
+        Addressing::Dhcp => ("dhcp", "bridge", "VirtletForceDHCPNetworkConfig=true".to_string()),
+    };
     let env = VmEnv::start()?;
-    let ns = env.namespace(&format!("net-{mode}"))?;
-    let pod = PodNet::new(mode, subnet)?;
+    let ns = env.namespace(&format!("net-{tag}"))?;
+    let pod = PodNet::new(tag, subnet)?;
     let before = pod.looks()?;
     let mounts_before = private_mounts()?;
-    let id = format!("vm-{mode}");
+    let id = format!("vm-{tag}");
     let with_ns = format!("network:{}", pod.path().display());
-    let annotation = format!("vm.containerd.io/macvtap-mode={mode}");
     let mut vm = ns.spawn(env.run_args(
         &["--with-ns", &with_ns, "--annotation", &annotation, "--annotation", "vm.containerd.io/cpus=2"],
         TINY,
         &id,
     ))?;
-    // The guest configured itself from the seed: the pod's MAC and address on eth0.
+    if let Addressing::Dhcp = addressing {
+        // The seed left IPv4 to DHCP, and the shim's answer gave the pod's address.
+        vm.wait_for_output(&format!("TINY-DHCP eth0 {}/24", pod.pod_ip), BOOT_TIMEOUT)?;
+    }
+    // The guest configured itself: the pod's MAC and address on eth0.
     vm.wait_for_output(&format!("TINY-NET-UP eth0 {} {}/24", pod.mac, pod.pod_ip), BOOT_TIMEOUT)?;
     vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
 
@@ -39,6 +54,13 @@ fn the_vm_takes_the_pod_ip(mode: &str, subnet: u8) -> Result<()> {
     ensure!(argv.contains("fds=") && argv.contains("mq=on,vectors=6"), "two vCPUs, two queues: {argv}");
     let links = pod.links()?;
     ensure!(links.contains(&format!("macvtap mode {mode}")), "no {mode} macvtap in the pod: {links}");
+    if let Addressing::Dhcp = addressing {
+        ensure!(links.contains("macvlan mode bridge"), "no macvlan for the DHCP answers in the pod: {links}");
+        // The lease carried the default route and the MTU.
+        vm.send("ip route; cat /sys/class/net/eth0/mtu\n")?;
+        vm.wait_for_output(&format!("default via {} dev eth0", pod.gateway), Duration::from_secs(30))?;
+        vm.wait_for_output("\n1400", Duration::from_secs(30))?;
+    }
     ensure!(!pod.looks()?.contains(&format!("inet {}/24", pod.pod_ip)), "the pod IP stayed on eth0");
     ensure!(private_mounts()? == mounts_before, "a private mount leaked to the host: {:?}", private_mounts()?);
 
@@ -62,12 +84,17 @@ fn the_vm_takes_the_pod_ip(mode: &str, subnet: u8) -> Result<()> {
 
 #[test]
 fn passthru_vm_answers_on_the_pod_ip_and_gives_the_namespace_back() -> Result<()> {
-    the_vm_takes_the_pod_ip("passthru", 1)
+    the_vm_takes_the_pod_ip(Addressing::Seed { mode: "passthru" }, 1)
 }
 
 #[test]
 fn bridge_vm_answers_on_the_pod_ip_and_gives_the_namespace_back() -> Result<()> {
-    the_vm_takes_the_pod_ip("bridge", 2)
+    the_vm_takes_the_pod_ip(Addressing::Seed { mode: "bridge" }, 2)
+}
+
+#[test]
+fn forced_dhcp_vm_gets_the_pod_ip_from_the_shim_and_gives_the_namespace_back() -> Result<()> {
+    the_vm_takes_the_pod_ip(Addressing::Dhcp, 4)
 }
 
 /// id, `ctr run` arguments, what the error must say, the pod namespace to compare.
