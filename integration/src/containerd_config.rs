@@ -76,7 +76,8 @@ impl VmRuntime {
         VmRuntime {
             handler: "vm".into(),
             config_path: Some("/etc/containerd-shim-vm/config.toml".into()),
-            annotations: vec!["vm.containerd.io/*".into()],
+            // Virtlet's own annotations too: a Virtlet user's pod works unchanged.
+            annotations: vec!["vm.containerd.io/*".into(), "Virtlet*".into()],
         }
     }
 }
@@ -272,7 +273,14 @@ mod tests {
     fn packaged_annotation_patterns_match_the_shims_annotations() {
         let patterns = VmRuntime::packaged().annotations;
         let passed = |key: &str| patterns.iter().any(|p| go_path_match(p, key));
-        for key in ["vm.containerd.io/cpus", "vm.containerd.io/memory", "vm.containerd.io/disk"] {
+        for key in [
+            "vm.containerd.io/cpus",
+            "vm.containerd.io/memory",
+            "vm.containerd.io/disk",
+            "VirtletCloudInitUserData",
+            "VirtletSSHKeys",
+            "VirtletForceDHCPNetworkConfig",
+        ] {
             assert!(passed(key), "{key} is not passed through by {patterns:?}");
         }
         for key in ["io.kubernetes.cri.sandbox-id", "vmXcontainerdYio/cpus", "vm.containerd.io/a/b"] {
@@ -280,8 +288,8 @@ mod tests {
         }
         assert!(!go_path_match("vm.containerd.io/.*", "vm.containerd.io/cpus"), "a regex is not a glob");
         let v3 = ContainerdConfig::packaging().render(ConfigVersion::V3);
-        assert!(v3.contains("  pod_annotations = [\"vm.containerd.io/*\"]\n"), "{v3}");
-        assert!(v3.contains("  container_annotations = [\"vm.containerd.io/*\"]\n"), "{v3}");
+        assert!(v3.contains("  pod_annotations = [\"vm.containerd.io/*\", \"Virtlet*\"]\n"), "{v3}");
+        assert!(v3.contains("  container_annotations = [\"vm.containerd.io/*\", \"Virtlet*\"]\n"), "{v3}");
     }
 
     #[test]

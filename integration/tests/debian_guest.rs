@@ -122,9 +122,10 @@ fn crictl_exec_ok(cri: &CriEnv, id: &str, argv: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Kubernetes' path: a pod through CRI (crictl), its annotations asking for a config drive on
-/// ISO 9660 (network_data.json through cloud-init, netplan and networkd); CRI's exec and an
-/// exec probe (ExecSync) answered by the guest.
+/// Kubernetes' path: a Virtlet user's pod through CRI (crictl), its annotations asking for a
+/// config drive on ISO 9660 and for DHCP (Virtlet's VirtletForceDHCPNetworkConfig: network_data.json
+/// says ipv4_dhcp, and systemd-networkd takes the pod's address from the shim's answers); CRI's
+/// exec and an exec probe (ExecSync) answered by the guest.
 #[test]
 fn debian_in_a_cri_pod_takes_a_config_drive_and_answers_crictl_exec() -> Result<()> {
     let cri = CriEnv::start("debian", 46)?;
@@ -135,6 +136,7 @@ fn debian_in_a_cri_pod_takes_a_config_drive_and_answers_crictl_exec() -> Result<
         ("vm.containerd.io/ssh-keys", KEY),
         ("vm.containerd.io/memory", "1Gi"),
         ("vm.containerd.io/cpus", "2"),
+        ("VirtletForceDHCPNetworkConfig", "true"),
     ];
     let pod_config = cri.pod_config("deb2", &annotations)?;
     let pod_config = pod_config.to_str().context("path")?;
@@ -168,6 +170,11 @@ fn debian_in_a_cri_pod_takes_a_config_drive_and_answers_crictl_exec() -> Result<
     ensure!(addresses.contains(&format!("inet {ip}/24")), "the guest's addresses: {addresses}");
     let routes = crictl_exec_ok(&cri, &vm, &["ip", "-4", "route", "show", "default"])?;
     ensure!(routes.contains(&format!("via {}.1", cri.subnet)), "the guest's default route: {routes}");
+    // The address came by DHCP: netplan was told dhcp4, and networkd holds the shim's lease.
+    let netplan = crictl_exec_ok(&cri, &vm, &["sh", "-c", "cat /etc/netplan/*.yaml"])?;
+    ensure!(netplan.contains("dhcp4: true"), "netplan from the config drive: {netplan}");
+    let lease = crictl_exec_ok(&cri, &vm, &["sh", "-c", "cat /run/systemd/netif/leases/*"])?;
+    ensure!(lease.contains(&format!("ADDRESS={ip}")), "networkd's DHCP lease: {lease}");
     cri.netns.ping(&ip, Duration::from_secs(60))?;
     let authorized = crictl_exec_ok(&cri, &vm, &["cat", "/home/debian/.ssh/authorized_keys"])?;
     ensure!(authorized.contains(KEY), "the default user's authorized_keys: {authorized:?}");
