@@ -293,15 +293,7 @@ pub async fn add_macvtap(
     if let Some(mac) = mac {
         message = message.address(mac.to_vec());
     }
-    handle
-        .link()
-        .add(message.build())
-        .execute()
-        .await
-        .map_err(netlink(format!("creating macvtap {name} on {}", lower.name)))?;
-    let index = link_index(handle, name)
-        .await?
-        .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
+    let index = add_link(handle, message.build(), "macvtap", name, lower).await?;
     // The macvtap is the guest's way out, not an interface of the pod: no IPv6
     // link-local address of its own (it would share the guest's MAC, and so its address).
     no_ipv6_address(handle, index, name).await?;
@@ -364,19 +356,25 @@ async fn delete_own_link(handle: &Handle, name: &str, kind: InfoKind, what: &str
 /// routing is not changed. Returns its index.
 pub async fn add_macvlan(handle: &Handle, lower: &Interface, name: &str) -> Result<u32, NetnsError> {
     let message = LinkMacVlan::new(name, lower.index, MacVlanMode::Bridge).mtu(lower.mtu).build();
-    handle
-        .link()
-        .add(message)
-        .execute()
-        .await
-        .map_err(netlink(format!("creating macvlan {name} on {}", lower.name)))?;
-    let index = link_index(handle, name)
-        .await?
-        .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })?;
+    let index = add_link(handle, message, "macvlan", name, lower).await?;
     no_ipv6_address(handle, index, name).await?;
     let message = LinkUnspec::new_with_index(index).up().build();
     handle.link().set(message).execute().await.map_err(netlink(format!("bringing macvlan {name} up")))?;
     Ok(index)
+}
+
+/// Adds the link `message` describes (a `what` called `name` on `lower`); returns its index.
+async fn add_link(
+    handle: &Handle,
+    message: LinkMessage,
+    what: &str,
+    name: &str,
+    lower: &Interface,
+) -> Result<u32, NetnsError> {
+    handle.link().add(message).execute().await.map_err(netlink(format!("creating {what} {name} on {}", lower.name)))?;
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| NetnsError::Interface { name: name.to_string(), reason: "created, then not found".into() })
 }
 
 /// No IPv6 link-local address (and so no router solicitations) on a link of the shim's.
