@@ -98,7 +98,8 @@ pub struct Answer {
 /// and only DISCOVER (OFFER), REQUEST (ACK for the lease's address, else NAK) and
 /// INFORM (ACK without an address).
 pub fn answer(lease: &Lease, request: &Message) -> Option<Answer> {
-    if request.opcode() != Opcode::BootRequest || request.chaddr().get(..6) != Some(&lease.mac[..]) {
+    // hlen first: dhcproto's chaddr() slices by the decoded hlen, and panics past 16.
+    if request.opcode() != Opcode::BootRequest || request.hlen() != 6 || request.chaddr() != lease.mac {
         return None;
     }
     let Some(DhcpOption::MessageType(kind)) = request.opts().get(OptionCode::MessageType) else { return None };
@@ -442,6 +443,10 @@ mod tests {
         assert_eq!(nak.message.opts().get(OptionCode::MessageType), Some(&DhcpOption::MessageType(MessageType::Nak)));
         assert_eq!((nak.to, nak.message.yiaddr()), (Ipv4Addr::BROADCAST, Ipv4Addr::UNSPECIFIED));
         assert!(answer(&lease, &request(MessageType::Release, lease.mac, None)).is_none());
+        // A hardware address length past chaddr's 16 bytes is not answered (nor a panic).
+        let mut wire = request(MessageType::Discover, lease.mac, None).to_vec().unwrap();
+        wire[2] = 200;
+        assert!(answer(&lease, &Message::from_bytes(&wire).unwrap()).is_none());
     }
 
     #[test]
