@@ -195,8 +195,19 @@ fn bad_images_annotations_and_qemu_are_refused_cleanly() -> Result<()> {
         case(
             "force-dhcp",
             TINY,
-            &["--annotation", "VirtletForceDHCPNetworkConfig=true"],
-            &["VirtletForceDHCPNetworkConfig", "statically"],
+            &["--annotation", "VirtletForceDHCPNetworkConfig=yes"],
+            &["VirtletForceDHCPNetworkConfig", "\"yes\"", "true or false"],
+        ),
+        case(
+            "force-dhcp-passthru",
+            TINY,
+            &[
+                "--annotation",
+                "VirtletForceDHCPNetworkConfig=true",
+                "--annotation",
+                "vm.containerd.io/macvtap-mode=passthru",
+            ],
+            &["vm.containerd.io/macvtap-mode", "passthru", "needs bridge mode"],
         ),
         case(
             "user-data-yaml",

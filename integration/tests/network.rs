@@ -335,11 +335,17 @@ fn ctr_run_cni_vms_get_addresses_and_reach_each_other() -> Result<()> {
     let cni = CniHost::new("cni", 7)?;
     let mut vms = Vec::new();
     let mut addresses = Vec::new();
-    for id in ["cni-a", "cni-b"] {
+    // cni-b takes its address by DHCP from the shim, on a network taken at Start.
+    for (id, dhcp) in [("cni-a", false), ("cni-b", true)] {
         let mut args = vec!["-n".to_string(), ns.name().to_string()];
-        args.extend(env.run_args(&["--rm", "--cni"], TINY, id));
+        let force_dhcp = ["--annotation", "VirtletForceDHCPNetworkConfig=true"];
+        let extra: Vec<&str> = ["--rm", "--cni"].into_iter().chain(force_dhcp.into_iter().filter(|_| dhcp)).collect();
+        args.extend(env.run_args(&extra, TINY, id));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut vm = Spawned::from_command(cni.ctr(env.rig.ctr_command(), &args))?;
+        if dhcp {
+            vm.wait_for_output("TINY-DHCP eth0 10.79.7.", BOOT_TIMEOUT)?;
+        }
         // TINY-NET-UP eth0 <mac> <address>/<prefix>
         let line = vm.wait_for_line("TINY-NET-UP eth0", BOOT_TIMEOUT)?;
         let address = line.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or_default();
