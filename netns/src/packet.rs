@@ -21,14 +21,11 @@ pub fn open_ipv4_packet_socket(ns: &NetNs, name: &str) -> Result<(OwnedFd, u32),
                 return Err(failed("looking up the link", std::io::Error::last_os_error()));
             }
             let protocol = (libc::ETH_P_IP as u16).to_be();
+            // Protocol 0 until bound: no frame of another link is queued in between.
             // SAFETY: socket(2) with constant arguments; the result is checked before use
             // and owned at once.
             let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    protocol.into(),
-                )
+                libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
             };
             if raw < 0 {
                 return Err(failed("opening a packet socket", std::io::Error::last_os_error()));

@@ -22,6 +22,14 @@ use crate::seed::{Dns, GuestInterface};
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 const INFINITE: u32 = u32::MAX;
+/// The server identifier of a pod with no IPv4 gateway: link-local, nobody's address.
+const SERVER_FALLBACK: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 254);
+/// The smallest DHCP message (IP and UDP headers in) every client takes (RFC 2131).
+const MIN_MAX_MESSAGE: usize = 576;
+const IP_UDP_HEADERS: usize = 28;
+/// How long the responder waits after an error before it reads again (a link going
+/// down and up leaves one error on the socket; a persistent one must not spin).
+const ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What one guest interface is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +39,8 @@ pub struct Lease {
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     /// The server identifier, and the source of the answers: the default gateway (the
-    /// pod's next hop, which a renewing client could reach), else the leased address.
+    /// pod's next hop, which a renewing client could reach), else another gateway, else
+    /// SERVER_FALLBACK (never the guest's own address, whose answers a bound guest drops).
     pub server: Ipv4Addr,
     /// The default gateway, for clients that take no classless routes.
     pub router: Option<Ipv4Addr>,
@@ -72,7 +81,9 @@ impl Lease {
             mac: interface.mac,
             address: v4(address.addr())?,
             prefix_len: address.prefix_len(),
-            server: router.unwrap_or(v4(address.addr())?),
+            server: router
+                .or_else(|| routes.iter().map(|r| r.2).find(|g| !g.is_unspecified()))
+                .unwrap_or(SERVER_FALLBACK),
             router,
             routes,
             dns: dns.nameservers.iter().copied().filter_map(v4).collect(),
@@ -145,8 +156,17 @@ pub fn answer(lease: &Lease, request: &Message) -> Option<Answer> {
     if reply == MessageType::Offer || (reply == MessageType::Ack && *kind == MessageType::Request) {
         opts.insert(DhcpOption::AddressLeaseTime(INFINITE));
     }
+    // RFC 6842: the client identifier comes back as it was sent.
+    if let Some(id @ DhcpOption::ClientIdentifier(_)) = request.opts().get(OptionCode::ClientIdentifier) {
+        opts.insert(id.clone());
+    }
     opts.insert(DhcpOption::SubnetMask(lease.netmask()));
-    if let Some(router) = lease.router {
+    // RFC 3442: a client that asks for classless routes ignores the router option.
+    let wants_classless = matches!(
+        request.opts().get(OptionCode::ParameterRequestList),
+        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&OptionCode::ClasslessStaticRoute)
+    );
+    if let (Some(router), false) = (lease.router, wants_classless && !lease.routes.is_empty()) {
         opts.insert(DhcpOption::Router(vec![router]));
     }
     let routes: Vec<_> = lease
@@ -171,7 +191,26 @@ pub fn answer(lease: &Lease, request: &Message) -> Option<Answer> {
     }
     opts.insert(DhcpOption::Hostname(lease.hostname.clone()));
     opts.insert(DhcpOption::InterfaceMtu(lease.mtu));
+    fit(&mut message, request);
     Some(Answer { message, to })
+}
+
+/// Drops what the guest can do without (search domains, then the domain, then the
+/// hostname) until the answer fits the size the client takes: 576 bytes, or its
+/// maximum message size option if larger (busybox udhcpc drops a larger one whole).
+fn fit(message: &mut Message, request: &Message) {
+    let max = match request.opts().get(OptionCode::MaxMessageSize) {
+        Some(DhcpOption::MaxMessageSize(size)) => usize::from(*size).max(MIN_MAX_MESSAGE),
+        _ => MIN_MAX_MESSAGE,
+    };
+    for expendable in [OptionCode::DomainSearch, OptionCode::DomainName, OptionCode::Hostname] {
+        match message.to_vec() {
+            Ok(bytes) if bytes.len() + IP_UDP_HEADERS <= max => return,
+            _ => {
+                message.opts_mut().remove(expendable);
+            }
+        }
+    }
 }
 
 /// The DHCP message in an IPv4 packet to the server port (none: not one; fragments are
@@ -261,23 +300,32 @@ async fn serve(socket: AsyncFd<OwnedFd>, ifindex: u32, lease: Lease) {
     let mut buffer = vec![0u8; 2048];
     loop {
         let received = match socket.readable().await {
-            Ok(mut ready) => match ready.try_io(|fd| {
-                nix::sys::socket::recv(fd.as_raw_fd(), &mut buffer, nix::sys::socket::MsgFlags::empty())
-                    .map_err(std::io::Error::from)
-            }) {
+            Ok(mut ready) => match ready.try_io(|fd| receive(fd.get_ref(), &mut buffer)) {
                 Ok(received) => received,
                 Err(_would_block) => continue,
             },
             Err(e) => Err(e),
         };
-        let len = match received {
-            Ok(len) => len,
+        let (len, from) = match received {
+            Ok(received) => received,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
+            // The socket itself is unusable: nothing more will come.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL)) => {
                 info!("the guest's DHCP is no longer answered: {e}");
                 return;
             }
+            // The link went down (ENETDOWN, once), or memory ran short: read on.
+            Err(e) => {
+                warn!("reading the guest's DHCP: {e}");
+                tokio::time::sleep(ERROR_PAUSE).await;
+                continue;
+            }
         };
+        // Only what the guest itself sent: not this socket's own answers, nor a neighbour
+        // on the pod's network naming the guest's MAC.
+        if from != Some(lease.mac) {
+            continue;
+        }
         let Some(request) = dhcp_payload(&buffer[..len]).and_then(|p| Message::from_bytes(p).ok()) else { continue };
         let Some(answer) = answer(&lease, &request) else {
             debug!(xid = request.xid(), "a DHCP message not answered");
@@ -298,6 +346,35 @@ async fn serve(socket: AsyncFd<OwnedFd>, ifindex: u32, lease: Lease) {
             debug!(xid = request.xid(), to = %answer.to, "DHCP answered");
         }
     }
+}
+
+/// Reads one packet; its length and the MAC it came from (`None`: this host sent it).
+fn receive(socket: &OwnedFd, buffer: &mut [u8]) -> std::io::Result<(usize, Option<[u8; 6]>)> {
+    // SAFETY: sockaddr_ll is plain data, valid when zeroed.
+    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: recvfrom(2) on an owned socket into a buffer and a sockaddr_ll that live
+    // across the call, their true sizes given.
+    let received = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+            std::ptr::addr_of_mut!(from).cast(),
+            &mut from_len,
+        )
+    };
+    if received < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
+    let mac = (from.sll_halen == 6 && !outgoing).then(|| {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&from.sll_addr[..6]);
+        mac
+    });
+    Ok((received as usize, mac))
 }
 
 /// Sends an IPv4 packet in a frame to `mac` on the link `ifindex` (the kernel adds the
@@ -447,6 +524,47 @@ mod tests {
         let mut wire = request(MessageType::Discover, lease.mac, None).to_vec().unwrap();
         wire[2] = 200;
         assert!(answer(&lease, &Message::from_bytes(&wire).unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_answer_echoes_the_client_id_and_leaves_the_router_to_classless_routes() {
+        let lease = Lease::of(&calico(), &dns(), "vm-pod").unwrap();
+        let mut discover = request(MessageType::Discover, lease.mac, None);
+        discover.opts_mut().insert(DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3]));
+        discover.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+            OptionCode::SubnetMask,
+            OptionCode::Router,
+            OptionCode::ClasslessStaticRoute,
+        ]));
+        let offer = answer(&lease, &discover).unwrap();
+        let opts = offer.message.opts();
+        assert_eq!(opts.get(OptionCode::ClientIdentifier), Some(&DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3])));
+        assert_eq!(opts.get(OptionCode::Router), None, "RFC 3442: no router option beside classless routes asked for");
+        assert!(opts.get(OptionCode::ClasslessStaticRoute).is_some());
+    }
+
+    #[test]
+    fn an_answer_too_big_for_576_bytes_loses_its_search_domains_first() {
+        let mut many = dns();
+        many.search = (0..12).map(|n| format!("namespace-{n}.svc.cluster-with-a-long-name.example")).collect();
+        let lease = Lease::of(&calico(), &many, "vm-pod").unwrap();
+        let offer = answer(&lease, &request(MessageType::Discover, lease.mac, None)).unwrap();
+        assert!(offer.message.to_vec().unwrap().len() + IP_UDP_HEADERS <= MIN_MAX_MESSAGE);
+        assert_eq!(offer.message.opts().get(OptionCode::DomainSearch), None);
+        assert_eq!(offer.message.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("vm-pod".into())));
+        // A client that takes more gets it all.
+        let mut large = request(MessageType::Discover, lease.mac, None);
+        large.opts_mut().insert(DhcpOption::MaxMessageSize(1500));
+        assert!(answer(&lease, &large).unwrap().message.opts().get(OptionCode::DomainSearch).is_some());
+    }
+
+    #[test]
+    fn without_a_gateway_the_server_is_link_local_not_the_guest() {
+        let mut flat = calico();
+        flat.addresses = vec!["10.1.2.3/24".parse().unwrap()];
+        flat.routes.clear();
+        let lease = Lease::of(&flat, &dns(), "vm-pod").unwrap();
+        assert_eq!((lease.server, lease.router), (SERVER_FALLBACK, None));
     }
 
     #[test]

@@ -201,12 +201,14 @@ pub(crate) fn is_ipv6_link_local(ip: IpAddr) -> bool {
 }
 
 impl GuestNetwork {
-    /// The network with each interface's IPv4 left to DHCP: its IPv4 addresses and routes
-    /// out, `dhcp4` on where it had an IPv4 address (IPv6 stays as it is).
+    /// The network with each interface's IPv4 left to DHCP: `dhcp4` on where it has an
+    /// IPv4 address, that first address (the one DHCP leases) and the IPv4 routes (DHCP
+    /// carries them) out. Further IPv4 addresses and IPv6 stay as they are.
     pub fn ipv4_by_dhcp(mut self) -> GuestNetwork {
         for iface in &mut self.interfaces {
-            iface.dhcp4 = iface.addresses.iter().any(|a| a.addr().is_ipv4());
-            iface.addresses.retain(|a| a.addr().is_ipv6());
+            let Some(leased) = iface.addresses.iter().position(|a| a.addr().is_ipv4()) else { continue };
+            iface.dhcp4 = true;
+            iface.addresses.remove(leased);
             iface.routes.retain(|r| r.destination.addr().is_ipv6());
         }
         self
@@ -456,6 +458,7 @@ mod tests {
     fn ipv4_by_dhcp_leaves_ipv6_alone() {
         let mut dual = iface();
         dual.addresses.push(prefix("fd00::5/64"));
+        dual.addresses.push(prefix("10.89.0.5/16"));
         dual.routes.push(Route {
             destination: prefix("::/0"),
             gateway: Some(ip("fd00::1")),
@@ -478,7 +481,7 @@ mod tests {
         .ipv4_by_dhcp();
         let (eth0, net1) = (&network.interfaces[0], &network.interfaces[1]);
         assert!(eth0.dhcp4 && !net1.dhcp4, "{network:?}");
-        assert_eq!(eth0.addresses, [prefix("fd00::5/64")]);
+        assert_eq!(eth0.addresses, [prefix("fd00::5/64"), prefix("10.89.0.5/16")], "only the leased one goes");
         assert_eq!(eth0.routes.len(), 1);
         assert_eq!(net1.addresses, [prefix("fd01::5/64")]);
         network.validate().unwrap();

@@ -231,7 +231,9 @@ async fn launch(
     let (seed, dhcp) = match late {
         true => (None, Vec::new()),
         false => {
-            let guest_network = guest_network(network.as_ref(), resolv_conf).await?;
+            // Only a seed or DHCP answers tell the guest of its network.
+            let told = plan.guest.cloud_init != crate::plan::guest::CloudInit::None || plan.network.dhcp();
+            let guest_network = guest_network(network.as_ref().filter(|_| told), resolv_conf).await?;
             let dhcp = answer_dhcp(network.as_mut(), guest_network.as_ref(), &plan.hostname)?;
             (write_seed(&plan, &state_dir, guest_network).await?, dhcp)
         }

@@ -293,9 +293,11 @@ impl Vm {
             .map_err(|e| TaskError::from(VmError::from(e)))?;
         let guest_network = launch::guest_network(Some(&network), late.resolv_conf.clone()).await?;
         let responders = launch::answer_dhcp(Some(&mut network), guest_network.as_ref(), &late.plan.hostname)?;
-        self.held().dhcp.extend(responders);
         let seed = launch::write_seed(&late.plan, &late.state_dir, guest_network).await?;
-        hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)
+        hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)?;
+        // Kept once the NICs are the guest's (dropped, they stop answering).
+        self.held().dhcp.extend(responders);
+        Ok(())
     }
 }
 
@@ -343,7 +345,7 @@ impl Container for Vm {
             .map_err(|e| TaskError::FailedPrecondition(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
         let (agent, events) = (self.agent.clone(), self.events.clone());
         let exec = GuestExec::new(&self.id, exec_id, self.pid, agent, command, stdio, events)
-            .map_err(|e| TaskError::InvalidArgument(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
+            .map_err(|e| TaskError::Unknown(format!("containerd-shim-vm: exec in VM {}: {e}", self.id)))?;
         self.processes.add(exec_id, || exec)
     }
 
