@@ -200,6 +200,21 @@ impl ControlPlane {
             .with_context(|| format!("running kubectl {}", args.join(" ")))
     }
 
+    /// `kubectl <args>` with `input` on its standard input (closed after it).
+    pub fn kubectl_with_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        let mut child = self
+            .kubectl_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running kubectl {}", args.join(" ")))?;
+        let mut stdin = child.stdin.take().context("kubectl's stdin")?;
+        std::io::Write::write_all(&mut stdin, input).context("writing kubectl's stdin")?;
+        drop(stdin);
+        child.wait_with_output().with_context(|| format!("waiting for kubectl {}", args.join(" ")))
+    }
+
     /// `kubectl <args>`, which must succeed: its standard output.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;

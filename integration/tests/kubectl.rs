@@ -4,8 +4,9 @@
 //! on the test's containerd. `packaging/runtimeclass.yaml` applied as shipped and the node
 //! labelled as it says; a pod with `runtimeClassName: vm` is scheduled with the RuntimeClass's
 //! overhead, runs beside a runc pod, is Running with a pod IP the guest answers on; `kubectl
-//! logs` shows the console, `kubectl attach` types into it, `kubectl delete` powers the guest
-//! off (ACPI, exit status 0) and the pod is gone.
+//! logs` shows the console, `kubectl exec` (with `-i` too) runs in the guest with its output
+//! and exit code, `kubectl attach` types into it, `kubectl delete` powers the guest off (ACPI,
+//! exit status 0) and the pod is gone.
 //!
 //! Built only with the feature `kubectl` (`integration/k8s/run.sh`): building the control plane
 //! does not fit in CI's hour on a new machine; the standalone kubelet suite runs there.
@@ -119,6 +120,24 @@ fn kubectl_runs_a_vm_pod_of_the_vm_runtime_class_beside_a_runc_pod() -> Result<(
     ensure!(up.contains(&ip), "the guest did not take the pod IP {ip}: {up}");
     cri.netns.ping(&ip, Duration::from_secs(60))?;
     ensure!(plane.kubectl_ok(&["logs", "runc-pod"])?.contains("runc-up"), "kubectl logs runc-pod");
+
+    // kubectl exec: run in the guest by its agent, through the kubelet's streaming server.
+    let uname = wait_until("kubectl exec into the guest", Duration::from_secs(120), || {
+        let out = plane.kubectl(&["exec", "vm-pod", "--", "uname", "-s"])?;
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    })?;
+    ensure!(uname == "Linux\n", "kubectl exec uname -s: {uname:?}");
+    let failing = plane.kubectl(&["exec", "vm-pod", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&failing.stdout), String::from_utf8_lossy(&failing.stderr));
+    ensure!(
+        failing.status.code() == Some(3) && stdout == "out\n" && stderr.contains("err\n"),
+        "kubectl exec with exit 3: {failing:?}"
+    );
+    let piped = plane.kubectl_with_input(&["exec", "-i", "vm-pod", "--", "tr", "a-z", "A-Z"], b"piped in\n")?;
+    ensure!(
+        piped.status.success() && String::from_utf8_lossy(&piped.stdout) == "PIPED IN\n",
+        "kubectl exec -i: {piped:?}"
+    );
 
     // kubectl attach: typed into the console, answered there (the log has it too).
     let mut attached = plane.attach("vm-pod")?;
