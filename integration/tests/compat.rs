@@ -2,7 +2,7 @@
 //! `packaging/` ships for its release, and drives the VM shim's whole protocol.
 
 use anyhow::{ensure, Context, Result};
-use integration::containerd_config::ConfigVersion;
+use integration::containerd_config::{ConfigVersion, VmRuntime};
 use integration::rig::{Release, Rig, RigConfig};
 use integration::workspace_root;
 
@@ -55,17 +55,20 @@ fn cri_loads_the_vm_runtime_handler() -> Result<()> {
         ensure!(line.split_whitespace().last() == Some("ok"), "{release}: CRI plugin not ok: {line}\n{}", rig.log());
     }
     let config_path = rig.shim_config_path().display().to_string();
+    // The patterns as packaging ships them, each one passed through.
+    let patterns = VmRuntime::packaged().annotations;
     // 1.x prints its config with Go's %+v, 2.x as JSON.
     let expected = if release.major >= 2 {
+        let quoted: Vec<String> = patterns.iter().map(|p| format!("\\\"{p}\\\"")).collect();
         [
             "\\\"vm\\\":{\\\"runtimeType\\\":\\\"io.containerd.vm.v1\\\"".to_string(),
-            "\\\"PodAnnotations\\\":[\\\"vm.containerd.io/*\\\"]".into(),
+            format!("\\\"PodAnnotations\\\":[{}]", quoted.join(",")),
             format!("\\\"ConfigPath\\\":\\\"{config_path}\\\""),
         ]
     } else {
         [
             "vm:{Type:io.containerd.vm.v1".to_string(),
-            "PodAnnotations:[vm.containerd.io/*]".into(),
+            format!("PodAnnotations:[{}]", patterns.join(" ")),
             format!("ConfigPath:{config_path}"),
         ]
     };
