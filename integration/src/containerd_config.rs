@@ -109,6 +109,10 @@ pub struct ContainerdConfig {
     /// The handler CRI runs pods with when they name no RuntimeClass (a standalone
     /// kubelet cannot resolve one).
     pub cri_default_runtime: Option<String>,
+    /// NRI's socket, for containerd 2.x (NRI is on there by default): a private
+    /// containerd's own, since two of them on the host-wide /var/run/nri/nri.sock take it
+    /// from each other ("bind: address already in use" at start). 1.7 has NRI off.
+    pub nri_socket: Option<PathBuf>,
 }
 
 /// CRI's CNI directories.
@@ -203,6 +207,9 @@ impl ContainerdConfig {
         if let Some(default) = &self.cri_default_runtime {
             let _ = writeln!(out, "\n[plugins.{runtime_plugin}.containerd]\n  default_runtime_name = {default:?}");
         }
+        if let (ConfigVersion::V3, Some(socket)) = (version, &self.nri_socket) {
+            let _ = writeln!(out, "\n[plugins.'io.containerd.nri.v1.nri']\n  socket_path = {}", quoted(socket));
+        }
         if let Some(vm) = &self.vm_runtime {
             // containerd 1.x replaces its built-in runtimes table with a config's own, and
             // CRI then refuses to load without its default handler: name runc too.
@@ -290,6 +297,15 @@ mod tests {
         let v3 = ContainerdConfig::packaging().render(ConfigVersion::V3);
         assert!(v3.contains("  pod_annotations = [\"vm.containerd.io/*\", \"Virtlet*\"]\n"), "{v3}");
         assert!(v3.contains("  container_annotations = [\"vm.containerd.io/*\", \"Virtlet*\"]\n"), "{v3}");
+    }
+
+    #[test]
+    fn nri_gets_its_own_socket_on_containerd_2_only() {
+        let config = ContainerdConfig { nri_socket: Some("/tmp/r/nri.sock".into()), ..Default::default() };
+        assert!(config
+            .render(ConfigVersion::V3)
+            .contains("\n[plugins.'io.containerd.nri.v1.nri']\n  socket_path = \"/tmp/r/nri.sock\"\n"));
+        assert!(!config.render(ConfigVersion::V2).contains("nri"));
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Rig {
             debug_level: Some(config.log_level.clone()),
             oom_score: Some(0),
             opt_dir: Some(self.dir.join("opt")),
+            nri_socket: Some(self.dir.join("nri.sock")),
             // Most tests drive containerd with ctr and leave CRI (and its CNI needs) out.
             disable_cri: !config.cri,
             restrict_oom_score_adj: true,
