@@ -14,7 +14,7 @@ pub use links::{
     set_link, Address, Interface, IpPrefix, MacvtapMode, Route,
 };
 pub use namespace::{NetNs, NetnsId, NetnsLock};
-pub use packet::open_ipv4_packet_socket;
+pub use packet::{open_ipv4_packet_socket, receive_ipv4, send_ipv4};
 pub use tap::{open_queues, open_vhost};
 
 #[derive(Debug, thiserror::Error)]

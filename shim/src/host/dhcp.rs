@@ -10,7 +10,7 @@
 //! host side too), IPv4 broadcast or the leased address as RFC 2131 4.1 says.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable, Name};
@@ -300,7 +300,7 @@ async fn serve(socket: AsyncFd<OwnedFd>, ifindex: u32, lease: Lease) {
     let mut buffer = vec![0u8; 2048];
     loop {
         let received = match socket.readable().await {
-            Ok(mut ready) => match ready.try_io(|fd| receive(fd.get_ref(), &mut buffer)) {
+            Ok(mut ready) => match ready.try_io(|fd| netns::receive_ipv4(fd.get_ref(), &mut buffer)) {
                 Ok(received) => received,
                 Err(_would_block) => continue,
             },
@@ -339,70 +339,13 @@ async fn serve(socket: AsyncFd<OwnedFd>, ifindex: u32, lease: Lease) {
             }
         };
         let packet = udp_packet(lease.server, answer.to, &payload);
-        if let Err(e) = send_to(socket.get_ref(), ifindex, &lease.mac, &packet) {
+        if let Err(e) = netns::send_ipv4(socket.get_ref(), ifindex, lease.mac, &packet) {
             // The client asks again.
             warn!("sending a DHCP answer: {e}");
         } else {
             debug!(xid = request.xid(), to = %answer.to, "DHCP answered");
         }
     }
-}
-
-/// Reads one packet; its length and the MAC it came from (`None`: this host sent it).
-fn receive(socket: &OwnedFd, buffer: &mut [u8]) -> std::io::Result<(usize, Option<[u8; 6]>)> {
-    // SAFETY: sockaddr_ll is plain data, valid when zeroed.
-    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: recvfrom(2) on an owned socket into a buffer and a sockaddr_ll that live
-    // across the call, their true sizes given.
-    let received = unsafe {
-        libc::recvfrom(
-            socket.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            libc::MSG_DONTWAIT,
-            std::ptr::addr_of_mut!(from).cast(),
-            &mut from_len,
-        )
-    };
-    if received < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
-    let mac = (from.sll_halen == 6 && !outgoing).then(|| {
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&from.sll_addr[..6]);
-        mac
-    });
-    Ok((received as usize, mac))
-}
-
-/// Sends an IPv4 packet in a frame to `mac` on the link `ifindex` (the kernel adds the
-/// Ethernet header). Non-blocking: a full queue drops it, as a network would.
-fn send_to(socket: &OwnedFd, ifindex: u32, mac: &[u8; 6], packet: &[u8]) -> std::io::Result<()> {
-    // SAFETY: sockaddr_ll is plain data, valid when zeroed.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    address.sll_ifindex = ifindex as i32;
-    address.sll_halen = 6;
-    address.sll_addr[..6].copy_from_slice(mac);
-    // SAFETY: sendto(2) on an owned socket; the buffer and the sockaddr_ll live across the
-    // call, their true sizes given.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            libc::MSG_DONTWAIT,
-            std::ptr::addr_of!(address).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
