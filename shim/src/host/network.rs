@@ -213,12 +213,17 @@ pub fn attach(
     // The hold on the namespace ends with this function.
     let Inspected { ns, interfaces, _exclusive } = inspected;
     let names: Vec<String> = (0..interfaces.len()).map(|n| macvtap_name(id, n)).collect();
+    // The DHCP macvlans, made in the same netlink session as the macvtaps.
+    let dhcp_names: Vec<String> = match dhcp {
+        true => (0..interfaces.len()).map(|n| dhcp_link_name(id, n)).collect(),
+        false => Vec::new(),
+    };
     let bridge_macs = match mode {
         MacvtapMode::Bridge => interfaces.iter().map(|_| new_local_mac().map(Some)).collect::<Result<Vec<_>, _>>()?,
         MacvtapMode::Passthru => vec![None; interfaces.len()],
     };
     {
-        let (interfaces, names, bridge_macs) = (&interfaces, &names, &bridge_macs);
+        let (interfaces, names, bridge_macs, dhcp_names) = (&interfaces, &names, &bridge_macs, &dhcp_names);
         ns.netlink(|handle| async move {
             for ((interface, name), new_mac) in interfaces.iter().zip(names).zip(bridge_macs) {
                 if let Some(new_mac) = new_mac {
@@ -230,24 +235,16 @@ pub fn attach(
                 netns::add_macvtap(&handle, interface, name, mode, mac).await?;
                 netns::remove_addresses(&handle, interface).await?;
             }
-            Ok(())
-        })?;
-    }
-    let mut dhcp_ports = Vec::new();
-    if dhcp {
-        let dhcp_names: Vec<String> = (0..interfaces.len()).map(|n| dhcp_link_name(id, n)).collect();
-        let names = &dhcp_names;
-        let interfaces = &interfaces;
-        ns.netlink(|handle| async move {
-            for (interface, name) in interfaces.iter().zip(names) {
+            for (interface, name) in interfaces.iter().zip(dhcp_names) {
                 netns::add_macvlan(&handle, interface, name).await?;
             }
             Ok(())
         })?;
-        for (interface, name) in interfaces.iter().zip(&dhcp_names) {
-            let (socket, ifindex) = netns::open_ipv4_packet_socket(&ns, name)?;
-            dhcp_ports.push(DhcpPort { interface: interface.name.clone(), socket, ifindex });
-        }
+    }
+    let mut dhcp_ports = Vec::with_capacity(dhcp_names.len());
+    for (interface, name) in interfaces.iter().zip(&dhcp_names) {
+        let (socket, ifindex) = netns::open_ipv4_packet_socket(&ns, name)?;
+        dhcp_ports.push(DhcpPort { interface: interface.name.clone(), socket, ifindex });
     }
 
     let queues = queues.max(1) as usize;
