@@ -230,13 +230,7 @@ async fn launch(
     // A VM whose network comes at Start gets its seed then, with the network in it.
     let (seed, dhcp) = match late {
         true => (None, Vec::new()),
-        false => {
-            // Only a seed or DHCP answers tell the guest of its network.
-            let told = plan.guest.cloud_init != crate::plan::guest::CloudInit::None || plan.network.dhcp();
-            let guest_network = guest_network(network.as_ref().filter(|_| told), resolv_conf).await?;
-            let dhcp = answer_dhcp(network.as_mut(), guest_network.as_ref(), &plan.hostname)?;
-            (write_seed(&plan, &state_dir, guest_network).await?, dhcp)
-        }
+        false => tell_guest(&plan, &state_dir, network.as_mut(), resolv_conf).await?,
     };
 
     let mut console = Console::open().map_err(host("opening the console pty"))?;
@@ -447,9 +441,27 @@ async fn take_network(
     Ok((network, qemu_entry))
 }
 
+/// What tells the guest its name, configuration and network: the seed image, opened
+/// read-only for QEMU (`None` with `cloud-init: none`), and the DHCP answers, started (none
+/// unless the plan asks for them), from `network` (its DHCP ports taken) and the
+/// container's resolv.conf.
+pub(super) async fn tell_guest(
+    plan: &VmPlan,
+    state_dir: &Path,
+    network: Option<&mut PodNetwork>,
+    resolv_conf: Option<PathBuf>,
+) -> Result<(Option<std::fs::File>, Vec<dhcp::Responder>), VmError> {
+    // Only a seed or DHCP answers tell the guest of its network.
+    let told = plan.guest.cloud_init != crate::plan::guest::CloudInit::None || plan.network.dhcp();
+    let network = network.filter(|_| told);
+    let guest_network = guest_network(network.as_deref(), resolv_conf).await?;
+    let responders = answer_dhcp(network, guest_network.as_ref(), &plan.hostname)?;
+    Ok((write_seed(plan, state_dir, guest_network).await?, responders))
+}
+
 /// What the guest is told of `network`, if there is one: the pod's interfaces as found,
 /// and DNS from the container's resolv.conf.
-pub(super) async fn guest_network(
+async fn guest_network(
     network: Option<&PodNetwork>,
     resolv_conf: Option<PathBuf>,
 ) -> Result<Option<GuestNetwork>, VmError> {
@@ -469,7 +481,7 @@ pub(super) async fn guest_network(
 
 /// Starts answering the guest's DHCP on the network's DHCP ports (taken from it), each
 /// with its interface's lease; none without ports.
-pub(super) fn answer_dhcp(
+fn answer_dhcp(
     network: Option<&mut PodNetwork>,
     guest_network: Option<&GuestNetwork>,
     hostname: &str,
@@ -492,7 +504,7 @@ pub(super) fn answer_dhcp(
 /// tells the guest its name, its configuration and its network if it has one (IPv4 left
 /// to DHCP where the plan says so), into the state dir; returns it opened read-only for
 /// QEMU (`None` with `cloud-init: none`).
-pub(super) async fn write_seed(
+async fn write_seed(
     plan: &VmPlan,
     state_dir: &Path,
     network: Option<GuestNetwork>,

@@ -240,7 +240,7 @@ impl Vm {
 
     /// No network came: the seed still tells the guest its name, keys and user data.
     async fn attach_seed_alone(&self, late: &LateNetwork) -> Result<(), TaskError> {
-        let seed = launch::write_seed(&late.plan, &late.state_dir, None).await?;
+        let (seed, _no_dhcp_without_a_network) = launch::tell_guest(&late.plan, &late.state_dir, None, None).await?;
         match seed {
             Some(seed) => hotplug::attach(&self.qmp, None, Some(seed), &late.ports).await.map_err(TaskError::Unknown),
             None => Ok(()),
@@ -291,9 +291,8 @@ impl Vm {
         let mut network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues, dhcp))
             .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
-        let guest_network = launch::guest_network(Some(&network), late.resolv_conf.clone()).await?;
-        let responders = launch::answer_dhcp(Some(&mut network), guest_network.as_ref(), &late.plan.hostname)?;
-        let seed = launch::write_seed(&late.plan, &late.state_dir, guest_network).await?;
+        let (seed, responders) =
+            launch::tell_guest(&late.plan, &late.state_dir, Some(&mut network), late.resolv_conf.clone()).await?;
         hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)?;
         // Kept once the NICs are the guest's (dropped, they stop answering).
         self.held().dhcp.extend(responders);
