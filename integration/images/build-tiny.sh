@@ -264,8 +264,18 @@ if [ $nblk -gt 1 ]; then
     fi
 fi
 
-# acpid opens the /dev/input/event* nodes that exist when it starts.
-wait_for /dev/input/event0 || echo "tiny: no /dev/input/event0, power button will not work"
+# acpid opens the /dev/input/event* nodes that exist when it starts. It starts here, and init
+# (and its shell, whose prompt tests wait for) only once acpid holds the power button's node:
+# started from inittab beside the shell, acpid could miss a button pressed at the prompt.
+if wait_for /dev/input/event0; then
+    /sbin/acpid -l /var/log/acpid.log
+    i=0
+    while ! ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -q "/dev/input/event0" && [ $i -lt 200 ]; do
+        usleep 50000; i=$((i + 1))
+    done
+else
+    echo "tiny: no /dev/input/event0, power button will not work"
+fi
 
 exec /sbin/init
 EOF
@@ -708,7 +718,6 @@ chmod 755 "$ROOT/sbin/tiny-agent"
 
 cat >"$ROOT/etc/inittab" <<'EOF'
 ::once:/sbin/tiny-agent
-::respawn:/sbin/acpid -f -l /var/log/acpid.log
 ttyS0::respawn:-/bin/sh
 ::shutdown:/etc/rc.shutdown
 ::ctrlaltdel:/sbin/reboot
