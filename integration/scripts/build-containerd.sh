@@ -10,6 +10,7 @@
 # Prints the directory holding containerd, ctr and containerd-shim-runc-v2; the version built
 # is in VERSION two levels above it, as with fetch-containerd.sh.
 set -euo pipefail
+. "$(dirname "$0")/go-build.sh"
 module=github.com/containerd/containerd/v2
 cache=${SHIM_VM_CACHE:-/var/tmp/containerd-shim-vm/cache}/containerd
 mkdir -p "$cache"
@@ -18,15 +19,7 @@ cache=$(cd "$cache" && pwd)
 exec 9>"$cache/.lock"
 flock 9
 
-go=$(command -v go || true)
-if [ -z "$go" ] && [ -x /usr/local/go/bin/go ]; then go=/usr/local/go/bin/go; fi
-[ -n "$go" ] || { echo "build-containerd.sh: no go on PATH nor in /usr/local/go/bin: install Go first" >&2; exit 1; }
-export GOMODCACHE=$cache/go/mod GOCACHE=$cache/go/build GOPATH=$cache/go/path
-# -modcacherw: the module cache can be removed with rm -rf like the rest of the cache.
-# No toolchain download behind our back: a Go too old for containerd's go.mod is an error.
-export GOFLAGS="-modcacherw -buildvcs=false" GOTOOLCHAIN=local GO111MODULE=on
-# Outside any Go module (and outside the clone): go mod download and go list -m need that.
-cd "$cache"
+use_go build-containerd.sh "$cache/go"
 
 version=${1:-}
 if [ -z "$version" ]; then
@@ -47,13 +40,8 @@ case "$version" in
 esac
 
 out=$cache/go-$version
-bin=$out/usr/bin
-if [ -x "$bin/containerd" ] && [ -x "$bin/ctr" ] && [ -x "$bin/containerd-shim-runc-v2" ] && [ -f "$out/VERSION" ]; then
-  echo "$bin"
-  exit 0
-fi
+reuse_build "$out" containerd ctr containerd-shim-runc-v2
 
-start=$SECONDS
 echo "build-containerd.sh: building containerd $version with $("$go" version)" >&2
 # The module's own tree, go.mod and go.sum: the dependency versions its release was tested with.
 dir=$("$go" mod download -json "$module@$version" | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
@@ -63,13 +51,12 @@ rm -rf "$out.tmp" && mkdir -p "$out.tmp/usr/bin"
 cp -r "$dir" "$out.tmp/src"
 chmod -R u+w "$out.tmp/src"
 # As containerd's Makefile builds its release binaries: the version stamped in (the suites and
-# `ctr version` check it), urfave_cli_no_docs, no_grpc for the shim, stripped. CGO_ENABLED=0
-# (static) as the Makefile builds the shim: no C toolchain or btrfs headers needed; the btrfs
-# snapshotter, which needs cgo, is left out (the tests disable it anyway).
+# `ctr version` check it), urfave_cli_no_docs, no_grpc for the shim, stripped; static (use_go),
+# as the Makefile builds the shim: the btrfs snapshotter, which needs cgo, is left out (the
+# tests disable it anyway).
 ldflags="-X $module/version.Version=$version -X $module/version.Package=$module -s -w"
 (
   cd "$out.tmp/src"
-  export CGO_ENABLED=0
   "$go" build -o "$out.tmp/usr/bin/containerd" -tags urfave_cli_no_docs -ldflags "$ldflags" ./cmd/containerd
   "$go" build -o "$out.tmp/usr/bin/ctr" -tags urfave_cli_no_docs -ldflags "$ldflags" ./cmd/ctr
   "$go" build -o "$out.tmp/usr/bin/containerd-shim-runc-v2" -tags "urfave_cli_no_docs no_grpc" \
@@ -78,8 +65,4 @@ ldflags="-X $module/version.Version=$version -X $module/version.Package=$module 
 rm -rf "$out.tmp/src"
 said=$("$out.tmp/usr/bin/containerd" --version)
 [ "$(awk '{print $3}' <<<"$said")" = "$version" ] || { echo "build-containerd.sh: the build says \"$said\", not $version" >&2; exit 1; }
-echo "${version#v}" > "$out.tmp/VERSION"
-rm -rf "$out" # an incomplete one left by hand, which the check above did not take
-mv "$out.tmp" "$out"
-echo "build-containerd.sh: built containerd $version in $((SECONDS - start)) s" >&2
-echo "$bin"
+publish_build build-containerd.sh "$out" "${version#v}"

@@ -10,6 +10,7 @@
 #   VERSION:   a v1.x tag such as v1.34.4; default: the pinned one.
 # Prints the directory holding the component.
 set -euo pipefail
+. "$(dirname "$0")/go-build.sh"
 # v1.34: the newest minor release whose kubelet still runs on a cgroup v1 host (with
 # failCgroupV1: false); these test machines have cgroup v1. The proxy serves v1.34.4.
 pinned=v1.34.4
@@ -23,29 +24,13 @@ case "$version" in
   v1.*) ;;
   *) echo "build-kubernetes.sh: $version is not a v1.x tag of k8s.io/kubernetes" >&2; exit 2 ;;
 esac
-root=${SHIM_VM_CACHE:-/var/tmp/containerd-shim-vm/cache}
-mkdir -p "$root"
-root=$(cd "$root" && pwd)
-# Clones share the cache, and the components share Go's: one build at a time.
-exec 9>"$root/.kubernetes.lock"
-flock 9
+# The components share Go's cache: one build of any at a time.
+lock_cache kubernetes
 
 out=$root/$component-$version
-bin=$out/usr/bin
-if [ -x "$bin/$component" ] && [ -f "$out/VERSION" ]; then
-  echo "$bin"
-  exit 0
-fi
+reuse_build "$out" "$component"
 
-go=$(command -v go || true)
-if [ -z "$go" ] && [ -x /usr/local/go/bin/go ]; then go=/usr/local/go/bin/go; fi
-[ -n "$go" ] || { echo "build-kubernetes.sh: no go on PATH nor in /usr/local/go/bin: install Go first" >&2; exit 1; }
-gocache=$root/kubernetes-go
-mkdir -p "$gocache"
-export GOMODCACHE=$gocache/mod GOCACHE=$gocache/build GOPATH=$gocache/path
-export GOFLAGS="-modcacherw -buildvcs=false" GOTOOLCHAIN=local GO111MODULE=on CGO_ENABLED=0
-
-start=$SECONDS
+use_go build-kubernetes.sh "$root/kubernetes-go"
 echo "build-kubernetes.sh: building $component for Kubernetes $version with $("$go" version)" >&2
 rm -rf "$out.tmp" && mkdir -p "$out.tmp/usr/bin" "$out.tmp/build"
 cd "$out.tmp/build"
@@ -98,8 +83,4 @@ esac
 cd "$root"
 rm -rf "$out.tmp/build"
 [ "$said" = "$expected" ] || { echo "build-kubernetes.sh: the build says \"$said\", not \"$expected\"" >&2; exit 1; }
-echo "$said" > "$out.tmp/VERSION"
-rm -rf "$out"
-mv "$out.tmp" "$out"
-echo "build-kubernetes.sh: built $component ($said) in $((SECONDS - start)) s" >&2
-echo "$bin"
+publish_build build-kubernetes.sh "$out" "$said"

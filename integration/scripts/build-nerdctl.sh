@@ -8,6 +8,7 @@
 # Prints the directory holding nerdctl; the version built is in VERSION two levels above it, as
 # with build-containerd.sh.
 set -euo pipefail
+. "$(dirname "$0")/go-build.sh"
 module=github.com/containerd/nerdctl/v2
 # Pinned, not asked for: the Go module proxy refuses to list nerdctl's versions (`go list -m
 # -versions github.com/containerd/nerdctl/v2` and .../@v/list answer 403 "This module version
@@ -16,12 +17,7 @@ module=github.com/containerd/nerdctl/v2
 # (https://proxy.golang.org/github.com/containerd/nerdctl/v2/@v/v2.3.5.info). Its go.mod asks
 # for Go 1.26.3 or newer.
 pinned=v2.3.5
-root=${SHIM_VM_CACHE:-/var/tmp/containerd-shim-vm/cache}
-mkdir -p "$root"
-root=$(cd "$root" && pwd)
-# Clones share the cache: one build at a time.
-exec 9>"$root/.nerdctl.lock"
-flock 9
+lock_cache nerdctl
 
 version=${1:-$pinned}
 case "$version" in
@@ -30,25 +26,9 @@ case "$version" in
 esac
 
 out=$root/nerdctl-$version
-bin=$out/usr/bin
-if [ -x "$bin/nerdctl" ] && [ -f "$out/VERSION" ]; then
-  echo "$bin"
-  exit 0
-fi
+reuse_build "$out" nerdctl
 
-go=$(command -v go || true)
-if [ -z "$go" ] && [ -x /usr/local/go/bin/go ]; then go=/usr/local/go/bin/go; fi
-[ -n "$go" ] || { echo "build-nerdctl.sh: no go on PATH nor in /usr/local/go/bin: install Go first" >&2; exit 1; }
-gocache=$root/nerdctl-go
-mkdir -p "$gocache"
-export GOMODCACHE=$gocache/mod GOCACHE=$gocache/build GOPATH=$gocache/path
-# -modcacherw: the module cache can be removed with rm -rf like the rest of the cache.
-# No toolchain download behind our back: a Go too old for nerdctl's go.mod is an error.
-export GOFLAGS="-modcacherw -buildvcs=false" GOTOOLCHAIN=local GO111MODULE=on
-# Outside any Go module (and outside the clone): go mod download needs that.
-cd "$gocache"
-
-start=$SECONDS
+use_go build-nerdctl.sh "$root/nerdctl-go"
 echo "build-nerdctl.sh: building nerdctl $version with $("$go" version)" >&2
 # The module's own tree, go.mod and go.sum: the dependency versions its release was tested with.
 if ! info=$("$go" mod download -json "$module@$version"); then
@@ -72,9 +52,8 @@ chmod -R u+w "$out.tmp/src"
   # pkg/testutil): test helpers that only _test.go files call. Without that file nothing loads
   # the missing module (go build fails, naming it, if a new release imports it elsewhere).
   rm -f cmd/nerdctl/helpers/testing_linux.go
-  # As nerdctl's Makefile builds its release binaries: CGO_ENABLED=0 (static), stripped, the
-  # version and commit stamped in.
-  export CGO_ENABLED=0
+  # As nerdctl's Makefile builds its release binaries: static (use_go), stripped, the version
+  # and commit stamped in.
   "$go" build -o "$out.tmp/usr/bin/nerdctl" \
     -ldflags "-s -w -X $module/pkg/version.Version=$version -X $module/pkg/version.Revision=${revision:-unknown}" \
     ./cmd/nerdctl
@@ -83,8 +62,4 @@ rm -rf "$out.tmp/src"
 said=$("$out.tmp/usr/bin/nerdctl" --version)
 [ "$said" = "nerdctl version ${version#v}" ] || [ "$said" = "nerdctl version $version" ] ||
   { echo "build-nerdctl.sh: the build says \"$said\", not $version" >&2; exit 1; }
-echo "${version#v}" > "$out.tmp/VERSION"
-rm -rf "$out" # an incomplete one left by hand, which the check above did not take
-mv "$out.tmp" "$out"
-echo "build-nerdctl.sh: built nerdctl $version in $((SECONDS - start)) s" >&2
-echo "$bin"
+publish_build build-nerdctl.sh "$out" "${version#v}"
