@@ -70,6 +70,7 @@ fi
 mkdir -p "$1"
 OUTDIR=$(cd "$1" && pwd)
 SCRIPT=$(readlink -f "$0")
+. "$(dirname "$SCRIPT")/common.sh"
 CACHE=$OUTDIR/cache
 mkdir -p "$CACHE"
 export PATH=$PATH:/usr/sbin:/sbin
@@ -80,10 +81,6 @@ if ! command -v mmdebstrap >/dev/null 2>&1; then
     echo "build-debian.sh: installing mmdebstrap" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >&2
 fi
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 ||
-        { echo "build-debian.sh: '$1' not found; install the Debian package '$2'" >&2; exit 1; }
-}
 need mmdebstrap mmdebstrap
 need mkfs.ext4 e2fsprogs
 need mformat mtools
@@ -154,18 +151,9 @@ fi
 
 # --- up to date? ------------------------------------------------------------------------------
 OUTPUT=$OUTDIR/debian-12.qcow2
-INPUTS=("$SCRIPT" "$CACHE/rootfs.recipe" "$MBR_BIN" "$SYSLINUX_BIN")
-up_to_date() {
-    local in
-    [ -f "$OUTPUT" ] || return 1
-    for in in "${INPUTS[@]}"; do
-        [ "$OUTPUT" -nt "$in" ] || return 1
-    done
-}
-if up_to_date; then
-    echo "build-debian.sh: $OUTPUT is up to date"
-    exit 0
-fi
+OUTPUTS=("$OUTPUT")
+INPUTS=("$CACHE/rootfs.recipe" "$MBR_BIN" "$SYSLINUX_BIN")
+exit_if_up_to_date
 
 WORK=$(mktemp -d "$OUTDIR/.build-debian.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

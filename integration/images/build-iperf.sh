@@ -49,13 +49,10 @@ fi
 mkdir -p "$1"
 OUTDIR=$(cd "$1" && pwd)
 SCRIPT=$(readlink -f "$0")
+. "$(dirname "$SCRIPT")/common.sh"
 
 # --- tools ------------------------------------------------------------------------------------
 export PATH=$PATH:/usr/sbin:/sbin   # ethtool and modprobe live in sbin
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 ||
-        { echo "build-iperf.sh: '$1' not found; install the Debian package '$2'" >&2; exit 1; }
-}
 need busybox busybox-static
 need iperf3 iperf3
 need ethtool ethtool
@@ -69,12 +66,7 @@ need qemu-img qemu-utils
 need modprobe kmod
 
 # --- inputs -----------------------------------------------------------------------------------
-if [ -z "${KVER:-}" ]; then
-    KVER=$(cd /boot && ls vmlinuz-*-cloud-amd64 2>/dev/null | sed 's/^vmlinuz-//' | sort -V | tail -n1)
-    [ -n "$KVER" ] || { echo "build-iperf.sh: no /boot/vmlinuz-*-cloud-amd64; install linux-image-cloud-amd64" >&2; exit 1; }
-fi
-KERNEL=/boot/vmlinuz-$KVER
-MODDIR=/lib/modules/$KVER
+use_host_kernel
 BUSYBOX=$(readlink -f "$(command -v busybox)")
 IPERF3=$(readlink -f "$(command -v iperf3)")
 ETHTOOL=$(readlink -f "$(command -v ethtool)")
@@ -87,15 +79,10 @@ if ! grep -qx ip <<<"$APPLETS" || ! grep -qx ping <<<"$APPLETS"; then
     echo "build-iperf.sh: $BUSYBOX has no ip or ping applet" >&2
     exit 1
 fi
-# The ELF files copied into the guest (their libraries are found below; those count as inputs).
+# The ELF files copied into the guest; their libraries count as inputs too.
 ELFS=("$IPERF3" "$ETHTOOL")
-libs_of() { # libs_of ELF...: the resolved paths ldd names, and the loader, one a line
-    ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
-}
-mapfile -t LIBS < <(libs_of "${ELFS[@]}")
-[ ${#LIBS[@]} -gt 0 ] || { echo "build-iperf.sh: ldd found no libraries for ${ELFS[*]}" >&2; exit 1; }
-INPUTS=("$SCRIPT" "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$SYSLINUX_BIN" "${ELFS[@]}")
-for l in "${LIBS[@]}"; do INPUTS+=("$(readlink -f "$l")"); done
+INPUTS=("$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$SYSLINUX_BIN" "${ELFS[@]}")
+mapfile -t -O ${#INPUTS[@]} INPUTS < <(libraries_of "${ELFS[@]}" | xargs readlink -f)
 OUTPUTS=("$OUTDIR/vmlinuz" "$OUTDIR/iperf-initrd.gz" "$OUTDIR/iperf.qcow2")
 
 # virtio_pci (the bus) and virtio_net (+ failover, net_failover); IPv4 and packet sockets are
@@ -106,20 +93,7 @@ MODULES="virtio_pci virtio_net"
 FAT_TRACKS=32 FAT_HEADS=64 FAT_SPT=32
 FAT_SECTORS=$((FAT_TRACKS * FAT_HEADS * FAT_SPT))
 
-# --- up to date? ------------------------------------------------------------------------------
-up_to_date() {
-    local out in
-    for out in "${OUTPUTS[@]}"; do
-        [ -f "$out" ] || return 1
-        for in in "${INPUTS[@]}"; do
-            [ "$out" -nt "$in" ] || return 1
-        done
-    done
-}
-if up_to_date; then
-    echo "build-iperf.sh: $OUTDIR is up to date"
-    exit 0
-fi
+exit_if_up_to_date
 
 WORK=$(mktemp -d "$OUTDIR/.build-iperf.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -128,10 +102,7 @@ trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/initramfs
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,lib/modules,root}
 
-cp "$BUSYBOX" "$ROOT/bin/busybox"
-for applet in $(busybox --list-full); do
-    [ -e "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
-done
+add_busybox "$BUSYBOX"
 
 # iperf3 and ethtool replace busybox applets of the same name, if any.
 install_elf() { # install_elf SOURCE DEST
@@ -142,24 +113,8 @@ install_elf() { # install_elf SOURCE DEST
 }
 install_elf "$IPERF3" /usr/bin/iperf3
 install_elf "$ETHTOOL" /usr/sbin/ethtool
-# Each library at the path ldd named (the loader at /lib64/ld-linux-x86-64.so.2, the others
-# under /lib/x86_64-linux-gnu), as a regular file: the dereferenced symlink.
-for l in "${LIBS[@]}"; do
-    mkdir -p "$(dirname "$ROOT$l")"
-    cp -L "$l" "$ROOT$l"
-done
-
-: >"$ROOT/etc/modules"
-for m in $MODULES; do
-    modprobe -S "$KVER" -d / --show-depends "$m" | while read -r kind path _; do
-        [ "$kind" = insmod ] || continue
-        name=$(basename "$path")
-        if [ ! -e "$ROOT/lib/modules/$name" ]; then
-            cp "$path" "$ROOT/lib/modules/$name"
-            echo "$name" >>"$ROOT/etc/modules"
-        fi
-    done
-done
+add_libraries "${ELFS[@]}"
+add_modules "$ROOT/etc/modules" $MODULES
 
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"
@@ -254,8 +209,7 @@ finish
 EOF
 chmod 755 "$ROOT/init"
 
-(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
-    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$WORK/iperf-initrd.gz"
+pack_initramfs "$WORK/iperf-initrd.gz"
 
 # --- the FAT disk -----------------------------------------------------------------------------
 cat >"$WORK/syslinux.cfg" <<EOF

@@ -42,13 +42,10 @@ fi
 mkdir -p "$1"
 OUTDIR=$(cd "$1" && pwd)
 SCRIPT=$(readlink -f "$0")
+. "$(dirname "$SCRIPT")/common.sh"
 
 # --- tools ------------------------------------------------------------------------------------
 export PATH=$PATH:/usr/sbin:/sbin   # sfdisk and modprobe live in sbin
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null 2>&1 ||
-        { echo "build-tiny.sh: '$1' not found; install the Debian package '$2'" >&2; exit 1; }
-}
 need busybox busybox-static
 need cpio cpio
 need gzip gzip
@@ -63,20 +60,15 @@ QEMU_GA=/usr/sbin/qemu-ga
 [ -x "$QEMU_GA" ] || { echo "build-tiny.sh: $QEMU_GA not found; install the Debian package 'qemu-guest-agent'" >&2; exit 1; }
 
 # --- inputs -----------------------------------------------------------------------------------
-# The newest installed cloud kernel, unless KVER says which one.
-if [ -z "${KVER:-}" ]; then
-    KVER=$(cd /boot && ls vmlinuz-*-cloud-amd64 2>/dev/null | sed 's/^vmlinuz-//' | sort -V | tail -n1)
-    [ -n "$KVER" ] || { echo "build-tiny.sh: no /boot/vmlinuz-*-cloud-amd64; install linux-image-cloud-amd64" >&2; exit 1; }
-fi
-KERNEL=/boot/vmlinuz-$KVER
-MODDIR=/lib/modules/$KVER
+use_host_kernel
 BUSYBOX=$(readlink -f "$(command -v busybox)")
 MBR_BIN=/usr/lib/syslinux/mbr/mbr.bin
 SYSLINUX_BIN=$(readlink -f "$(command -v syslinux)")   # carries ldlinux.sys/.c32 inside
 for f in "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN"; do
     [ -r "$f" ] || { echo "build-tiny.sh: missing input $f" >&2; exit 1; }
 done
-INPUTS=("$SCRIPT" "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$SYSLINUX_BIN" "$QEMU_GA")
+INPUTS=("$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$SYSLINUX_BIN" "$QEMU_GA")
+mapfile -t -O ${#INPUTS[@]} INPUTS < <(libraries_of "$QEMU_GA" | xargs readlink -f)
 OUTPUTS=("$OUTDIR/tiny.qcow2" "$OUTDIR/tiny.raw" "$OUTDIR/tiny-part.qcow2")
 
 # Modules the guest loads (everything else it needs is built in: see /boot/config-$KVER).
@@ -98,20 +90,7 @@ FAT_TRACKS=32 FAT_HEADS=64 FAT_SPT=32
 FAT_SECTORS=$((FAT_TRACKS * FAT_HEADS * FAT_SPT))
 PART_START=2048   # sectors (1 MiB), where partition 1 starts on the partitioned disk
 
-# --- up to date? ------------------------------------------------------------------------------
-up_to_date() {
-    local out in
-    for out in "${OUTPUTS[@]}"; do
-        [ -f "$out" ] || return 1
-        for in in "${INPUTS[@]}"; do
-            [ "$out" -nt "$in" ] || return 1
-        done
-    done
-}
-if up_to_date; then
-    echo "build-tiny.sh: $OUTDIR is up to date"
-    exit 0
-fi
+exit_if_up_to_date
 
 WORK=$(mktemp -d "$OUTDIR/.build-tiny.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -120,37 +99,11 @@ trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/initramfs
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,boot,mnt,etc/acpi/PWRF,var/log,lib/modules,lib/tiny,root}
 
-cp "$BUSYBOX" "$ROOT/bin/busybox"
-# One symlink per applet, made here so the guest does not spend boot time on `busybox --install`.
-for applet in $(busybox --list-full); do
-    [ -e "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
-done
-
-# Copy the modules flat and record the insmod order, dependencies first, as modprobe resolves
-# it for the target kernel (so the guest needs neither depmod data nor modprobe): /etc/modules
-# for MODULES, /etc/modules.net for what NET_MODULES need beyond them.
-add_modules() { # add_modules LIST-FILE MODULE...
-    local list=$1 m
-    shift
-    : >"$list"
-    for m in "$@"; do
-        modprobe -S "$KVER" -d / --show-depends "$m" | while read -r kind path _; do
-            [ "$kind" = insmod ] || continue    # "builtin ..." lines need nothing
-            name=$(basename "$path")
-            if [ ! -e "$ROOT/lib/modules/$name" ]; then
-                cp "$path" "$ROOT/lib/modules/$name"
-                echo "$name" >>"$list"
-            fi
-        done
-    done
-}
-# qemu-ga and the shared libraries it links, at the paths the dynamic loader looks in.
+add_busybox "$BUSYBOX"
 cp "$QEMU_GA" "$ROOT/usr/sbin/qemu-ga"
-ldd "$QEMU_GA" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | while read -r lib; do
-    mkdir -p "$ROOT$(dirname "$lib")"
-    cp -L "$lib" "$ROOT$lib"
-done
+add_libraries "$QEMU_GA"
 
+# /etc/modules for MODULES, /etc/modules.net for what NET_MODULES need beyond them.
 add_modules "$ROOT/etc/modules" $MODULES
 add_modules "$ROOT/etc/modules.net" $NET_MODULES
 
@@ -750,9 +703,7 @@ EOF
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"
 
-# newc archive of the staging dir, everything owned by root, timestamps not recorded.
-(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
-    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$WORK/initrd.gz"
+pack_initramfs "$WORK/initrd.gz"
 
 # --- FAT filesystems --------------------------------------------------------------------------
 # syslinux.cfg: boot straight into the kernel. console=ttyS0 for the serial console; quiet and
