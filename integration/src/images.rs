@@ -21,9 +21,13 @@ pub const DEBIAN: &str = "example.org/disks/debian-12:1";
 /// Serialises builds within this process; the file lock in [`build_tiny`] does across processes.
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
-/// `<workspace>/.cache/images`: where the guest disks are built and kept between runs.
+/// `$SHIM_VM_CACHE/images` (default `/var/tmp/containerd-shim-vm/cache/images`): where the
+/// guest disks are built and kept between runs, outside the clone as the tools the scripts
+/// build are, so that a fresh clone (CI's) reuses them.
 pub fn cache_dir() -> PathBuf {
-    crate::workspace_root().join(".cache/images")
+    std::env::var_os("SHIM_VM_CACHE")
+        .map_or_else(|| PathBuf::from("/var/tmp/containerd-shim-vm/cache"), PathBuf::from)
+        .join("images")
 }
 
 /// The guest disks as built by `build-tiny.sh`.
