@@ -18,7 +18,7 @@ use super::STREAMS_DRAIN_TIMEOUT;
 use crate::console::Stdio;
 use crate::host::process::Pidfd;
 use crate::lifecycle::{Change, Exit, Request, State};
-use crate::service::container::{published_exit, Process};
+use crate::service::container::{exec_exit_for_delete, published_exit, Process};
 use crate::service::error::TaskError;
 use crate::service::events::{task_exit, TaskEvents};
 
@@ -233,13 +233,7 @@ impl Process for ExecProcess {
     async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
         let inner = &self.0;
         let _one_at_a_time = inner.requests.lock().await;
-        match self.state() {
-            State::Stopped(exit) => Ok(exit),
-            State::Created => Ok(end_unstarted(inner, 0)),
-            State::Running | State::Paused => {
-                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
-            }
-        }
+        exec_exit_for_delete(self.state(), &inner.exec_id, || end_unstarted(inner, 0))
     }
 
     fn close_stdin(&self) {

@@ -22,6 +22,7 @@ use crate::console::Stdio;
 use crate::host::journal::{Journal, Resource};
 use crate::host::process::Pidfd;
 use crate::host::runc::RuncHandle;
+use crate::kind::Kind;
 use crate::lifecycle::{Change, Exit, Request, State};
 use crate::plan::cgroup::relative_path;
 use crate::prepared::Prepared;
@@ -301,8 +302,8 @@ impl Container for OrdinaryContainer {
         &self.id
     }
 
-    fn kind(&self) -> &'static str {
-        "container"
+    fn kind(&self) -> Kind {
+        Kind::Container
     }
 
     fn exec_pids(&self) -> Vec<(String, u32)> {

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use super::error::TaskError;
 use super::events::TaskEvents;
 use crate::console::Stdio;
-use crate::lifecycle::{Exit, State};
+use crate::kind::Kind;
+use crate::lifecycle::{Exit, OnDelete, State};
 
 #[async_trait]
 pub trait Container: Send + Sync {
@@ -20,9 +21,8 @@ pub trait Container: Send + Sync {
     fn bundle(&self) -> &Path;
     fn stdio(&self) -> &Stdio;
     fn pid(&self) -> u32;
-    /// Which kind of task this is, as Pids reports it: `vm` or `container` (the kind
-    /// module's names).
-    fn kind(&self) -> &'static str;
+    /// Which kind of task this is (Pids reports its name).
+    fn kind(&self) -> Kind;
     /// Every process of the task (Pids; PodSandboxStats asks): the VM is one process.
     async fn pids(&self) -> Result<Vec<u32>, TaskError> {
         Ok(vec![self.pid()])
@@ -82,6 +82,22 @@ pub trait Process: Send + Sync {
     /// Delete's part: the exit to report, or why not yet. Waits out a Start under way,
     /// and ends an exec that never started.
     async fn finish_for_delete(&self) -> Result<Exit, TaskError>;
+}
+
+/// Delete's part for an exec process in `state`: its exit, or why not yet. `end_unstarted`
+/// ends one that was never started (as status 0: nothing ran) and gives its exit.
+pub fn exec_exit_for_delete(
+    state: State,
+    exec_id: &str,
+    end_unstarted: impl FnOnce() -> Exit,
+) -> Result<Exit, TaskError> {
+    match state.on_delete() {
+        OnDelete::Release(exit) => Ok(exit),
+        OnDelete::StopFirst => Ok(end_unstarted()),
+        OnDelete::Refuse => {
+            Err(TaskError::FailedPrecondition(format!("exec {exec_id} is still running; kill it first")))
+        }
+    }
 }
 
 /// The exit a task's monitor publishes, once it has; `None` if the monitor ended without

@@ -349,7 +349,7 @@ impl<F: ContainerFactory> Task for TaskService<F> {
             processes: process_infos(
                 &pids,
                 container.pid(),
-                container.kind(),
+                container.kind().name(),
                 &container.annotations(),
                 &container.exec_pids(),
             ),

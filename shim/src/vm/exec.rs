@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::console::{self, Stdio};
 use crate::lifecycle::{Change, Exit, Request, State};
-use crate::service::container::{published_exit, Process};
+use crate::service::container::{exec_exit_for_delete, published_exit, Process};
 use crate::service::error::TaskError;
 use crate::service::events::{task_exit, TaskEvents};
 
@@ -509,13 +509,9 @@ impl Process for GuestExec {
     async fn finish_for_delete(&self) -> Result<Exit, TaskError> {
         let inner = &self.0;
         let _one_at_a_time = inner.requests.lock().await;
-        match self.state() {
-            State::Stopped(exit) => Ok(exit),
-            State::Created => Ok(inner.end(0, false).unwrap_or(Exit { status: 0, at: SystemTime::now() })),
-            State::Running | State::Paused => {
-                Err(TaskError::FailedPrecondition(format!("exec {} is still running; kill it first", inner.exec_id)))
-            }
-        }
+        exec_exit_for_delete(self.state(), &inner.exec_id, || {
+            inner.end(0, false).unwrap_or(Exit { status: 0, at: SystemTime::now() })
+        })
     }
 
     fn close_stdin(&self) {

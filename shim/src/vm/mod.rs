@@ -25,6 +25,7 @@ use crate::host::cgroup::VmCgroup;
 use crate::host::hooks::{self, HookState, Hooks};
 use crate::host::journal::{EntryId, Journal};
 use crate::host::process::Pidfd;
+use crate::kind::Kind;
 use crate::lifecycle::{Change, Exit, Request, State};
 use crate::service::container::{published_exit, Container, Process};
 use crate::service::error::TaskError;
@@ -315,8 +316,8 @@ impl Container for Vm {
         &self.id
     }
 
-    fn kind(&self) -> &'static str {
-        "vm"
+    fn kind(&self) -> Kind {
+        Kind::Vm
     }
 
     fn annotations(&self) -> Vec<(&'static str, String)> {
