@@ -25,6 +25,7 @@ use crate::host::placement::{self as host_placement, PlacementHostError};
 use crate::host::process::{Pidfd, ProcessId};
 use crate::host::{qemu as qemu_process, seed_writer, state_dir};
 use crate::placement::{self, Placement, Policy};
+use crate::plan::guest::{CloudInit, GuestConfig};
 use crate::plan::{AccelSetting, NetworkPlan, PlanError, VmPlan};
 use crate::prepared::Prepared;
 use crate::qemu::{self, HostFacts, NicFacts};
@@ -230,7 +231,7 @@ async fn launch(
     // A VM whose network comes at Start gets its seed then, with the network in it.
     let (seed, dhcp) = match late {
         true => (None, Vec::new()),
-        false => tell_guest(&plan, &state_dir, network.as_mut(), resolv_conf).await?,
+        false => GuestBrief::of(&plan, &state_dir).tell(network.as_mut(), resolv_conf).await?,
     };
 
     let mut console = Console::open().map_err(host("opening the console pty"))?;
@@ -406,8 +407,7 @@ async fn launch(
                 queues: *queues,
                 dhcp: *dhcp,
                 resolv_conf: resolv_conf.clone(),
-                plan: plan.clone(),
-                state_dir: state_dir.clone(),
+                brief: GuestBrief::of(&plan, &state_dir),
                 ports: qemu::hotplug_buses(plan.machine, qemu::LATE_HOTPLUG_PORTS),
                 netns_id,
             }),
@@ -441,22 +441,86 @@ async fn take_network(
     Ok((network, qemu_entry))
 }
 
-/// What tells the guest its name, configuration and network: the seed image, opened
-/// read-only for QEMU (`None` with `cloud-init: none`), and the DHCP answers, started (none
-/// unless the plan asks for them), from `network` (its DHCP ports taken) and the
-/// container's resolv.conf.
-pub(super) async fn tell_guest(
-    plan: &VmPlan,
-    state_dir: &Path,
-    network: Option<&mut PodNetwork>,
-    resolv_conf: Option<PathBuf>,
-) -> Result<(Option<std::fs::File>, Vec<dhcp::Responder>), VmError> {
-    // Only a seed or DHCP answers tell the guest of its network.
-    let told = plan.guest.cloud_init != crate::plan::guest::CloudInit::None || plan.network.dhcp();
-    let network = network.filter(|_| told);
-    let guest_network = guest_network(network.as_deref(), resolv_conf).await?;
-    let responders = answer_dhcp(network, guest_network.as_ref(), &plan.hostname)?;
-    Ok((write_seed(plan, state_dir, guest_network).await?, responders))
+/// What the plan tells the guest of itself, kept for a network that comes at Start.
+pub(super) struct GuestBrief {
+    instance_id: String,
+    hostname: String,
+    guest: GuestConfig,
+    /// IPv4 by DHCP answers rather than in the seed.
+    dhcp: bool,
+    /// Where the seed image is written.
+    state_dir: PathBuf,
+}
+
+impl GuestBrief {
+    pub(super) fn of(plan: &VmPlan, state_dir: &Path) -> GuestBrief {
+        GuestBrief {
+            instance_id: plan.name.clone(),
+            hostname: plan.hostname.clone(),
+            guest: plan.guest.clone(),
+            dhcp: plan.network.dhcp(),
+            state_dir: state_dir.to_owned(),
+        }
+    }
+
+    /// Tells the guest its name, configuration and network: writes the seed image, returned
+    /// opened read-only for QEMU (`None` with `cloud-init: none`), and starts the DHCP
+    /// answers (none unless the plan asks for them), from `network` (its DHCP ports taken)
+    /// and the container's resolv.conf.
+    pub(super) async fn tell(
+        &self,
+        network: Option<&mut PodNetwork>,
+        resolv_conf: Option<PathBuf>,
+    ) -> Result<(Option<std::fs::File>, Vec<dhcp::Responder>), VmError> {
+        // Only a seed or DHCP answers tell the guest of its network.
+        let told = self.guest.cloud_init != CloudInit::None || self.dhcp;
+        let network = network.filter(|_| told);
+        let guest_network = guest_network(network.as_deref(), resolv_conf).await?;
+        let responders = answer_dhcp(network, guest_network.as_ref(), &self.hostname)?;
+        Ok((self.write_seed(guest_network).await?, responders))
+    }
+
+    /// Writes the seed image (NoCloud or config drive, vfat or ISO, as the plan asks) that
+    /// tells the guest its name, its configuration and its network if it has one (IPv4 left
+    /// to DHCP where the plan says so), into the state dir; returns it opened read-only for
+    /// QEMU (`None` with `cloud-init: none`).
+    async fn write_seed(&self, network: Option<GuestNetwork>) -> Result<Option<std::fs::File>, VmError> {
+        if self.guest.cloud_init == CloudInit::None {
+            return Ok(None);
+        }
+        let network = match self.dhcp {
+            true => network.map(GuestNetwork::ipv4_by_dhcp),
+            false => network,
+        };
+        let seed = crate::seed::Seed {
+            instance_id: self.instance_id.clone(),
+            hostname: self.hostname.clone(),
+            network,
+            guest: self.guest.clone(),
+        };
+        let path = self.state_dir.join(SEED_IMAGE);
+        // Created, and opened again read-only for QEMU, before the writer runs: one trip to
+        // the blocking pool.
+        let open = path.clone();
+        let (image, for_qemu) = blocking(move || {
+            let image = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&open)?;
+            Ok::<_, std::io::Error>((image, std::fs::File::open(&open)?))
+        })
+        .await?
+        .map_err(host(format!("creating {}", path.display())))?;
+        // Not synced: QEMU reads it through the page cache, and a crash loses nothing a new
+        // Create would not write again. Written by a child: see host::seed_writer. A failed
+        // write leaves no file: a Start that attaches the seed late may be retried.
+        if let Err(e) = seed_writer::write(Path::new(crate::SELF_EXE), &seed, image).await {
+            drop(for_qemu);
+            let remove = path.clone();
+            if let Err(removing) = blocking(move || std::fs::remove_file(remove)).await? {
+                warn!(seed = %path.display(), "removing the seed image the writer left: {removing}");
+            }
+            return Err(e.into());
+        }
+        Ok(Some(for_qemu))
+    }
 }
 
 /// What the guest is told of `network`, if there is one: the pod's interfaces as found,
@@ -498,52 +562,6 @@ fn answer_dhcp(
         responders.push(responder);
     }
     Ok(responders)
-}
-
-/// Writes the seed image (NoCloud or config drive, vfat or ISO, as the plan asks) that
-/// tells the guest its name, its configuration and its network if it has one (IPv4 left
-/// to DHCP where the plan says so), into the state dir; returns it opened read-only for
-/// QEMU (`None` with `cloud-init: none`).
-async fn write_seed(
-    plan: &VmPlan,
-    state_dir: &Path,
-    network: Option<GuestNetwork>,
-) -> Result<Option<std::fs::File>, VmError> {
-    if plan.guest.cloud_init == crate::plan::guest::CloudInit::None {
-        return Ok(None);
-    }
-    let network = match plan.network.dhcp() {
-        true => network.map(GuestNetwork::ipv4_by_dhcp),
-        false => network,
-    };
-    let seed = crate::seed::Seed {
-        instance_id: plan.name.clone(),
-        hostname: plan.hostname.clone(),
-        network,
-        guest: plan.guest.clone(),
-    };
-    let path = state_dir.join(SEED_IMAGE);
-    // Created, and opened again read-only for QEMU, before the writer runs: one trip to
-    // the blocking pool.
-    let open = path.clone();
-    let (image, for_qemu) = blocking(move || {
-        let image = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&open)?;
-        Ok::<_, std::io::Error>((image, std::fs::File::open(&open)?))
-    })
-    .await?
-    .map_err(host(format!("creating {}", path.display())))?;
-    // Not synced: QEMU reads it through the page cache, and a crash loses nothing a new
-    // Create would not write again. Written by a child: see host::seed_writer. A failed
-    // write leaves no file: a Start that attaches the seed late may be retried.
-    if let Err(e) = seed_writer::write(Path::new(crate::SELF_EXE), &seed, image).await {
-        drop(for_qemu);
-        let remove = path.clone();
-        if let Err(removing) = blocking(move || std::fs::remove_file(remove)).await? {
-            warn!(seed = %path.display(), "removing the seed image the writer left: {removing}");
-        }
-        return Err(e.into());
-    }
-    Ok(Some(for_qemu))
 }
 
 fn nic_facts(network: &PodNetwork) -> Vec<NicFacts> {

@@ -75,8 +75,7 @@ struct LateNetwork {
     queues: u32,
     dhcp: bool,
     resolv_conf: Option<PathBuf>,
-    plan: crate::plan::VmPlan,
-    state_dir: PathBuf,
+    brief: launch::GuestBrief,
     /// Where each added device goes (`None`: the machine's own bus).
     ports: Vec<Option<String>>,
     /// QEMU's namespace, read while QEMU was an unreaped child: at Start,
@@ -241,7 +240,7 @@ impl Vm {
 
     /// No network came: the seed still tells the guest its name, keys and user data.
     async fn attach_seed_alone(&self, late: &LateNetwork) -> Result<(), TaskError> {
-        let (seed, _no_dhcp_without_a_network) = launch::tell_guest(&late.plan, &late.state_dir, None, None).await?;
+        let (seed, _no_dhcp_without_a_network) = late.brief.tell(None, None).await?;
         match seed {
             Some(seed) => hotplug::attach(&self.qmp, None, Some(seed), &late.ports).await.map_err(TaskError::Unknown),
             None => Ok(()),
@@ -292,8 +291,7 @@ impl Vm {
         let mut network = launch::blocking(move || pod_network::attach(&id, inspected, mode, queues, dhcp))
             .await?
             .map_err(|e| TaskError::from(VmError::from(e)))?;
-        let (seed, responders) =
-            launch::tell_guest(&late.plan, &late.state_dir, Some(&mut network), late.resolv_conf.clone()).await?;
+        let (seed, responders) = late.brief.tell(Some(&mut network), late.resolv_conf.clone()).await?;
         hotplug::attach(&self.qmp, Some(network), seed, &late.ports).await.map_err(TaskError::Unknown)?;
         // Kept once the NICs are the guest's (dropped, they stop answering).
         self.held().dhcp.extend(responders);
