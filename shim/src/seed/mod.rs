@@ -1,6 +1,7 @@
 //! The seed disk: a small image, attached read-only, from which cloud-init in the guest
 //! reads its instance data, above all the pod's network identity (the pod IP moves from the
-//! pod's veth into the guest, configured statically: there is no DHCP).
+//! pod's veth into the guest, configured statically, or by the shim's DHCP answers where the
+//! plan asks for them).
 //!
 //! Two layers, both pure (no host access but the image writer's caller-given `disk`):
 //! - the image writers, [`write_vfat`] and [`write_iso`], turn a list of [`SeedFile`]s
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use iso::write_iso;
 pub use network::{mac_text, Dns, GuestInterface, GuestNetwork, IpPrefix, Route};
 pub use nocloud::{quote as yaml_quote, render_meta_data, render_network_config, EMPTY_USER_DATA};
-pub use user_data::{environment_file, render_meta_data_with, render_user_data, ENVIRONMENT_FILE};
+pub use user_data::{environment_file, render_meta_data_with, render_user_data, render_vendor_data, ENVIRONMENT_FILE};
 pub use vfat::{write_vfat, SeedFile, MAX_CONTENTS};
 
 use crate::plan::guest::{CloudInit, GuestConfig, SeedFormat};
@@ -106,10 +107,9 @@ impl Seed {
                 let mut files = vec![SeedFile::new("meta-data", meta_data), SeedFile::new("user-data", user_data)];
                 if let Some(network) = &self.network {
                     files.push(SeedFile::new("network-config", render_network_config(network)));
-                    // The same container (same instance id) may start again in a pod with
-                    // another address: cloud-init applies the network on every boot only if
-                    // told so.
-                    files.push(SeedFile::new("vendor-data", NETWORK_ON_EVERY_BOOT));
+                }
+                if let Some(vendor_data) = render_vendor_data(guest, self.network.is_some()) {
+                    files.push(SeedFile::new("vendor-data", vendor_data));
                 }
                 files
             }
@@ -126,10 +126,10 @@ impl Seed {
                 ];
                 if let Some(network) = &self.network {
                     files.push(SeedFile::new(config_drive::NETWORK_DATA, config_drive::render_network_data(network)?));
-                    files.push(SeedFile::new(
-                        config_drive::VENDOR_DATA,
-                        config_drive::render_vendor_data(NETWORK_ON_EVERY_BOOT),
-                    ));
+                }
+                if let Some(vendor_data) = render_vendor_data(guest, self.network.is_some()) {
+                    files
+                        .push(SeedFile::new(config_drive::VENDOR_DATA, config_drive::render_vendor_data(&vendor_data)));
                 }
                 files
             }
@@ -153,10 +153,6 @@ impl Seed {
         }
     }
 }
-
-/// vendor-data that has cloud-init apply network-config at every boot, not only an
-/// instance's first (cloud-init 22.4 honours it from the boot after it first reads it).
-pub const NETWORK_ON_EVERY_BOOT: &str = "#cloud-config\nupdates:\n  network:\n    when: [boot-new-instance, boot]\n";
 
 fn valid_instance_id(id: &str) -> bool {
     (1..=128).contains(&id.len())

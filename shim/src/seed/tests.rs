@@ -392,11 +392,8 @@ print(json.dumps({"metadata": r["metadata"], "userdata": r["userdata"].decode(),
         assert_eq!(meta["zone"], "z1");
         assert_eq!(meta["public_keys"]["key-0"], seed.guest.ssh_keys[0]);
         assert!(read["userdata"].as_str().unwrap().contains("GREETING='hi'"), "{}", read["userdata"]);
-        assert!(
-            read["vendordata"].as_str().unwrap().contains("when: [boot-new-instance, boot]"),
-            "{}",
-            read["vendordata"]
-        );
+        let vendor: serde_json::Value = yaml_serde::from_str(read["vendordata"].as_str().unwrap()).unwrap();
+        assert_eq!(vendor["updates"]["network"]["when"], serde_json::json!(["boot-new-instance", "boot"]), "{vendor}");
         let eth0 = &read["net"]["config"][0];
         assert_eq!((eth0["name"].as_str(), eth0["mac_address"].as_str()), (Some("eth0"), Some("ee:ee:ee:ee:ee:ee")));
         assert_eq!(eth0["mtu"], 1450);

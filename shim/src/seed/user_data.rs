@@ -44,15 +44,46 @@ pub fn render_user_data(guest: &GuestConfig) -> String {
 /// The shim's cloud-config: the env file; `None` when there is no env.
 fn generated_cloud_config(guest: &GuestConfig) -> Option<String> {
     let mut config = Mapping::new();
-    let environment = environment_file(&guest.env);
-    if !environment.is_empty() {
-        let mut file = Mapping::new();
-        file.insert("path".into(), ENVIRONMENT_FILE.into());
-        // The env may hold secrets (a pod's secretKeyRef): root only.
-        file.insert("permissions".into(), "0600".into());
-        file.insert("content".into(), environment.into());
-        config.insert("write_files".into(), Value::Sequence(vec![Value::Mapping(file)]));
+    add_environment_file(&mut config, &guest.env);
+    cloud_config_text(config)
+}
+
+/// vendor-data, which cloud-init applies under the user data: the network applied at every
+/// boot, not only an instance's first, when the guest has one (the same container, the
+/// same instance id, may start again in a pod with another address; cloud-init 22.4 honours
+/// it from the boot after it first reads it), and the env file when the user data is
+/// verbatim and so cannot carry it (a `write_files` of the user's own replaces it).
+pub fn render_vendor_data(guest: &GuestConfig, has_network: bool) -> Option<String> {
+    let mut config = Mapping::new();
+    if has_network {
+        let when = Value::Sequence(vec!["boot-new-instance".into(), "boot".into()]);
+        let mut network = Mapping::new();
+        network.insert("when".into(), when);
+        let mut updates = Mapping::new();
+        updates.insert("network".into(), Value::Mapping(network));
+        config.insert("updates".into(), Value::Mapping(updates));
     }
+    if guest.user_data.as_ref().is_some_and(|user| user.verbatim) {
+        add_environment_file(&mut config, &guest.env);
+    }
+    cloud_config_text(config)
+}
+
+/// `write_files` with the env file, if there is an env.
+fn add_environment_file(config: &mut Mapping, env: &[String]) {
+    let environment = environment_file(env);
+    if environment.is_empty() {
+        return;
+    }
+    let mut file = Mapping::new();
+    file.insert("path".into(), ENVIRONMENT_FILE.into());
+    // The env may hold secrets (a pod's secretKeyRef): root only.
+    file.insert("permissions".into(), "0600".into());
+    file.insert("content".into(), environment.into());
+    config.insert("write_files".into(), Value::Sequence(vec![Value::Mapping(file)]));
+}
+
+fn cloud_config_text(config: Mapping) -> Option<String> {
     if config.is_empty() {
         return None;
     }
@@ -178,6 +209,23 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&sourced.stdout), "1|it's");
+    }
+
+    #[test]
+    fn vendor_data_carries_the_env_file_only_beside_verbatim_user_data() {
+        let env = ["GREETING=hi"];
+        assert_eq!(render_vendor_data(&guest(None, &[], &env), false), None);
+        assert_eq!(render_vendor_data(&guest(Some(("#!/bin/sh\n", false)), &[], &env), false), None);
+        assert_eq!(render_vendor_data(&guest(Some(("#!/bin/sh\n", true)), &[], &[]), false), None);
+        let verbatim = render_vendor_data(&guest(Some(("#!/bin/sh\n", true)), &[], &env), true).unwrap();
+        assert!(verbatim.starts_with("#cloud-config\n"), "{verbatim}");
+        let config: Value = yaml_serde::from_str(&verbatim).unwrap();
+        assert_eq!(config["write_files"][0]["path"], ENVIRONMENT_FILE);
+        assert_eq!(config["write_files"][0]["content"], "GREETING='hi'\n");
+        assert_eq!(config["updates"]["network"]["when"][1], "boot");
+        let network_only: Value =
+            yaml_serde::from_str(&render_vendor_data(&guest(None, &[], &env), true).unwrap()).unwrap();
+        assert!(network_only.get("write_files").is_none(), "the user data has the env: {network_only:?}");
     }
 
     #[test]
