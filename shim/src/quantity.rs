@@ -1,4 +1,4 @@
-//! Kubernetes-style memory quantities ("256Mi", "1G", "1.5Gi", "1048576").
+//! Kubernetes-style quantities of bytes ("256Mi", "1G", "1.5Gi", "1048576", "1e9").
 
 use thiserror::Error;
 
@@ -9,24 +9,42 @@ pub struct QuantityError {
     pub reason: &'static str,
 }
 
-/// Parses a quantity into bytes. Binary (Ki, Mi, Gi, Ti) and decimal (k, M, G, T)
-/// suffixes are accepted, as in Kubernetes resource quantities; fractions round up.
+/// Parses a quantity into bytes, as Kubernetes reads resource quantities: binary (Ki, Mi,
+/// Gi, Ti, Pi, Ei) and decimal (k, M, G, T, P, E) suffixes, or a decimal exponent (`1e9`,
+/// `5E-3`); fractions of a byte round up.
 pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
     let err = |reason| QuantityError { value: value.to_string(), reason };
     let s = value.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
-    let multiplier: u128 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err(err("unknown suffix")),
+    // The value is number × numerator / denominator.
+    let (numerator, denominator): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
+        "k" => (10u128.pow(3), 1),
+        "M" => (10u128.pow(6), 1),
+        "G" => (10u128.pow(9), 1),
+        "T" => (10u128.pow(12), 1),
+        "P" => (10u128.pow(15), 1),
+        "E" => (10u128.pow(18), 1),
+        _ => {
+            let exponent = suffix.strip_prefix(['e', 'E']).ok_or_else(|| err("unknown suffix"))?;
+            let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("unknown suffix"));
+            }
+            let power = 10u128.checked_pow(digits.parse().map_err(|_| err("too large"))?);
+            match (exponent.starts_with('-'), power) {
+                (false, Some(power)) => (power, 1),
+                (true, Some(power)) => (1, power),
+                (_, None) => return Err(err("too large")),
+            }
+        }
     };
     if number.is_empty() {
         return Err(err("no number"));
@@ -41,9 +59,13 @@ pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
     let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err("malformed number"))? };
     let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| err("malformed number"))? };
     let frac_scale = 10u128.pow(frac.len() as u32);
+    // (whole + frac_value / frac_scale) × numerator / denominator, rounded up.
     let bytes = whole
-        .checked_mul(multiplier)
-        .and_then(|b| b.checked_add((frac_value * multiplier).div_ceil(frac_scale)))
+        .checked_mul(frac_scale)
+        .and_then(|n| n.checked_add(frac_value))
+        .and_then(|n| n.checked_mul(numerator))
+        .and_then(|n| n.checked_add(frac_scale * denominator - 1))
+        .map(|n| n / (frac_scale * denominator))
         .ok_or_else(|| err("too large"))?;
     u64::try_from(bytes).map_err(|_| err("too large"))
 }
@@ -72,11 +94,32 @@ mod tests {
         assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
         assert_eq!(parse_bytes("1.5Gi"), Ok(3 << 29));
         assert_eq!(parse_bytes(" 64Mi "), Ok(64 << 20));
+        assert_eq!(parse_bytes("1Pi"), Ok(1 << 50));
+        assert_eq!(parse_bytes("2E"), Ok(2_000_000_000_000_000_000));
+        assert_eq!(parse_bytes("1e9"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("1.5E3"), Ok(1500));
+        assert_eq!(parse_bytes("12e+2"), Ok(1200));
+        assert_eq!(parse_bytes("5e-1"), Ok(1), "a fraction of a byte rounds up");
+        assert_eq!(parse_bytes("4096e-3"), Ok(5));
     }
 
     #[test]
     fn refuses_malformed_values() {
-        for bad in ["", "Mi", "abc", "12XB", "1.2.3Mi", "-5Mi", "1e9", "99999999999999999999Ti", "."] {
+        for bad in [
+            "",
+            "Mi",
+            "abc",
+            "12XB",
+            "1.2.3Mi",
+            "-5Mi",
+            "1e",
+            "1e+",
+            "1e9Mi",
+            "20Ei",
+            "1e99",
+            "99999999999999999999Ti",
+            ".",
+        ] {
             assert!(parse_bytes(bad).is_err(), "{bad:?} should be refused");
         }
         let e = parse_bytes("12XB").unwrap_err();

@@ -50,6 +50,46 @@ pub fn check_keys(annotations: &HashMap<String, String>) -> Result<(), PlanError
     }
 }
 
+/// Virtlet's annotations a pod may carry that change nothing here, and why: the pod runs,
+/// and the shim's log says what it does without.
+const VIRTLET_WITHOUT_EFFECT: &[(&str, &str)] = &[
+    (
+        "VirtletCloudInitUserDataOverwrite",
+        "it chooses whether VirtletCloudInitUserDataSource's data is merged, and that annotation is refused",
+    ),
+    ("VirtletCloudInitUserDataSourceKey", "it picks from VirtletCloudInitUserDataSource's data, which is refused"),
+    ("VirtletCloudInitUserDataSourceEncoding", "it decodes VirtletCloudInitUserDataSource's data, which is refused"),
+    ("VirtletLibvirtCPUSetting", "a libvirt CPU definition, and there is no libvirt; VirtletCPUModel is read"),
+    ("VirtletChown9pfsMounts", "it is about 9p volume mounts, which the shim does not make"),
+];
+
+/// The `Virtlet*` annotations that change nothing here, each with why, by key.
+pub fn virtlet_ignored(annotations: &HashMap<String, String>) -> Vec<super::IgnoredAnnotation> {
+    let read = [
+        VIRTLET_VCPU_COUNT,
+        VIRTLET_DISK_DRIVER,
+        VIRTLET_CPU_MODEL,
+        VIRTLET_SYSTEM_UUID,
+        VIRTLET_FORCE_DHCP,
+        VIRTLET_ROOT_VOLUME_SIZE,
+    ];
+    let mut ignored: Vec<super::IgnoredAnnotation> = annotations
+        .keys()
+        .filter(|key| key.starts_with("Virtlet"))
+        .filter(|key| !read.contains(&key.as_str()) && !super::guest::VIRTLET_READ.contains(&key.as_str()))
+        .map(|key| super::IgnoredAnnotation {
+            key: key.clone(),
+            why: VIRTLET_WITHOUT_EFFECT
+                .iter()
+                .find(|(known, _)| known == key)
+                .map_or("not an annotation Virtlet read", |(_, why)| why)
+                .to_string(),
+        })
+        .collect();
+    ignored.sort_by(|a, b| a.key.cmp(&b.key));
+    ignored
+}
+
 /// Virtlet's annotation for the vCPU count, read as `vm.containerd.io/cpus` is.
 pub const VIRTLET_VCPU_COUNT: &str = "VirtletVCPUCount";
 /// Virtlet's annotations for the virtual hardware.
@@ -87,7 +127,10 @@ pub(super) fn virtlet_hardware(annotations: &HashMap<String, String>) -> Result<
     let system_uuid = match get(VIRTLET_SYSTEM_UUID) {
         None => None,
         Some((key, value)) => {
+            // As Virtlet's parser: braces or a URN around the hyphenated form may be given.
             let uuid = value.trim();
+            let uuid = uuid.strip_prefix("urn:uuid:").unwrap_or(uuid);
+            let uuid = uuid.strip_prefix('{').and_then(|u| u.strip_suffix('}')).unwrap_or(uuid);
             let groups: Vec<&str> = uuid.split('-').collect();
             let shaped = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
                 && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -103,16 +146,17 @@ pub(super) fn virtlet_hardware(annotations: &HashMap<String, String>) -> Result<
 /// Virtlet's root volume size, a quantity as ours.
 pub const VIRTLET_ROOT_VOLUME_SIZE: &str = "VirtletRootVolumeSize";
 
-/// The least virtual size of the root disk: a quantity (`20Gi`), at most what qcow2 holds.
-pub(super) fn parse_root_size(key: &str, value: &str) -> Result<u64, PlanError> {
+/// The least virtual size of the root disk: a quantity (`20Gi`), at most what qcow2 holds;
+/// 0 (Virtlet's default) keeps the image's.
+pub(super) fn parse_root_size(key: &str, value: &str) -> Result<Option<u64>, PlanError> {
     let err = |reason: String| PlanError::Annotation { key: key.into(), value: value.to_string(), reason };
     let bytes =
         quantity::parse_bytes(value).map_err(|e| err(format!("not a disk size ({}); use e.g. 20Gi", e.reason)))?;
     let max = super::MAX_DISK_BYTES;
-    if bytes == 0 || bytes > max {
-        return Err(err(format!("must be more than 0 and at most {}", format_bytes(max))));
+    if bytes > max {
+        return Err(err(format!("must be at most {}", format_bytes(max))));
     }
-    Ok(bytes)
+    Ok(Some(bytes).filter(|bytes| *bytes > 0))
 }
 
 /// `key` is the annotation the value came from (ours or Virtlet's).

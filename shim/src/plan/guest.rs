@@ -20,16 +20,21 @@ pub const ANNOTATION_SSH_KEYS: &str = "vm.containerd.io/ssh-keys";
 /// Virtlet's pod annotations for the same things.
 const VIRTLET_USER_DATA: &str = "VirtletCloudInitUserData";
 const VIRTLET_USER_DATA_SCRIPT: &str = "VirtletCloudInitUserDataScript";
-const VIRTLET_USER_DATA_OVERWRITE: &str = "VirtletCloudInitUserDataOverwrite";
 const VIRTLET_META_DATA: &str = "VirtletCloudInitMetaData";
 const VIRTLET_SSH_KEYS: &str = "VirtletSSHKeys";
 const VIRTLET_IMAGE_TYPE: &str = "VirtletCloudInitImageType";
+/// Those of Virtlet's annotations this module reads.
+pub(super) const VIRTLET_READ: &[&str] =
+    &[VIRTLET_USER_DATA, VIRTLET_USER_DATA_SCRIPT, VIRTLET_META_DATA, VIRTLET_SSH_KEYS, VIRTLET_IMAGE_TYPE];
+/// What Virtlet put in a script's place: its mount script, which is empty without volumes.
+const VIRTLET_MOUNT_SCRIPT: &str = "@virtlet-mount-script@";
 /// Virtlet's annotations that name a Kubernetes object, which a shim cannot read, and
 /// what to use instead.
 const VIRTLET_SOURCES: &[(&str, &str)] = &[
     ("VirtletSSHKeySource", "put the keys themselves in VirtletSSHKeys or vm.containerd.io/ssh-keys"),
     ("VirtletCloudInitUserDataSource", "put the user data itself in vm.containerd.io/user-data"),
     ("VirtletFilesFromDataSource", "write the files with write_files in vm.containerd.io/user-data"),
+    ("VirtletConfigMapAsFiles", "write the files with write_files in vm.containerd.io/user-data"),
 ];
 
 /// The most user data a VM may be given: the seed image holds 64 MiB in all.
@@ -115,6 +120,8 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
     }
     let cloud_init = match (get(ANNOTATION_CLOUD_INIT), get(VIRTLET_IMAGE_TYPE)) {
         (Some(value), _) => cloud_init_type(ANNOTATION_CLOUD_INIT, value)?,
+        // Virtlet's: an empty one is NoCloud.
+        (None, Some(value)) if value.trim().is_empty() => CloudInit::NoCloud,
         (None, Some(value)) => cloud_init_type(VIRTLET_IMAGE_TYPE, value)?,
         (None, None) => CloudInit::NoCloud,
     };
@@ -127,11 +134,19 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         },
     };
 
+    let overwrite = get(ANNOTATION_USER_DATA_OVERWRITE).map(|v| flag(ANNOTATION_USER_DATA_OVERWRITE, v)).transpose()?;
     let mut given = Vec::new();
     for key in [ANNOTATION_USER_DATA, ANNOTATION_USER_DATA_BASE64, VIRTLET_USER_DATA, VIRTLET_USER_DATA_SCRIPT] {
-        if let Some(value) = get(key) {
-            given.push((key, value));
+        match get(key) {
+            // Virtlet's, empty, are not given.
+            Some(value) if key.starts_with("Virtlet") && value.trim().is_empty() => {}
+            Some(value) => given.push((key, value)),
+            None => {}
         }
+    }
+    // Virtlet takes its script over its cloud-config.
+    if given.iter().any(|(key, _)| *key == VIRTLET_USER_DATA_SCRIPT) {
+        given.retain(|(key, _)| *key != VIRTLET_USER_DATA);
     }
     let user_data = match given.as_slice() {
         [] => None,
@@ -144,14 +159,12 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
                     String::from_utf8(bytes)
                         .map_err(|_| refused(key, value, "decodes to bytes that are not UTF-8 text"))?
                 }
+                VIRTLET_USER_DATA_SCRIPT => value.replace(VIRTLET_MOUNT_SCRIPT, ""),
                 _ => value.to_string(),
             };
-            // Virtlet takes its script annotation as the whole user data.
-            let verbatim = match (get(ANNOTATION_USER_DATA_OVERWRITE), get(VIRTLET_USER_DATA_OVERWRITE)) {
-                (Some(v), _) => flag(ANNOTATION_USER_DATA_OVERWRITE, v)?,
-                (None, Some(v)) => flag(VIRTLET_USER_DATA_OVERWRITE, v)?,
-                (None, None) => *key == VIRTLET_USER_DATA_SCRIPT,
-            };
+            // Virtlet takes its script as the whole user data. (Its own overwrite
+            // annotation changes nothing here: see annotations::VIRTLET_WITHOUT_EFFECT.)
+            let verbatim = overwrite.unwrap_or(*key == VIRTLET_USER_DATA_SCRIPT);
             Some(check_user_data(key, value, text, verbatim)?)
         }
         [(first, _), (second, value), ..] => {
@@ -180,6 +193,8 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
 
     let meta_data = match (get(ANNOTATION_META_DATA), get(VIRTLET_META_DATA)) {
         (Some(value), _) => Some(check_meta_data(ANNOTATION_META_DATA, value)?),
+        // Virtlet's, empty, is none.
+        (None, Some(value)) if value.trim().is_empty() => None,
         (None, Some(value)) => Some(check_meta_data(VIRTLET_META_DATA, value)?),
         (None, None) => None,
     };
@@ -192,7 +207,8 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
 }
 
 fn cloud_init_type(key: &str, value: &str) -> Result<CloudInit, PlanError> {
-    match value.trim() {
+    // Virtlet lowercases its value.
+    match value.trim().to_ascii_lowercase().as_str() {
         "nocloud" => Ok(CloudInit::NoCloud),
         "configdrive" => Ok(CloudInit::ConfigDrive),
         "none" => Ok(CloudInit::None),
@@ -248,7 +264,7 @@ fn check_meta_data(key: &str, value: &str) -> Result<String, PlanError> {
     }
 }
 
-/// Key types an OpenSSH public key line may carry.
+/// Key types an OpenSSH public key line may carry, and their certificates'.
 const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ssh-rsa",
@@ -258,17 +274,49 @@ const SSH_KEY_TYPES: &[&str] = &[
     "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa-cert-v01@openssh.com",
+    "ssh-dss-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
 ];
 
-/// One key per line (blank lines and `#` comments skipped): `type base64 [comment]`, the
-/// base64 decoding to a key blob that names the same type.
+/// An authorized_keys line's options (`from="10.0.0.0/8",no-pty`) and what follows them:
+/// the options end at the first blank outside double quotes. `None` when the line's first
+/// word is a key type.
+fn split_options(line: &str) -> Option<(&str, &str)> {
+    let first = line.split_whitespace().next()?;
+    if SSH_KEY_TYPES.contains(&first) {
+        return None;
+    }
+    let mut quoted = false;
+    for (at, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' | '\t' if !quoted => return Some((&line[..at], line[at..].trim_start())),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// One key per line (blank lines and `#` comments skipped), as in authorized_keys:
+/// `[options] type base64 [comment]`, the base64 decoding to a key blob that names the same
+/// type.
 fn ssh_keys(key: &str, value: &str) -> Result<Vec<String>, PlanError> {
     let mut keys = Vec::new();
     for line in value.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let bad = |why: &str| refused(key, value, format!("line {line:?} is not an SSH public key: {why}"));
-        let mut fields = line.split_whitespace();
+        let the_key = match split_options(line) {
+            Some((_, rest)) if rest.split_whitespace().next().is_some_and(|kind| SSH_KEY_TYPES.contains(&kind)) => rest,
+            _ => line,
+        };
+        let mut fields = the_key.split_whitespace();
         let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
-            return Err(bad("expected `<type> <base64 key> [comment]`"));
+            return Err(bad("expected `[options] <type> <base64 key> [comment]`"));
         };
         if !SSH_KEY_TYPES.contains(&kind) {
             return Err(bad(&format!("unknown key type {kind:?}")));
@@ -331,7 +379,7 @@ mod tests {
         let virtlet = parse(
             &annotations(&[
                 (VIRTLET_USER_DATA, "runcmd:\n  - [touch, /x]\n"),
-                (VIRTLET_USER_DATA_OVERWRITE, "true"),
+                ("VirtletCloudInitUserDataOverwrite", "true"),
                 (VIRTLET_SSH_KEYS, ED25519),
                 (VIRTLET_META_DATA, "zone: a\n"),
                 (VIRTLET_IMAGE_TYPE, "nocloud"),
@@ -340,7 +388,7 @@ mod tests {
         )
         .unwrap();
         let user_data = virtlet.user_data.unwrap();
-        assert!(user_data.verbatim);
+        assert!(!user_data.verbatim, "Virtlet merges its cloud-config whatever its overwrite says");
         assert!(user_data.text.starts_with("#cloud-config\nruncmd:"), "{}", user_data.text);
         let drive = parse(&annotations(&[(VIRTLET_IMAGE_TYPE, "configdrive")]), &[]).unwrap();
         assert_eq!(drive.cloud_init, CloudInit::ConfigDrive);
@@ -354,6 +402,38 @@ mod tests {
         assert!(script.verbatim, "Virtlet's script is the whole user data");
         let b64 = parse(&annotations(&[(ANNOTATION_USER_DATA_BASE64, "IyEvYmluL3No\nCmVjaG8gaGkK\n")]), &[]).unwrap();
         assert_eq!(b64.user_data.unwrap().text, "#!/bin/sh\necho hi\n");
+    }
+
+    #[test]
+    fn virtlet_pods_parse_as_virtlet_parsed_them() {
+        // The script wins over the cloud-config; the mount script is empty without volumes.
+        let both = parse(
+            &annotations(&[
+                (VIRTLET_USER_DATA, "runcmd:\n  - [touch, /x]\n"),
+                (VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\n@virtlet-mount-script@\necho hi\n"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(both.user_data.unwrap(), UserData { text: "#!/bin/sh\n\necho hi\n".into(), verbatim: true });
+        // Empty values are no values; the image type is read in any case.
+        let empty = parse(
+            &annotations(&[
+                (VIRTLET_USER_DATA, ""),
+                (VIRTLET_USER_DATA_SCRIPT, " "),
+                (VIRTLET_META_DATA, ""),
+                (VIRTLET_IMAGE_TYPE, ""),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((empty.cloud_init, empty.user_data, empty.meta_data), (CloudInit::NoCloud, None, None));
+        let drive = parse(&annotations(&[(VIRTLET_IMAGE_TYPE, "ConfigDrive")]), &[]).unwrap();
+        assert_eq!(drive.cloud_init, CloudInit::ConfigDrive);
+        // authorized_keys lines with options, as Virtlet passed them on.
+        let with_options = format!("from=\"10.0.0.0/8,192.168.1.1\",command=\"echo a b\" {ED25519}");
+        let keys = parse(&annotations(&[(VIRTLET_SSH_KEYS, &with_options)]), &[]).unwrap();
+        assert_eq!(keys.ssh_keys, [with_options]);
     }
 
     #[test]
@@ -384,6 +464,16 @@ mod tests {
                 ANNOTATION_USER_DATA_OVERWRITE,
                 "boolean",
             ),
+            (&[(ANNOTATION_USER_DATA_OVERWRITE, "maybe")], ANNOTATION_USER_DATA_OVERWRITE, "boolean"),
+            (
+                &[(
+                    ANNOTATION_SSH_KEYS,
+                    "no-pty ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz",
+                )],
+                ANNOTATION_SSH_KEYS,
+                "does not match its type",
+            ),
+            (&[(ANNOTATION_SSH_KEYS, "no-pty hello world")], ANNOTATION_SSH_KEYS, "unknown key type"),
             (
                 &[(ANNOTATION_USER_DATA, "#!/bin/sh\n"), (VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\n")],
                 VIRTLET_USER_DATA_SCRIPT,

@@ -136,6 +136,16 @@ pub struct VmPlan {
     pub placement: crate::placement::Request,
     /// What cloud-init in the guest is told beside its network.
     pub guest: guest::GuestConfig,
+    /// Annotations taken that change nothing (Virtlet's for libvirt, say): logged.
+    #[serde(default)]
+    pub ignored_annotations: Vec<IgnoredAnnotation>,
+}
+
+/// An annotation the plan takes and does nothing with, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredAnnotation {
+    pub key: String,
+    pub why: String,
 }
 
 impl VmPlan {
@@ -282,7 +292,8 @@ impl VmPlan {
         let root_size_bytes = [annotations::ANNOTATION_ROOT_SIZE, annotations::VIRTLET_ROOT_VOLUME_SIZE]
             .into_iter()
             .find_map(|key| annotations.get(key).map(|value| annotations::parse_root_size(key, value)))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let hardware = annotations::virtlet_hardware(annotations)?;
         Ok(VmPlan {
             name: name.to_string(),
@@ -300,6 +311,7 @@ impl VmPlan {
             hostname,
             placement,
             guest,
+            ignored_annotations: annotations::virtlet_ignored(annotations),
         })
     }
 }
@@ -489,9 +501,12 @@ mod tests {
             Some(20 << 30)
         );
         assert_eq!(plan(json!({"VirtletRootVolumeSize": "4Gi"}), json!({})).unwrap().root_size_bytes, Some(4 << 30));
-        for (key, bad) in
-            [("vm.containerd.io/root-size", "big"), ("VirtletRootVolumeSize", "0"), ("VirtletRootVolumeSize", "65Ti")]
-        {
+        assert_eq!(plan(json!({"VirtletRootVolumeSize": "0"}), json!({})).unwrap().root_size_bytes, None);
+        for (key, bad) in [
+            ("vm.containerd.io/root-size", "big"),
+            ("VirtletRootVolumeSize", "-1Gi"),
+            ("VirtletRootVolumeSize", "65Ti"),
+        ] {
             let e = plan(json!({key: bad}), json!({})).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(bad), "{e}");
         }
@@ -514,6 +529,10 @@ mod tests {
                 system_uuid: Some("53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c".into()),
             }
         );
+        for given in ["{53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c}", "urn:uuid:53E1D0F4-3B7A-4C1E-9C5D-2A6B8F0E1D2C"] {
+            let uuid = plan(json!({"VirtletSystemUUID": given}), json!({})).unwrap().hardware.system_uuid;
+            assert_eq!(uuid.as_deref(), Some("53e1d0f4-3b7a-4c1e-9c5d-2a6b8f0e1d2c"), "{given}");
+        }
         for (key, bad, words) in [
             ("VirtletDiskDriver", "ide", "virtio or scsi"),
             ("VirtletCPUModel", "Haswell", "host-model"),
@@ -524,6 +543,27 @@ mod tests {
             let e = plan(json!({key: bad}), json!({})).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(bad) && e.contains(words), "{e}");
         }
+    }
+
+    #[test]
+    fn virtlets_annotations_that_change_nothing_are_named_with_why() {
+        let p = plan(
+            json!({"VirtletLibvirtCPUSetting": "mode: host-passthrough", "VirtletCloudInitUserDataOverwrite": "true",
+                   "VirtletSomethingNew": "x", "VirtletVCPUCount": "1", "VirtletSSHKeys": ""}),
+            json!({}),
+        )
+        .unwrap();
+        let ignored: Vec<(&str, &str)> =
+            p.ignored_annotations.iter().map(|i| (i.key.as_str(), i.why.as_str())).collect();
+        assert_eq!(
+            ignored.iter().map(|(key, _)| *key).collect::<Vec<_>>(),
+            ["VirtletCloudInitUserDataOverwrite", "VirtletLibvirtCPUSetting", "VirtletSomethingNew"]
+        );
+        assert!(
+            ignored[1].1.contains("libvirt") && ignored[2].1.contains("not an annotation Virtlet read"),
+            "{ignored:?}"
+        );
+        assert!(plan(json!({}), json!({})).unwrap().ignored_annotations.is_empty());
     }
 
     #[test]

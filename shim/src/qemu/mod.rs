@@ -144,6 +144,7 @@ mod tests {
             hostname: "vm1".into(),
             placement: Default::default(),
             guest: Default::default(),
+            ignored_annotations: Vec::new(),
         };
         let host = HostFacts {
             accel: Accel::Tcg,

@@ -112,7 +112,12 @@ pub fn config_for(
 pub async fn create(prepared: Prepared, events: TaskEvents) -> Result<Arc<Vm>, TaskError> {
     let Prepared { namespace, id, bundle, config, spec, rootfs, stdio, mut journal } = prepared;
     let plan = match VmPlan::from_spec(&id, &spec, &config.limits()) {
-        Ok(plan) => plan,
+        Ok(plan) => {
+            for ignored in &plan.ignored_annotations {
+                warn!(annotation = %ignored.key, "annotation ignored: {}", ignored.why);
+            }
+            plan
+        }
         Err(e) => {
             let _ = blocking(move || journal.replay()).await;
             return Err(VmError::from(e).into());
