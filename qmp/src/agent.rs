@@ -135,17 +135,20 @@ impl Agent {
         }
     }
 
-    /// Whether an agent answers within `timeout` (and the channel is in step after).
+    /// Whether an agent answers within `timeout` (and the channel is in step after). The
+    /// wait for a call before it counts: one stuck on a gone agent makes this one fail.
     pub async fn sync(&self, timeout: Duration) -> Result<(), AgentError> {
-        let mut connection = self.connection.lock().await;
-        connection.in_step = false;
-        let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
-        within(timeout, "guest-sync-delimited", connection.resync(id)).await
+        let sync = async {
+            let mut connection = self.connection.lock().await;
+            connection.in_step = false;
+            let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
+            connection.resync(id).await
+        };
+        within(timeout, "guest-sync-delimited", sync).await
     }
 
-    /// Runs `command` (resynchronising first if needed). `timeout` is the agent's: it
-    /// starts once the channel is free (a call waits for the one before it, which has a
-    /// deadline of its own).
+    /// Runs `command` (resynchronising first if needed) within `timeout`, the wait for the
+    /// channel (a call before it) included.
     pub async fn execute<C: QgaCommand>(&self, command: &C, timeout: Duration) -> Result<C::Ok, AgentError> {
         self.call(command, timeout, false).await
     }
@@ -154,8 +157,8 @@ impl Agent {
     /// with effects is never left queued for an agent that has gone (it would run when
     /// the agent came back).
     async fn call<C: QgaCommand>(&self, command: &C, timeout: Duration, fresh: bool) -> Result<C::Ok, AgentError> {
-        let mut connection = self.connection.lock().await;
         let call = async {
+            let mut connection = self.connection.lock().await;
             if fresh || !connection.in_step {
                 let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
                 connection.resync(id).await?;
@@ -368,5 +371,25 @@ mod tests {
         let second = agent.exec_status(2, Duration::from_secs(5)).await.unwrap();
         assert_eq!(second.ended, Some(ExecEnd::Code(2)));
         peer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_behind_one_stuck_on_a_silent_agent_fails_by_its_own_deadline() {
+        let (ours, _silent) = UnixStream::pair().unwrap();
+        let agent = std::sync::Arc::new(Agent::new(ours));
+        let stuck = tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.exec_status(1, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await; // the stuck call holds the channel
+        let started = tokio::time::Instant::now();
+        let sync = agent.sync(Duration::from_secs(2)).await;
+        assert!(matches!(sync, Err(AgentError::NoAnswer { command: "guest-sync-delimited", .. })), "{sync:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        let command = GuestCommand { path: "/bin/true".into(), ..Default::default() };
+        let exec = agent.exec(&command, Duration::from_secs(3)).await;
+        assert!(matches!(exec, Err(AgentError::NoAnswer { command: "guest-exec", .. })), "{exec:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        stuck.abort();
     }
 }
