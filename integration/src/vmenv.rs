@@ -2,9 +2,10 @@
 //! images imported into a fresh namespace, and checks that a VM left nothing behind.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::images::{tiny_images, TinyImages};
 use crate::rig::{processes_of, Namespace, Rig, RigConfig, VM_RUNTIME, VM_SHIM_BINARY};
@@ -163,6 +164,51 @@ impl VmEnv {
         args.push(id.into());
         args
     }
+
+    /// A file of the seed image the shim wrote for `id`, read on the host (mtools, or
+    /// isoinfo for ISO 9660).
+    pub fn seed_file(&self, ns: &Namespace<'_>, id: &str, path: &str) -> Result<Vec<u8>> {
+        let image = self.state_dir.join(ns.name()).join(id).join("seed.img");
+        let mut magic = [0u8; 5];
+        let mut file = std::fs::File::open(&image).with_context(|| format!("{}", image.display()))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(32769))?;
+        let iso = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"CD001";
+        let out = match iso {
+            true => Command::new("isoinfo").arg("-R").arg("-i").arg(&image).args(["-x", &format!("/{path}")]).output(),
+            false => Command::new("mtype").arg("-i").arg(&image).arg(format!("::/{path}")).output(),
+        }
+        .context("isoinfo/mtype")?;
+        ensure!(
+            out.status.success(),
+            "reading {path} from {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
+    /// Each of `paths` in the tiny guest's copy of its seed (/run/seed) is byte for byte the
+    /// image's; returns them. Reads through exec (ids `seed-0`, `seed-1`, ...).
+    pub fn seed_as_the_guest_read_it(&self, ns: &Namespace<'_>, id: &str, paths: &[&str]) -> Result<Vec<String>> {
+        let mut texts = Vec::new();
+        for (n, path) in paths.iter().enumerate() {
+            let written = self.seed_file(ns, id, path)?;
+            let read = guest_file(ns, id, &format!("seed-{n}"), &format!("/run/seed/{path}"))?;
+            ensure!(
+                !written.is_empty() && read == written,
+                "{path}: the guest read {read:?}, the shim wrote {written:?}"
+            );
+            texts.push(String::from_utf8(read)?);
+        }
+        Ok(texts)
+    }
+}
+
+/// A file of the guest's, through exec `exec_id`.
+pub fn guest_file(ns: &Namespace<'_>, id: &str, exec_id: &str, path: &str) -> Result<Vec<u8>> {
+    let out = ns.ctr(["task", "exec", "--exec-id", exec_id, id, "cat", path])?;
+    ensure!(out.status.success(), "cat {path} in {id}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(out.stdout)
 }
 
 /// The cgroup directories `/<ns>/<id>` in every mounted hierarchy.

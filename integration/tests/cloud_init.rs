@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use base64::Engine;
 use integration::images::TINY;
 use integration::rig::Namespace;
-use integration::vmenv::{wait_for_agent, wait_for_file, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
+use integration::vmenv::{guest_file, wait_for_agent, wait_for_file, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXHGmT3Vi2Ow6tpBlVmF0hDLCtq9ZiWUEvqpbOjPDEz test@host";
@@ -27,47 +27,6 @@ fn boot(env: &VmEnv, ns: &Namespace<'_>, id: &str, extra: &[&str]) -> Result<()>
     wait_status(ns, id, "RUNNING", TIMEOUT)?;
     wait_for_file(&log, PROMPT, BOOT_TIMEOUT)?;
     wait_for_agent(ns, id, BOOT_TIMEOUT)
-}
-
-/// A file of the guest's, through exec.
-fn guest_file(ns: &Namespace<'_>, id: &str, exec_id: &str, path: &str) -> Result<Vec<u8>> {
-    let out = ns.ctr(["task", "exec", "--exec-id", exec_id, id, "cat", path])?;
-    ensure!(out.status.success(), "cat {path} in {id}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(out.stdout)
-}
-
-/// A file of the seed image the shim wrote for `id`, read on the host (mtools or isoinfo).
-fn seed_file(env: &VmEnv, ns: &Namespace<'_>, id: &str, path: &str) -> Result<Vec<u8>> {
-    let image = env.state_dir.join(ns.name()).join(id).join("seed.img");
-    let mut magic = [0u8; 5];
-    let mut file = std::fs::File::open(&image).with_context(|| format!("{}", image.display()))?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(32769))?;
-    let iso = std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"CD001";
-    let out = match iso {
-        true => std::process::Command::new("isoinfo")
-            .arg("-R")
-            .arg("-i")
-            .arg(&image)
-            .args(["-x", &format!("/{path}")])
-            .output(),
-        false => std::process::Command::new("mtype").arg("-i").arg(&image).arg(format!("::/{path}")).output(),
-    }
-    .context("isoinfo/mtype")?;
-    ensure!(out.status.success(), "reading {path} from {}: {}", image.display(), String::from_utf8_lossy(&out.stderr));
-    Ok(out.stdout)
-}
-
-/// Each of `paths` in the guest's copy of the seed is byte for byte the image's; returns
-/// them.
-fn same_in_guest(env: &VmEnv, ns: &Namespace<'_>, id: &str, paths: &[&str]) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    for (n, path) in paths.iter().enumerate() {
-        let written = seed_file(env, ns, id, path)?;
-        let read = guest_file(ns, id, &format!("f{n}"), &format!("/run/seed/{path}"))?;
-        ensure!(!written.is_empty() && read == written, "{path}: the guest read {read:?}, the shim wrote {written:?}");
-        texts.push(String::from_utf8(read)?);
-    }
-    Ok(texts)
 }
 
 /// The parts of a MIME multipart user-data as Python's email parser (cloud-init's) reads
@@ -121,8 +80,9 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     ensure!(parts[0].contains(exported), "the user's script with the env exported: {:?}", parts[0]);
     ensure!(parts[1].starts_with("text/cloud-config\n#cloud-config\n"), "the shim's part: {:?}", parts[1]);
     ensure!(parts[1].contains("GREETING='hello world'"), "{:?}", parts[1]);
-    let [meta_data, _] = <[String; 2]>::try_from(same_in_guest(&env, &ns, "ci1", &["meta-data", "user-data"])?)
-        .map_err(|_| anyhow::anyhow!("two files"))?;
+    let [meta_data, _] =
+        <[String; 2]>::try_from(env.seed_as_the_guest_read_it(&ns, "ci1", &["meta-data", "user-data"])?)
+            .map_err(|_| anyhow::anyhow!("two files"))?;
     ensure!(
         meta_data.contains("instance-id: \"ci1\"")
             && meta_data.contains("local-hostname: \"ci1\"")
@@ -136,7 +96,7 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
     env.kill_and_remove(&ns, "ci1")?;
 
     // Taken verbatim, byte for byte; given as base64; on an ISO 9660 seed. The keys are
-    // meta-data, so verbatim user data keeps them.
+    // meta-data and the env file vendor-data, so verbatim user data keeps them.
     let verbatim = "#cloud-config\n# kept as it is\nruncmd:\n  - [sh, -c, 'echo \"hi\"']\n";
     let encoded = base64::engine::general_purpose::STANDARD.encode(verbatim);
     boot(
@@ -152,11 +112,20 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
             &format!("VirtletSSHKeys={KEY}"),
             "--annotation",
             "vm.containerd.io/cloud-init-format=iso",
+            "--env",
+            "GREETING=verbatim",
         ],
     )?;
-    let texts = same_in_guest(&env, &ns, "ci2", &["user-data", "meta-data"])?;
+    let texts = env.seed_as_the_guest_read_it(&ns, "ci2", &["user-data", "meta-data", "vendor-data"])?;
     ensure!(texts[0] == verbatim, "verbatim user-data: {:?}", texts[0]);
     ensure!(texts[1].contains(KEY), "the keys with verbatim user data: {:?}", texts[1]);
+    ensure!(
+        texts[2].starts_with("#cloud-config\n")
+            && texts[2].contains("/etc/cloud/environment")
+            && texts[2].contains("GREETING='verbatim'"),
+        "the env file beside verbatim user data: {:?}",
+        texts[2]
+    );
     env.kill_and_remove(&ns, "ci2")?;
 
     // A config drive, vfat (Virtlet's annotation) and ISO 9660 (ours).
@@ -171,7 +140,8 @@ fn the_seed_carries_user_data_keys_env_meta_data_and_the_hostname() -> Result<()
         }
         flags.extend(["--annotation", "vm.containerd.io/meta-data=zone: z1"]);
         boot(&env, &ns, id, &flags)?;
-        let texts = same_in_guest(&env, &ns, id, &["openstack/latest/meta_data.json", "openstack/latest/user_data"])?;
+        let texts =
+            env.seed_as_the_guest_read_it(&ns, id, &["openstack/latest/meta_data.json", "openstack/latest/user_data"])?;
         let meta: serde_json::Value = serde_json::from_str(&texts[0])?;
         ensure!(
             meta["uuid"] == id && meta["hostname"] == id && meta["public_keys"]["key-0"] == KEY && meta["zone"] == "z1",

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use integration::images::TINY;
 use integration::podnet::{private_mounts, CniHost, PodNet};
 use integration::rig::Spawned;
-use integration::vmenv::{cmdline, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
+use integration::vmenv::{cmdline, wait_for_agent, wait_status, VmEnv, BOOT_TIMEOUT, PROMPT};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,6 +49,17 @@ fn the_vm_takes_the_pod_ip(addressing: Addressing, subnet: u8) -> Result<()> {
     vm.wait_for_output(PROMPT, BOOT_TIMEOUT)?;
 
     let pid = wait_status(&ns, &id, "RUNNING", Duration::from_secs(10))?;
+    // What the guest read of its network is what the shim wrote, byte for byte.
+    wait_for_agent(&ns, &id, BOOT_TIMEOUT)?;
+    let seed = env.seed_as_the_guest_read_it(&ns, &id, &["network-config", "vendor-data"])?;
+    ensure!(seed[0].contains(&pod.mac), "network-config: {}", seed[0]);
+    match addressing {
+        Addressing::Dhcp => ensure!(seed[0].contains("dhcp4: true"), "network-config: {}", seed[0]),
+        Addressing::Seed { .. } => {
+            ensure!(seed[0].contains(&format!("{}/24", pod.pod_ip)), "network-config: {}", seed[0])
+        }
+    }
+    ensure!(seed[1].contains("boot-new-instance"), "vendor-data: {}", seed[1]);
     let argv = cmdline(pid)?.join(" ");
     ensure!(argv.contains(&format!("mac={}", pod.mac)) && argv.contains("host_mtu=1400"), "QEMU argv: {argv}");
     ensure!(argv.contains("fds=") && argv.contains("mq=on,vectors=6"), "two vCPUs, two queues: {argv}");
