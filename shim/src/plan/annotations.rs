@@ -63,6 +63,15 @@ const VIRTLET_WITHOUT_EFFECT: &[(&str, &str)] = &[
     ("VirtletChown9pfsMounts", "it is about 9p volume mounts, which the shim does not make"),
 ];
 
+/// Ours and Virtlet's annotation for the same thing: ours wins when both are given.
+const OURS_OVER_VIRTLETS: &[(&str, &str)] = &[
+    (ANNOTATION_CPUS, VIRTLET_VCPU_COUNT),
+    (ANNOTATION_ROOT_SIZE, VIRTLET_ROOT_VOLUME_SIZE),
+    (super::guest::ANNOTATION_CLOUD_INIT, "VirtletCloudInitImageType"),
+    (super::guest::ANNOTATION_META_DATA, "VirtletCloudInitMetaData"),
+    (super::guest::ANNOTATION_SSH_KEYS, "VirtletSSHKeys"),
+];
+
 /// The `Virtlet*` annotations that change nothing here, each with why, by key.
 pub fn virtlet_ignored(annotations: &HashMap<String, String>) -> Vec<super::IgnoredAnnotation> {
     let read = [
@@ -86,6 +95,14 @@ pub fn virtlet_ignored(annotations: &HashMap<String, String>) -> Vec<super::Igno
                 .to_string(),
         })
         .collect();
+    for (ours, virtlets) in OURS_OVER_VIRTLETS {
+        if annotations.contains_key(*ours) && annotations.contains_key(*virtlets) {
+            ignored.push(super::IgnoredAnnotation {
+                key: virtlets.to_string(),
+                why: format!("{ours} is given too, and wins"),
+            });
+        }
+    }
     ignored.sort_by(|a, b| a.key.cmp(&b.key));
     ignored
 }

@@ -549,7 +549,8 @@ mod tests {
     fn virtlets_annotations_that_change_nothing_are_named_with_why() {
         let p = plan(
             json!({"VirtletLibvirtCPUSetting": "mode: host-passthrough", "VirtletCloudInitUserDataOverwrite": "true",
-                   "VirtletSomethingNew": "x", "VirtletVCPUCount": "1", "VirtletSSHKeys": ""}),
+                   "VirtletSomethingNew": "x", "VirtletVCPUCount": "1", "VirtletSSHKeys": "",
+                   "vm.containerd.io/cpus": "2"}),
             json!({}),
         )
         .unwrap();
@@ -557,8 +558,15 @@ mod tests {
             p.ignored_annotations.iter().map(|i| (i.key.as_str(), i.why.as_str())).collect();
         assert_eq!(
             ignored.iter().map(|(key, _)| *key).collect::<Vec<_>>(),
-            ["VirtletCloudInitUserDataOverwrite", "VirtletLibvirtCPUSetting", "VirtletSomethingNew"]
+            [
+                "VirtletCloudInitUserDataOverwrite",
+                "VirtletLibvirtCPUSetting",
+                "VirtletSomethingNew",
+                "VirtletVCPUCount"
+            ]
         );
+        assert_eq!(p.cpus, 2);
+        assert!(ignored[3].1.contains("vm.containerd.io/cpus is given too"), "{ignored:?}");
         assert!(
             ignored[1].1.contains("libvirt") && ignored[2].1.contains("not an annotation Virtlet read"),
             "{ignored:?}"
