@@ -70,6 +70,8 @@ fn ctr_exec_runs_in_the_guest_with_output_input_exit_code_and_kill() -> Result<(
     let status = tty.wait(TIMEOUT)?;
     let said = format!("{}{}", tty.output(), tty.stderr());
     ensure!(!status.success() && said.contains("terminal") && said.contains("pty"), "ctr task exec -t: {said}");
+    // Refused before it was added: its id is free.
+    ns.ctr_ok(["task", "exec", "--exec-id", "e4", "vmx", "true"])?;
 
     // A long command: listed by ctr task ps under its exec id, ended by Kill in the guest.
     let mut sleeper = ns.spawn(["task", "exec", "--exec-id", "e5", "vmx", "sleep", "1000"])?;
@@ -84,7 +86,13 @@ fn ctr_exec_runs_in_the_guest_with_output_input_exit_code_and_kill() -> Result<(
     ensure!(status.code() == Some(137), "the killed exec exited {status}: {}", sleeper.stderr());
 
     // The agent gone (stopped from inside, after this exec has ended; the console says
-    // when): an exec is refused within a few seconds, never hangs.
+    // when), with an exec still running whose polls now wait on it: a new exec is refused
+    // within a few seconds, never hangs, and leaves nothing; the running one ends by Kill.
+    let mut orphan = ns.spawn(["task", "exec", "--exec-id", "e8", "vmx", "sleep", "1000"])?;
+    wait_until("exec e8 to start", TIMEOUT, || {
+        let event = events.wait_for("/tasks/exec-started", TIMEOUT)?;
+        Ok((event.payload["exec_id"] == "e8").then_some(()))
+    })?;
     ns.ctr_ok([
         "task",
         "exec",
@@ -102,6 +110,11 @@ fn ctr_exec_runs_in_the_guest_with_output_input_exit_code_and_kill() -> Result<(
     let said = text(&refused.stderr);
     ensure!(!refused.status.success() && said.contains("guest agent did not answer"), "exec without an agent: {said}");
     ensure!(took < Duration::from_secs(15), "the refusal took {took:?}");
+    let ps = ns.ctr_ok(["task", "ps", "vmx"])?;
+    ensure!(!ps.contains("e7"), "the refused exec is listed: {ps}");
+    ns.ctr_ok(["task", "kill", "--exec-id", "e8", "--signal", "SIGKILL", "vmx"])?;
+    let status = orphan.wait(TIMEOUT)?;
+    ensure!(status.code() == Some(137), "exec e8, killed with its agent gone, exited {status}: {}", orphan.stderr());
 
     ns.ctr_ok(["task", "kill", "--signal", "SIGKILL", "vmx"])?;
     wait_status(&ns, "vmx", "STOPPED", TIMEOUT)?;
