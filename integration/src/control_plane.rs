@@ -194,13 +194,11 @@ impl ControlPlane {
 
     /// `kubectl <args>`, as a user on the node would run it.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
-        self.kubectl_command(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running kubectl {}", args.join(" ")))
+        self.kubectl_with_input(args, &[])
     }
 
-    /// `kubectl <args>` with `input` on its standard input (closed after it).
+    /// `kubectl <args>` with `input` on its standard input (closed after it: at once when
+    /// there is none).
     pub fn kubectl_with_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
         let mut child = self
             .kubectl_command(args)
