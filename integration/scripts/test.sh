@@ -85,7 +85,7 @@ else
 fi
 
 # Selected together so that cargo builds the workspace's dependencies once, with one feature set.
-run_suites "unit tests, the layering check, the QMP client against real QEMU, the guest-agent client against real qemu-ga, pod namespaces" --workspace --lib --bins --test qemu --test agent --test layers --test pod_namespace
+run_suites "unit tests, the layering check, the cold-text placement, the QMP client against real QEMU, the guest-agent client against real qemu-ga, pod namespaces" --workspace --lib --bins --test qemu --test agent --test layers --test cold_text --test pod_namespace
 run_suites "doc examples" --workspace --doc
 host_version=$(containerd --version | awk '{print $3}')
 # The Debian guest's suite, minutes a boot under TCG, on this release only.
