@@ -15,7 +15,7 @@ use crate::host::journal::{Journal, Resource};
 use crate::host::rootfs;
 use crate::plan::annotations::ANNOTATION_DISK;
 use crate::prepared::Prepared;
-use crate::service::container::{Container, ContainerFactory};
+use crate::service::container::{Container, ContainerFactory, Kind};
 use crate::service::error::TaskError;
 use crate::service::events::TaskEvents;
 
@@ -23,22 +23,6 @@ use crate::service::events::TaskEvents;
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// The image directory a containerDisk (KubeVirt's layout) keeps its disk in.
 const DISK_DIR: &str = "disk";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Vm,
-    /// Run by runc, as the runc shim would: the pod's sandbox, init containers, sidecars.
-    Container,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Vm => "vm",
-            Kind::Container => "container",
-        }
-    }
-}
 
 /// Why a task became the kind it did, for the log and for an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

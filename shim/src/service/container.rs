@@ -12,8 +12,24 @@ use tokio::sync::watch;
 use super::error::TaskError;
 use super::events::TaskEvents;
 use crate::console::Stdio;
-use crate::kind::Kind;
 use crate::lifecycle::{Exit, OnDelete, State};
+
+/// The kinds of task (the kind module says which a Create makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Vm,
+    /// Run by runc, as the runc shim would: the pod's sandbox, init containers, sidecars.
+    Container,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Vm => "vm",
+            Kind::Container => "container",
+        }
+    }
+}
 
 #[async_trait]
 pub trait Container: Send + Sync {
