@@ -109,7 +109,8 @@ fn ctr_exec_runs_in_the_guest_with_output_input_exit_code_and_kill() -> Result<(
     let took = started.elapsed();
     let said = text(&refused.stderr);
     ensure!(!refused.status.success() && said.contains("guest agent did not answer"), "exec without an agent: {said}");
-    ensure!(took < Duration::from_secs(15), "the refusal took {took:?}");
+    // The check's 5 s, its wait behind e8's poll included, and ctr's own time.
+    ensure!(took < Duration::from_secs(9), "the refusal took {took:?}");
     let ps = ns.ctr_ok(["task", "ps", "vmx"])?;
     ensure!(!ps.contains("e7"), "the refused exec is listed: {ps}");
     ns.ctr_ok(["task", "kill", "--exec-id", "e8", "--signal", "SIGKILL", "vmx"])?;

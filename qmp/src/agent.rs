@@ -41,6 +41,15 @@ pub enum AgentError {
     )]
     NoAnswer { command: &'static str, timeout: Duration },
 
+    /// The check that an agent answers waited out its deadline behind another call, which
+    /// is itself waiting on the agent.
+    #[error(
+        "the guest agent did not answer within {} s: another call on its channel has waited that long for it \
+         (the agent is slow or has gone)",
+        timeout.as_secs_f32()
+    )]
+    Busy { timeout: Duration },
+
     /// The agent refused the command.
     #[error("the guest agent refused `{command}`: {class:?}: {desc}")]
     Command { command: &'static str, class: ErrorClass, desc: String },
@@ -136,19 +145,25 @@ impl Agent {
     }
 
     /// Whether an agent answers within `timeout` (and the channel is in step after). The
-    /// wait for a call before it counts: one stuck on a gone agent makes this one fail.
+    /// wait for a call before it counts: one stuck on a gone agent makes this one fail
+    /// ([`AgentError::Busy`]), so that an exec on such a guest is refused in time.
     pub async fn sync(&self, timeout: Duration) -> Result<(), AgentError> {
-        let sync = async {
-            let mut connection = self.connection.lock().await;
-            connection.in_step = false;
-            let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
-            connection.resync(id).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(mut connection) = tokio::time::timeout_at(deadline, self.connection.lock()).await else {
+            return Err(AgentError::Busy { timeout });
         };
-        within(timeout, "guest-sync-delimited", sync).await
+        connection.in_step = false;
+        let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout_at(deadline, connection.resync(id)).await {
+            Ok(synced) => synced,
+            Err(_) => Err(AgentError::NoAnswer { command: "guest-sync-delimited", timeout }),
+        }
     }
 
-    /// Runs `command` (resynchronising first if needed) within `timeout`, the wait for the
-    /// channel (a call before it) included.
+    /// Runs `command` (resynchronising first if needed). `timeout` is the agent's: it
+    /// starts once the channel is free (a call waits for the one before it, which has a
+    /// deadline of its own), so that a live agent busy with a large reply is not taken
+    /// for a gone one.
     pub async fn execute<C: QgaCommand>(&self, command: &C, timeout: Duration) -> Result<C::Ok, AgentError> {
         self.call(command, timeout, false).await
     }
@@ -157,9 +172,12 @@ impl Agent {
     /// with effects is never left queued for an agent that has gone (it would run when
     /// the agent came back).
     async fn call<C: QgaCommand>(&self, command: &C, timeout: Duration, fresh: bool) -> Result<C::Ok, AgentError> {
+        let mut connection = self.connection.lock().await;
         let call = async {
-            let mut connection = self.connection.lock().await;
             if fresh || !connection.in_step {
+                // Out of step until the sync's reply is read: a deadline that cuts the
+                // resync short leaves the next call to resynchronise.
+                connection.in_step = false;
                 let id = self.next_sync_id.fetch_add(1, Ordering::Relaxed);
                 connection.resync(id).await?;
             }
@@ -374,7 +392,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_call_behind_one_stuck_on_a_silent_agent_fails_by_its_own_deadline() {
+    async fn the_agent_check_behind_a_call_stuck_on_a_silent_agent_fails_by_its_own_deadline() {
         let (ours, _silent) = UnixStream::pair().unwrap();
         let agent = std::sync::Arc::new(Agent::new(ours));
         let stuck = tokio::spawn({
@@ -384,12 +402,46 @@ mod tests {
         tokio::task::yield_now().await; // the stuck call holds the channel
         let started = tokio::time::Instant::now();
         let sync = agent.sync(Duration::from_secs(2)).await;
-        assert!(matches!(sync, Err(AgentError::NoAnswer { command: "guest-sync-delimited", .. })), "{sync:?}");
+        assert!(matches!(sync, Err(AgentError::Busy { .. })), "{sync:?}");
+        assert!(sync.unwrap_err().to_string().contains("did not answer"));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
-        let command = GuestCommand { path: "/bin/true".into(), ..Default::default() };
-        let exec = agent.exec(&command, Duration::from_secs(3)).await;
-        assert!(matches!(exec, Err(AgentError::NoAnswer { command: "guest-exec", .. })), "{exec:?}");
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
         stuck.abort();
+    }
+
+    #[tokio::test]
+    async fn a_resync_cut_short_by_its_deadline_is_done_again_by_the_next_call() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let agent = Agent::new(ours);
+        let (gave_up, exec_gave_up) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let mut peer = BufReader::new(theirs);
+            let answer_sync = |id: i64| {
+                let mut out = vec![SENTINEL];
+                out.extend(format!("{{\"return\": {id}}}\n").bytes());
+                out
+            };
+            // In step after a first call.
+            let id = sync_id(&request(&mut peer).await);
+            peer.get_mut().write_all(&answer_sync(id)).await.unwrap();
+            assert_eq!(request(&mut peer).await["arguments"]["pid"], 1);
+            peer.get_mut().write_all(b"{\"return\": {\"exited\": false}}\n").await.unwrap();
+            // The exec's own resync is not answered before it gives up; its answer comes late.
+            let late = sync_id(&request(&mut peer).await);
+            exec_gave_up.await.unwrap();
+            peer.get_mut().write_all(&answer_sync(late)).await.unwrap();
+            // The next call resynchronises first, and skips the late answer.
+            let id = sync_id(&request(&mut peer).await);
+            peer.get_mut().write_all(&answer_sync(id)).await.unwrap();
+            assert_eq!(request(&mut peer).await["arguments"]["pid"], 2);
+            peer.get_mut().write_all(b"{\"return\": {\"exited\": true, \"exitcode\": 0}}\n").await.unwrap();
+        });
+        agent.exec_status(1, Duration::from_secs(5)).await.unwrap();
+        let command = GuestCommand { path: "/bin/true".into(), ..Default::default() };
+        let exec = agent.exec(&command, Duration::from_millis(200)).await;
+        assert!(matches!(exec, Err(AgentError::NoAnswer { command: "guest-exec", .. })), "{exec:?}");
+        gave_up.send(()).unwrap();
+        let status = agent.exec_status(2, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.ended, Some(ExecEnd::Code(0)));
+        peer.await.unwrap();
     }
 }
