@@ -9,17 +9,21 @@ pub struct QuantityError {
     pub reason: &'static str,
 }
 
-/// Parses a quantity into bytes, as Kubernetes reads resource quantities: binary (Ki, Mi,
-/// Gi, Ti, Pi, Ei) and decimal (k, M, G, T, P, E) suffixes, or a decimal exponent (`1e9`,
-/// `5E-3`); fractions of a byte round up.
+/// Parses a quantity into bytes, as Kubernetes reads resource quantities: an optional `+`,
+/// binary (Ki, Mi, Gi, Ti, Pi, Ei) and decimal (n, u, m, k, M, G, T, P, E) suffixes, or a
+/// decimal exponent (`1e9`, `5E-3`); fractions of a byte round up.
 pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
     let err = |reason| QuantityError { value: value.to_string(), reason };
     let s = value.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     // The value is number × numerator / denominator.
     let (numerator, denominator): (u128, u128) = match suffix {
         "" => (1, 1),
+        "n" => (1, 10u128.pow(9)),
+        "u" => (1, 10u128.pow(6)),
+        "m" => (1, 10u128.pow(3)),
         "Ki" => (1 << 10, 1),
         "Mi" => (1 << 20, 1),
         "Gi" => (1 << 30, 1),
@@ -38,11 +42,13 @@ pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err("unknown suffix"));
             }
-            let power = 10u128.checked_pow(digits.parse().map_err(|_| err("too large"))?);
+            let power = digits.parse().ok().and_then(|digits| 10u128.checked_pow(digits));
             match (exponent.starts_with('-'), power) {
                 (false, Some(power)) => (power, 1),
                 (true, Some(power)) => (1, power),
-                (_, None) => return Err(err("too large")),
+                // Beyond u128: anything but 0 is a fraction of a byte, which rounds up.
+                (true, None) => (1, u128::MAX),
+                (false, None) => return Err(err("too large")),
             }
         }
     };
@@ -60,13 +66,16 @@ pub fn parse_bytes(value: &str) -> Result<u64, QuantityError> {
     let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| err("malformed number"))? };
     let frac_scale = 10u128.pow(frac.len() as u32);
     // (whole + frac_value / frac_scale) × numerator / denominator, rounded up.
-    let bytes = whole
+    let scaled = whole
         .checked_mul(frac_scale)
         .and_then(|n| n.checked_add(frac_value))
         .and_then(|n| n.checked_mul(numerator))
-        .and_then(|n| n.checked_add(frac_scale * denominator - 1))
-        .map(|n| n / (frac_scale * denominator))
         .ok_or_else(|| err("too large"))?;
+    let bytes = match frac_scale.checked_mul(denominator) {
+        Some(divisor) => scaled.div_ceil(divisor),
+        // Past u128: a fraction of a byte, or none.
+        None => u128::from(scaled > 0),
+    };
     u64::try_from(bytes).map_err(|_| err("too large"))
 }
 
@@ -101,6 +110,12 @@ mod tests {
         assert_eq!(parse_bytes("12e+2"), Ok(1200));
         assert_eq!(parse_bytes("5e-1"), Ok(1), "a fraction of a byte rounds up");
         assert_eq!(parse_bytes("4096e-3"), Ok(5));
+        assert_eq!(parse_bytes("1e-39"), Ok(1));
+        assert_eq!(parse_bytes("0.1e-38"), Ok(1));
+        assert_eq!(parse_bytes("0e-99999"), Ok(0));
+        assert_eq!(parse_bytes("1e-999999999999"), Ok(1));
+        assert_eq!(parse_bytes("1500m"), Ok(2));
+        assert_eq!(parse_bytes("+1Ki"), Ok(1024));
     }
 
     #[test]

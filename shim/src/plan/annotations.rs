@@ -57,8 +57,6 @@ const VIRTLET_WITHOUT_EFFECT: &[(&str, &str)] = &[
         "VirtletCloudInitUserDataOverwrite",
         "it chooses whether VirtletCloudInitUserDataSource's data is merged, and that annotation is refused",
     ),
-    ("VirtletCloudInitUserDataSourceKey", "it picks from VirtletCloudInitUserDataSource's data, which is refused"),
-    ("VirtletCloudInitUserDataSourceEncoding", "it decodes VirtletCloudInitUserDataSource's data, which is refused"),
     ("VirtletLibvirtCPUSetting", "a libvirt CPU definition, and there is no libvirt; VirtletCPUModel is read"),
     ("VirtletChown9pfsMounts", "it is about 9p volume mounts, which the shim does not make"),
 ];

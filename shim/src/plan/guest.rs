@@ -23,9 +23,20 @@ const VIRTLET_USER_DATA_SCRIPT: &str = "VirtletCloudInitUserDataScript";
 const VIRTLET_META_DATA: &str = "VirtletCloudInitMetaData";
 const VIRTLET_SSH_KEYS: &str = "VirtletSSHKeys";
 const VIRTLET_IMAGE_TYPE: &str = "VirtletCloudInitImageType";
+/// Names a key of VirtletCloudInitUserData's mapping whose value is the script, in the
+/// encoding VirtletCloudInitUserDataSourceEncoding names (`plain`, the default, or `base64`).
+const VIRTLET_SCRIPT_KEY: &str = "VirtletCloudInitUserDataSourceKey";
+const VIRTLET_SCRIPT_ENCODING: &str = "VirtletCloudInitUserDataSourceEncoding";
 /// Those of Virtlet's annotations this module reads.
-pub(super) const VIRTLET_READ: &[&str] =
-    &[VIRTLET_USER_DATA, VIRTLET_USER_DATA_SCRIPT, VIRTLET_META_DATA, VIRTLET_SSH_KEYS, VIRTLET_IMAGE_TYPE];
+pub(super) const VIRTLET_READ: &[&str] = &[
+    VIRTLET_USER_DATA,
+    VIRTLET_USER_DATA_SCRIPT,
+    VIRTLET_META_DATA,
+    VIRTLET_SSH_KEYS,
+    VIRTLET_IMAGE_TYPE,
+    VIRTLET_SCRIPT_KEY,
+    VIRTLET_SCRIPT_ENCODING,
+];
 /// What Virtlet put in a script's place: its mount script, which is empty without volumes.
 const VIRTLET_MOUNT_SCRIPT: &str = "@virtlet-mount-script@";
 /// Virtlet's annotations that name a Kubernetes object, which a shim cannot read, and
@@ -136,7 +147,13 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
 
     let overwrite = get(ANNOTATION_USER_DATA_OVERWRITE).map(|v| flag(ANNOTATION_USER_DATA_OVERWRITE, v)).transpose()?;
     let mut given = Vec::new();
-    for key in [ANNOTATION_USER_DATA, ANNOTATION_USER_DATA_BASE64, VIRTLET_USER_DATA, VIRTLET_USER_DATA_SCRIPT] {
+    for key in [
+        ANNOTATION_USER_DATA,
+        ANNOTATION_USER_DATA_BASE64,
+        VIRTLET_USER_DATA,
+        VIRTLET_USER_DATA_SCRIPT,
+        VIRTLET_SCRIPT_KEY,
+    ] {
         match get(key) {
             // Virtlet's, empty, are not given.
             Some(value) if key.starts_with("Virtlet") && value.trim().is_empty() => {}
@@ -144,8 +161,12 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
             None => {}
         }
     }
-    // Virtlet takes its script over its cloud-config.
-    if given.iter().any(|(key, _)| *key == VIRTLET_USER_DATA_SCRIPT) {
+    // Virtlet takes the script under the key over its script annotation, and a script over
+    // its cloud-config.
+    if given.iter().any(|(key, _)| *key == VIRTLET_SCRIPT_KEY) {
+        given.retain(|(key, _)| *key != VIRTLET_USER_DATA_SCRIPT);
+    }
+    if given.iter().any(|(key, _)| [VIRTLET_USER_DATA_SCRIPT, VIRTLET_SCRIPT_KEY].contains(key)) {
         given.retain(|(key, _)| *key != VIRTLET_USER_DATA);
     }
     let user_data = match given.as_slice() {
@@ -159,12 +180,17 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
                     String::from_utf8(bytes)
                         .map_err(|_| refused(key, value, "decodes to bytes that are not UTF-8 text"))?
                 }
-                VIRTLET_USER_DATA_SCRIPT => value.replace(VIRTLET_MOUNT_SCRIPT, ""),
+                VIRTLET_USER_DATA_SCRIPT => without_mount_script(value),
+                VIRTLET_SCRIPT_KEY => without_mount_script(&script_under_key(
+                    value,
+                    get(VIRTLET_USER_DATA),
+                    get(VIRTLET_SCRIPT_ENCODING),
+                )?),
                 _ => value.to_string(),
             };
             // Virtlet takes its script as the whole user data. (Its own overwrite
             // annotation changes nothing here: see annotations::VIRTLET_WITHOUT_EFFECT.)
-            let verbatim = overwrite.unwrap_or(*key == VIRTLET_USER_DATA_SCRIPT);
+            let verbatim = overwrite.unwrap_or([VIRTLET_USER_DATA_SCRIPT, VIRTLET_SCRIPT_KEY].contains(key));
             Some(check_user_data(key, value, text, verbatim)?)
         }
         [(first, _), (second, value), ..] => {
@@ -180,8 +206,12 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
             ANNOTATION_SSH_KEYS,
             VIRTLET_SSH_KEYS,
         ];
-        let asked =
-            given.first().copied().or_else(|| seed_only.iter().find_map(|key| get(key).map(|value| (*key, value))));
+        let asked = given.first().copied().or_else(|| {
+            seed_only
+                .iter()
+                .filter_map(|key| get(key).map(|value| (*key, value)))
+                .find(|(key, value)| !(key.starts_with("Virtlet") && value.trim().is_empty()))
+        });
         if let Some((key, value)) = asked {
             return Err(refused(
                 key,
@@ -204,6 +234,43 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         (None, None) => Vec::new(),
     };
     Ok(GuestConfig { cloud_init, seed_format, user_data, meta_data, ssh_keys, env: env.to_vec() })
+}
+
+/// Virtlet's script with its mount script put in, which is empty without volumes: a script
+/// that begins with the placeholder begins as that mount script did, `#!/bin/sh`.
+fn without_mount_script(script: &str) -> String {
+    match script.trim_start().strip_prefix(VIRTLET_MOUNT_SCRIPT) {
+        Some(rest) => format!("#!/bin/sh{}", rest.replace(VIRTLET_MOUNT_SCRIPT, "")),
+        None => script.replace(VIRTLET_MOUNT_SCRIPT, ""),
+    }
+}
+
+/// The script VirtletCloudInitUserDataSourceKey names: the string under that key of
+/// VirtletCloudInitUserData's mapping, decoded as VirtletCloudInitUserDataSourceEncoding says.
+fn script_under_key(key: &str, user_data: Option<&str>, encoding: Option<&str>) -> Result<String, PlanError> {
+    let bad = |why: String| refused(VIRTLET_SCRIPT_KEY, key, why);
+    let mapping = match user_data.map(yaml_serde::from_str::<yaml_serde::Value>) {
+        Some(Ok(yaml_serde::Value::Mapping(mapping))) => mapping,
+        Some(_) => return Err(bad(format!("{VIRTLET_USER_DATA} is not a YAML mapping to take the script from"))),
+        None => return Err(bad(format!("names a key of {VIRTLET_USER_DATA}, which is not given"))),
+    };
+    let Some(value) = mapping.get(key) else {
+        return Err(bad(format!("{VIRTLET_USER_DATA} has no key {key:?}")));
+    };
+    let Some(text) = value.as_str() else {
+        return Err(bad(format!("the value under {key:?} in {VIRTLET_USER_DATA} is not a string")));
+    };
+    match encoding.map(str::trim).unwrap_or("plain") {
+        "plain" | "" => Ok(text.to_string()),
+        "base64" => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.split_whitespace().collect::<String>())
+                .map_err(|e| bad(format!("the value under {key:?} is not base64: {e}")))?;
+            String::from_utf8(bytes)
+                .map_err(|_| bad(format!("the value under {key:?} decodes to bytes that are not UTF-8 text")))
+        }
+        other => Err(refused(VIRTLET_SCRIPT_ENCODING, other, "not an encoding of the script; use plain or base64")),
+    }
 }
 
 fn cloud_init_type(key: &str, value: &str) -> Result<CloudInit, PlanError> {
@@ -293,8 +360,11 @@ fn split_options(line: &str) -> Option<(&str, &str)> {
         return None;
     }
     let mut quoted = false;
+    let mut escaped = false;
     for (at, c) in line.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             ' ' | '\t' if !quoted => return Some((&line[..at], line[at..].trim_start())),
             _ => {}
@@ -431,9 +501,48 @@ mod tests {
         let drive = parse(&annotations(&[(VIRTLET_IMAGE_TYPE, "ConfigDrive")]), &[]).unwrap();
         assert_eq!(drive.cloud_init, CloudInit::ConfigDrive);
         // authorized_keys lines with options, as Virtlet passed them on.
-        let with_options = format!("from=\"10.0.0.0/8,192.168.1.1\",command=\"echo a b\" {ED25519}");
+        let with_options = format!("from=\"10.0.0.0/8,192.168.1.1\",command=\"echo \\\"a b\\\"\" {ED25519}");
         let keys = parse(&annotations(&[(VIRTLET_SSH_KEYS, &with_options)]), &[]).unwrap();
         assert_eq!(keys.ssh_keys, [with_options]);
+        // Virtlet's own example: the placeholder alone, then at the top of a script.
+        for (script, expected) in
+            [("@virtlet-mount-script@", "#!/bin/sh"), ("@virtlet-mount-script@\necho hi\n", "#!/bin/sh\necho hi\n")]
+        {
+            let parsed = parse(&annotations(&[(VIRTLET_USER_DATA_SCRIPT, script)]), &[]).unwrap();
+            assert_eq!(parsed.user_data.unwrap().text, expected);
+        }
+        // The script under a key of the cloud-config, plain or base64, over the script annotation.
+        let keyed = |encoding: Option<&str>, value: &str| {
+            let mut pairs = vec![
+                (VIRTLET_USER_DATA, format!("script: {value:?}\nruncmd: [[touch, /x]]\n")),
+                (VIRTLET_USER_DATA_SCRIPT, "#!/bin/sh\necho other\n".to_string()),
+                (VIRTLET_SCRIPT_KEY, "script".to_string()),
+            ];
+            if let Some(encoding) = encoding {
+                pairs.push((VIRTLET_SCRIPT_ENCODING, encoding.to_string()));
+            }
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            parse(&annotations(&pairs), &[])
+        };
+        let plain = keyed(None, "#!/bin/sh\necho keyed\n").unwrap().user_data.unwrap();
+        assert_eq!(plain, UserData { text: "#!/bin/sh\necho keyed\n".into(), verbatim: true });
+        let encoded = keyed(Some("base64"), "IyEvYmluL3NoCmVjaG8ga2V5ZWQK").unwrap().user_data.unwrap();
+        assert_eq!(encoded.text, "#!/bin/sh\necho keyed\n");
+        let (key, why) = reason(keyed(Some("base64"), "%%").unwrap_err());
+        assert_eq!(key, VIRTLET_SCRIPT_KEY);
+        assert!(why.contains("not base64"), "{why}");
+        let (key, why) = reason(keyed(Some("rot13"), "x").unwrap_err());
+        assert_eq!(key, VIRTLET_SCRIPT_ENCODING);
+        assert!(why.contains("plain or base64"), "{why}");
+        let missing = parse(&annotations(&[(VIRTLET_USER_DATA, "a: 1\n"), (VIRTLET_SCRIPT_KEY, "script")]), &[]);
+        let (key, why) = reason(missing.unwrap_err());
+        assert!(key == VIRTLET_SCRIPT_KEY && why.contains("no key"), "{why}");
+        // Empty Virtlet values ask nothing of a seed that is not there.
+        let none = parse(
+            &annotations(&[(ANNOTATION_CLOUD_INIT, "none"), (VIRTLET_SSH_KEYS, ""), (VIRTLET_META_DATA, " ")]),
+            &[],
+        );
+        assert_eq!(none.unwrap().cloud_init, CloudInit::None);
     }
 
     #[test]
