@@ -327,4 +327,5 @@ dd if="$WORK/root.img" of="$RAW" bs=1M seek=$((ROOT_START / 2048)) conv=notrunc,
 qemu-img convert -c -m 4 -W -f raw -O qcow2 "$RAW" "$WORK/debian-12.qcow2"
 mv -f "$WORK/debian-12.qcow2" "$OUTPUT"
 echo "build-debian.sh: kernel $KVER, boot partition $FAT_MB MiB, root $((ROOT_SECTORS / 2048)) MiB" >&2
+record_build
 ls -l "$OUTPUT"

@@ -82,7 +82,7 @@ fi
 # The ELF files copied into the guest; their libraries count as inputs too.
 ELFS=("$IPERF3" "$ETHTOOL")
 INPUTS=("$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$SYSLINUX_BIN" "${ELFS[@]}")
-mapfile -t -O ${#INPUTS[@]} INPUTS < <(libraries_of "${ELFS[@]}" | xargs readlink -f)
+add_library_inputs "${ELFS[@]}"
 OUTPUTS=("$OUTDIR/vmlinuz" "$OUTDIR/iperf-initrd.gz" "$OUTDIR/iperf.qcow2")
 
 # virtio_pci (the bus) and virtio_net (+ failover, net_failover); IPv4 and packet sockets are
@@ -234,4 +234,5 @@ cp "$KERNEL" "$WORK/vmlinuz"
 mv -f "$WORK/vmlinuz" "$OUTDIR/vmlinuz"
 mv -f "$WORK/iperf-initrd.gz" "$OUTDIR/iperf-initrd.gz"
 mv -f "$WORK/iperf.qcow2" "$OUTDIR/iperf.qcow2"
+record_build
 ls -l "${OUTPUTS[@]}"

@@ -68,7 +68,7 @@ for f in "$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN"; do
     [ -r "$f" ] || { echo "build-tiny.sh: missing input $f" >&2; exit 1; }
 done
 INPUTS=("$KERNEL" "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$SYSLINUX_BIN" "$QEMU_GA")
-mapfile -t -O ${#INPUTS[@]} INPUTS < <(libraries_of "$QEMU_GA" | xargs readlink -f)
+add_library_inputs "$QEMU_GA"
 OUTPUTS=("$OUTDIR/tiny.qcow2" "$OUTDIR/tiny.raw" "$OUTDIR/tiny-part.qcow2")
 
 # Modules the guest loads (everything else it needs is built in: see /boot/config-$KVER).
@@ -754,4 +754,5 @@ qemu-img convert -c -f raw -O qcow2 "$WORK/tiny-part.raw" "$WORK/tiny-part.qcow2
 mv -f "$WORK/tiny.raw" "$OUTDIR/tiny.raw"
 mv -f "$WORK/tiny.qcow2" "$OUTDIR/tiny.qcow2"
 mv -f "$WORK/tiny-part.qcow2" "$OUTDIR/tiny-part.qcow2"
+record_build
 ls -l "${OUTPUTS[@]}"

@@ -1,6 +1,8 @@
 # Sourced by the build-*.sh image builders: what they share. A builder sets SCRIPT (its own
-# path) and fills the arrays INPUTS and OUTPUTS before it asks exit_if_up_to_date, and ROOT (the
-# staging directory of a guest's initramfs) before add_busybox, add_modules or add_libraries.
+# path) and OUTDIR, and fills the arrays INPUTS (the host's files it reads) and OUTPUTS before
+# it asks exit_if_up_to_date, sets ROOT (the staging directory of a guest's initramfs) before
+# add_busybox, add_modules or add_libraries, and calls record_build once its outputs are in
+# place.
 
 BUILDER=$(basename "$0")
 COMMON_SH=$(readlink -f "${BASH_SOURCE[0]}")
@@ -21,24 +23,53 @@ use_host_kernel() {
     MODDIR=/lib/modules/$KVER
 }
 
-# exit_if_up_to_date: ends the builder if every output exists and is newer than every input
-# (this file and the builder among them).
+# The builder's own recipe: its text and this file's, hashed. The cache outside git is shared
+# by clones whose files all carry their checkout time, so the scripts count by content.
+build_stamp() {
+    cat "$SCRIPT" "$COMMON_SH" | sha256sum | cut -d' ' -f1
+}
+
+# exit_if_up_to_date: ends the builder if the outputs were built by this very builder (its
+# stamp) and each exists and is newer than every input; else forgets the stamp, so that a
+# build that fails halfway leaves outputs no builder takes for its own.
 exit_if_up_to_date() {
+    local stamp=$OUTDIR/.$BUILDER.stamp
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(build_stamp)" ] && outputs_newer_than_inputs; then
+        echo "$BUILDER: ${OUTPUTS[*]} up to date"
+        exit 0
+    fi
+    rm -f "$stamp"
+}
+
+outputs_newer_than_inputs() {
     local out in
     for out in "${OUTPUTS[@]}"; do
-        [ -f "$out" ] || return 0
-        for in in "$SCRIPT" "$COMMON_SH" "${INPUTS[@]}"; do
-            [ "$out" -nt "$in" ] || return 0
+        [ -f "$out" ] || return 1
+        for in in "${INPUTS[@]}"; do
+            [ "$out" -nt "$in" ] || return 1
         done
     done
-    echo "$BUILDER: ${OUTPUTS[*]} up to date"
-    exit 0
+}
+
+# record_build: the outputs now in place are this builder's.
+record_build() {
+    build_stamp >"$OUTDIR/.$BUILDER.stamp.tmp"
+    mv -f "$OUTDIR/.$BUILDER.stamp.tmp" "$OUTDIR/.$BUILDER.stamp"
 }
 
 # libraries_of ELF...: the shared libraries the ELF files link, as ldd resolves them, and the
 # dynamic loader, one a line.
 libraries_of() {
     ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
+}
+
+# add_library_inputs ELF...: the files of those libraries (symlinks resolved) as INPUTS;
+# none found is an error.
+add_library_inputs() {
+    local libraries
+    libraries=$(libraries_of "$@")
+    [ -n "$libraries" ] || { echo "$BUILDER: ldd found no libraries for $*" >&2; exit 1; }
+    mapfile -t -O ${#INPUTS[@]} INPUTS < <(xargs readlink -f <<<"$libraries")
 }
 
 # add_libraries ELF...: each library the ELF files link, at the path ldd named (where the

@@ -23,11 +23,13 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// `$SHIM_VM_CACHE/images` (default `/var/tmp/containerd-shim-vm/cache/images`): where the
 /// guest disks are built and kept between runs, outside the clone as the tools the scripts
-/// build are, so that a fresh clone (CI's) reuses them.
+/// build are, so that a fresh clone (CI's) reuses them (the builders' stamps say whose they
+/// are). SHIM_VM_CACHE is read as the scripts read it: empty is unset, a relative path is
+/// from the working directory.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("SHIM_VM_CACHE")
-        .map_or_else(|| PathBuf::from("/var/tmp/containerd-shim-vm/cache"), PathBuf::from)
-        .join("images")
+    const DEFAULT: &str = "/var/tmp/containerd-shim-vm/cache";
+    let given = std::env::var_os("SHIM_VM_CACHE").filter(|root| !root.is_empty());
+    given.and_then(|root| std::path::absolute(root).ok()).unwrap_or_else(|| PathBuf::from(DEFAULT)).join("images")
 }
 
 /// The guest disks as built by `build-tiny.sh`.

@@ -2,7 +2,9 @@
 //! mangled symbol names. A change of the compiler's mangling, or a module renamed, would
 //! make them match nothing without a word (only the shim's resident memory would show it):
 //! this reads the built binary's sections and symbols (binutils' readelf and nm) and checks
-//! that each module the script names landed there, and that serving code did not.
+//! that functions of the modules and crates below (one per group of the script's patterns)
+//! landed there, and that serving code did not. It reads the binary of the profile the tests
+//! run in (CI: release); the shipped one (dist) is linked with the same script.
 
 use std::process::Command;
 
