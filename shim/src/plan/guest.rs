@@ -119,9 +119,13 @@ fn flag(key: &str, value: &str) -> Result<bool, PlanError> {
 }
 
 pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<GuestConfig, PlanError> {
-    let get = |key: &str| annotations.get(key).map(String::as_str);
+    // Virtlet's annotations, empty, are not given, as in Virtlet.
+    let get = |key: &str| {
+        let value = annotations.get(key).map(String::as_str)?;
+        (!(key.starts_with("Virtlet") && value.trim().is_empty())).then_some(value)
+    };
     for (key, instead) in VIRTLET_SOURCES {
-        if let Some(value) = get(key) {
+        if let Some(value) = annotations.get(*key) {
             return Err(refused(
                 key,
                 value,
@@ -131,8 +135,6 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
     }
     let cloud_init = match (get(ANNOTATION_CLOUD_INIT), get(VIRTLET_IMAGE_TYPE)) {
         (Some(value), _) => cloud_init_type(ANNOTATION_CLOUD_INIT, value)?,
-        // Virtlet's: an empty one is NoCloud.
-        (None, Some(value)) if value.trim().is_empty() => CloudInit::NoCloud,
         (None, Some(value)) => cloud_init_type(VIRTLET_IMAGE_TYPE, value)?,
         (None, None) => CloudInit::NoCloud,
     };
@@ -154,11 +156,8 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         VIRTLET_USER_DATA_SCRIPT,
         VIRTLET_SCRIPT_KEY,
     ] {
-        match get(key) {
-            // Virtlet's, empty, are not given.
-            Some(value) if key.starts_with("Virtlet") && value.trim().is_empty() => {}
-            Some(value) => given.push((key, value)),
-            None => {}
+        if let Some(value) = get(key) {
+            given.push((key, value));
         }
     }
     // Virtlet takes the script under the key over its script annotation, and a script over
@@ -173,13 +172,7 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
         [] => None,
         [(key, value)] => {
             let text = match *key {
-                ANNOTATION_USER_DATA_BASE64 => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(value.split_whitespace().collect::<String>())
-                        .map_err(|e| refused(key, value, format!("not base64: {e}")))?;
-                    String::from_utf8(bytes)
-                        .map_err(|_| refused(key, value, "decodes to bytes that are not UTF-8 text"))?
-                }
+                ANNOTATION_USER_DATA_BASE64 => base64_text(value).map_err(|why| refused(key, value, why))?,
                 VIRTLET_USER_DATA_SCRIPT => without_mount_script(value),
                 VIRTLET_SCRIPT_KEY => without_mount_script(&script_under_key(
                     value,
@@ -206,12 +199,8 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
             ANNOTATION_SSH_KEYS,
             VIRTLET_SSH_KEYS,
         ];
-        let asked = given.first().copied().or_else(|| {
-            seed_only
-                .iter()
-                .filter_map(|key| get(key).map(|value| (*key, value)))
-                .find(|(key, value)| !(key.starts_with("Virtlet") && value.trim().is_empty()))
-        });
+        let asked =
+            given.first().copied().or_else(|| seed_only.iter().find_map(|key| get(key).map(|value| (*key, value))));
         if let Some((key, value)) = asked {
             return Err(refused(
                 key,
@@ -223,8 +212,6 @@ pub fn parse(annotations: &HashMap<String, String>, env: &[String]) -> Result<Gu
 
     let meta_data = match (get(ANNOTATION_META_DATA), get(VIRTLET_META_DATA)) {
         (Some(value), _) => Some(check_meta_data(ANNOTATION_META_DATA, value)?),
-        // Virtlet's, empty, is none.
-        (None, Some(value)) if value.trim().is_empty() => None,
         (None, Some(value)) => Some(check_meta_data(VIRTLET_META_DATA, value)?),
         (None, None) => None,
     };
@@ -262,15 +249,17 @@ fn script_under_key(key: &str, user_data: Option<&str>, encoding: Option<&str>) 
     };
     match encoding.map(str::trim).unwrap_or("plain") {
         "plain" | "" => Ok(text.to_string()),
-        "base64" => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text.split_whitespace().collect::<String>())
-                .map_err(|e| bad(format!("the value under {key:?} is not base64: {e}")))?;
-            String::from_utf8(bytes)
-                .map_err(|_| bad(format!("the value under {key:?} decodes to bytes that are not UTF-8 text")))
-        }
+        "base64" => base64_text(text).map_err(|why| bad(format!("the value under {key:?}: {why}"))),
         other => Err(refused(VIRTLET_SCRIPT_ENCODING, other, "not an encoding of the script; use plain or base64")),
     }
+}
+
+/// Base64 (line breaks and blanks allowed) of UTF-8 text; else why not.
+fn base64_text(encoded: &str) -> Result<String, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.split_whitespace().collect::<String>())
+        .map_err(|e| format!("not base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "decodes to bytes that are not UTF-8 text".to_string())
 }
 
 fn cloud_init_type(key: &str, value: &str) -> Result<CloudInit, PlanError> {
