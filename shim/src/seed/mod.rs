@@ -95,6 +95,7 @@ impl Seed {
         }
         let guest = &self.guest;
         let user_data = render_user_data(guest);
+        let vendor_data = render_vendor_data(guest, self.network.is_some());
         Ok(match guest.cloud_init {
             CloudInit::None => Vec::new(),
             CloudInit::NoCloud => {
@@ -108,7 +109,7 @@ impl Seed {
                 if let Some(network) = &self.network {
                     files.push(SeedFile::new("network-config", render_network_config(network)));
                 }
-                if let Some(vendor_data) = render_vendor_data(guest, self.network.is_some()) {
+                if let Some(vendor_data) = vendor_data {
                     files.push(SeedFile::new("vendor-data", vendor_data));
                 }
                 files
@@ -127,7 +128,7 @@ impl Seed {
                 if let Some(network) = &self.network {
                     files.push(SeedFile::new(config_drive::NETWORK_DATA, config_drive::render_network_data(network)?));
                 }
-                if let Some(vendor_data) = render_vendor_data(guest, self.network.is_some()) {
+                if let Some(vendor_data) = vendor_data {
                     files
                         .push(SeedFile::new(config_drive::VENDOR_DATA, config_drive::render_vendor_data(&vendor_data)));
                 }
